@@ -1,0 +1,39 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+PY      ?= python3.11
+VENV    := .venv
+VPY     := $(VENV)/bin/python
+# torch/torchvision are pinned to the releases that lie on the development machines' disk
+# (plain pip finds them there; see DEVELOPERS notes in README.md).
+TORCH   := torch==2.14.1 torchvision==0.29.1
+FMNIST  := /usr/share/datasets/fashion-mnist
+
+.PHONY: venv data demo test bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(VPY) || $(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q $(TORCH)
+	$(VPY) -m pip install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+# Fashion-MNIST from Debian's package (installs the four idx files into $(FMNIST)).
+data:
+	@if [ ! -f $(FMNIST)/train-images-idx3-ubyte.gz ] && [ ! -f $(FMNIST)/train-images-idx3-ubyte ]; then \
+		echo "installing Debian package dataset-fashion-mnist"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) \
+		|| { echo "could not install dataset-fashion-mnist; run 'apt-get install dataset-fashion-mnist' as root or pass --data DIR"; exit 1; }; \
+	fi
+
+demo: venv data
+	$(VENV)/bin/mobilenets demo --out runs/demo
+
+test: venv data
+	$(VPY) -m pytest -q
+
+bench: venv data
+	$(VPY) benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info src/*.egg-info
