@@ -1,0 +1,14 @@
+"""mobilenets: MobileNet V1, V2 and V3 as published -- model zoo, training, detection/segmentation heads and
+fast CPU deployment.
+
+    >>> import mobilenets
+    >>> model = mobilenets.create_model("mobilenet_v3_small", num_classes=10, in_chans=1)
+    >>> mobilenets.profile(model, input_size=(1, 224, 224)).macs
+"""
+from .errors import UserError
+from .registry import create_model, list_models
+from .profile import profile
+from .weights import load_weights
+
+__all__ = ["create_model", "list_models", "load_weights", "profile", "UserError"]
+__version__ = "0.1.0"

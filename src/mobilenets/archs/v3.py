@@ -1,0 +1,101 @@
+"""MobileNetV3-Large and -Small, Tables 1 and 2 of arXiv:1905.02244.
+
+Options beyond the tables:
+- ``minimal``: the "minimalistic" models of the TF-slim reference (no SE, ReLU everywhere, 3x3 kernels).
+- ``reduced_tail``: section 6.1.1 (detection) -- the channels of the last stage, the final 1x1 conv and the
+  head are divided by 2, as torchvision's ``_reduced_tail``.
+"""
+from dataclasses import replace
+
+from ..layers import Act
+from ..registry import register_model
+from .spec import Architecture, Bneck, FinalConv, HeadFC, Stem
+
+RE, HS = Act.RELU, Act.HSWISH
+
+# Table 1: bneck k x k, exp size, #out, SE, NL, s (input 224^2 x 3 -> conv2d 3x3, 16, HS, s2 first)
+LARGE_ROWS = (
+    Bneck(k=3, exp=16, out=16, se=False, act=RE, stride=1),
+    Bneck(k=3, exp=64, out=24, se=False, act=RE, stride=2),
+    Bneck(k=3, exp=72, out=24, se=False, act=RE, stride=1),
+    Bneck(k=5, exp=72, out=40, se=True, act=RE, stride=2),
+    Bneck(k=5, exp=120, out=40, se=True, act=RE, stride=1),
+    Bneck(k=5, exp=120, out=40, se=True, act=RE, stride=1),
+    Bneck(k=3, exp=240, out=80, se=False, act=HS, stride=2),
+    Bneck(k=3, exp=200, out=80, se=False, act=HS, stride=1),
+    Bneck(k=3, exp=184, out=80, se=False, act=HS, stride=1),
+    Bneck(k=3, exp=184, out=80, se=False, act=HS, stride=1),
+    Bneck(k=3, exp=480, out=112, se=True, act=HS, stride=1),
+    Bneck(k=3, exp=672, out=112, se=True, act=HS, stride=1),
+    Bneck(k=5, exp=672, out=160, se=True, act=HS, stride=2),   # first row of the last stage ("C4")
+    Bneck(k=5, exp=960, out=160, se=True, act=HS, stride=1),
+    Bneck(k=5, exp=960, out=160, se=True, act=HS, stride=1),
+)
+LARGE_TAIL = 12  # index of the first row of the last stage
+
+# Table 2. The table also marks SE on the final conv2d 1x1 (576); neither the TF-slim reference nor
+# torchvision/timm has it there, and the published 2.5 M parameters are reached without it, so we follow them.
+SMALL_ROWS = (
+    Bneck(k=3, exp=16, out=16, se=True, act=RE, stride=2),
+    Bneck(k=3, exp=72, out=24, se=False, act=RE, stride=2),
+    Bneck(k=3, exp=88, out=24, se=False, act=RE, stride=1),
+    Bneck(k=5, exp=96, out=40, se=True, act=HS, stride=2),
+    Bneck(k=5, exp=240, out=40, se=True, act=HS, stride=1),
+    Bneck(k=5, exp=240, out=40, se=True, act=HS, stride=1),
+    Bneck(k=5, exp=120, out=48, se=True, act=HS, stride=1),
+    Bneck(k=5, exp=144, out=48, se=True, act=HS, stride=1),
+    Bneck(k=5, exp=288, out=96, se=True, act=HS, stride=2),    # first row of the last stage
+    Bneck(k=5, exp=576, out=96, se=True, act=HS, stride=1),
+    Bneck(k=5, exp=576, out=96, se=True, act=HS, stride=1),
+)
+SMALL_TAIL = 8
+
+# Table 3 and the appendix sweep (Table 9): (width, resolution) -> (top-1, M MACs, M params)
+LARGE_FIGURES = {(1.0, 224): (75.2, 219, 5.4), (0.75, 224): (73.3, 155, 4.0), (1.25, 224): (76.6, 356, 7.5),
+                 (0.5, 224): (68.8, 69, 2.6), (0.35, 224): (64.2, 40, 2.2)}
+SMALL_FIGURES = {(1.0, 224): (67.4, 56, 2.5), (0.75, 224): (65.4, 44, 2.0), (1.25, 224): (70.4, 91, 3.6),
+                 (0.5, 224): (58.0, 21, 1.6), (0.35, 224): (49.8, 12, 1.4)}
+# TF-slim minimalistic checkpoints: (top-1, M MACs, M params)
+MINIMAL_FIGURES = {"large": {(1.0, 224): (72.3, 209, 3.9)}, "small": {(1.0, 224): (61.9, 65, 2.0)}}
+
+
+def _architecture(size: str, minimal: bool, reduced_tail: bool) -> Architecture:
+    rows, tail, final, head, figures = {
+        "large": (LARGE_ROWS, LARGE_TAIL, 960, 1280, LARGE_FIGURES),
+        "small": (SMALL_ROWS, SMALL_TAIL, 576, 1024, SMALL_FIGURES),
+    }[size]
+    act = RE if minimal else HS
+    if reduced_tail:
+        rows = rows[:tail] + tuple(replace(r, exp=r.exp // 2 if i else r.exp, out=r.out // 2)
+                                   for i, r in enumerate(rows[tail:]))
+        final, head = final // 2, head // 2
+        figures = {}
+    if minimal:
+        rows = tuple(r.minimal() for r in rows)
+        figures = MINIMAL_FIGURES[size]
+    return Architecture(
+        name=f"mobilenet_v3_{size}",
+        citation=f"Table {1 if size == 'large' else 2} of arXiv:1905.02244",
+        stem=Stem(out=16, act=act),  # 16 at widths 0.75-1 by rounding; 8 at 0.5/0.35 (TF reference)
+        rows=rows,
+        final_conv=FinalConv(out=final, act=act),
+        head=HeadFC(out=head, act=act),
+        # TF reference: BN decay 0.997 / eps 1e-3; torchvision (whose weights we import) uses momentum 0.01.
+        bn_eps=1e-3,
+        bn_momentum=0.01,
+        paper_figures=figures,
+    )
+
+
+@register_model("mobilenet_v3_large", paper="Table 1 of arXiv:1905.02244",
+                summary="NAS-found bnecks with SE and h-swish (Howard et al. 2019), Large")
+def mobilenet_v3_large(*, minimal: bool = False, reduced_tail: bool = False, **options):
+    from ..model import build
+    return build(_architecture("large", minimal, reduced_tail), **options)
+
+
+@register_model("mobilenet_v3_small", paper="Table 2 of arXiv:1905.02244",
+                summary="NAS-found bnecks with SE and h-swish (Howard et al. 2019), Small")
+def mobilenet_v3_small(*, minimal: bool = False, reduced_tail: bool = False, **options):
+    from ..model import build
+    return build(_architecture("small", minimal, reduced_tail), **options)

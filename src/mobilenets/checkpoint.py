@@ -1,0 +1,115 @@
+"""mobilenets checkpoints: one safetensors file holding the weights and, in its metadata, everything needed
+to rebuild and use the model (architecture name and options, task, class names, preprocessing).
+
+Layout of the safetensors metadata (all values are strings, as safetensors requires)::
+
+    {"format": "mobilenets", "version": "1", "meta": <json of CheckpointMeta fields>}
+
+Writes are atomic (temporary file in the same folder, then ``os.replace``), so a crash never leaves a
+half-written checkpoint behind.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .errors import UserError
+
+FORMAT = "mobilenets"
+VERSION = "1"
+
+
+@dataclass
+class Preprocessing:
+    """How an image becomes the model's input tensor (mirrors torchvision's weight transforms)."""
+
+    input_size: tuple[int, int, int] = (3, 224, 224)  # C, H, W fed to the network
+    resize: int = 256  # shorter side before the centre crop (== input size: no crop)
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    interpolation: str = "bilinear"
+
+
+@dataclass
+class CheckpointMeta:
+    model: str  # registry name
+    options: dict = field(default_factory=dict)  # create_model options (num_classes, width_multiplier, ...)
+    task: str = "classify"
+    class_names: list[str] = field(default_factory=list)
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    extra: dict = field(default_factory=dict)  # free-form: metrics, epoch, recipe, ...
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "CheckpointMeta":
+        d = json.loads(text)
+        d["preprocessing"] = Preprocessing(**{k: tuple(v) if isinstance(v, list) else v
+                                              for k, v in d.get("preprocessing", {}).items()})
+        return cls(**d)
+
+
+def atomic_write(path: str | os.PathLike, write) -> None:
+    """Call ``write(tmp_path)`` then move the result onto ``path`` in one step."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create folder {path.parent}: {e.strerror}; choose another --out") from e
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: CheckpointMeta) -> None:
+    """Write ``model``'s state dict and ``meta`` to a safetensors file, atomically."""
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    metadata = {"format": FORMAT, "version": VERSION, "meta": meta.to_json()}
+    atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], CheckpointMeta]:
+    """Read a mobilenets checkpoint without building the model."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} not found; pass the path of a .safetensors file written by "
+                        "'mobilenets train'")
+    try:
+        from safetensors import safe_open
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(f"{path} is not a readable safetensors checkpoint ({e}); pass a file written by "
+                        "'mobilenets train' or 'mobilenets export'") from e
+    if metadata.get("format") != FORMAT:
+        raise UserError(f"{path} is a safetensors file but not a mobilenets checkpoint (no model metadata); "
+                        "load foreign weights with mobilenets.load_weights(model, path) instead")
+    return state, CheckpointMeta.from_json(metadata["meta"])
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, CheckpointMeta]:
+    """Rebuild the model a checkpoint describes and load its weights (strict)."""
+    from .registry import create_model
+    from .weights import load_state_dict_checked
+
+    state, meta = read_checkpoint(path)
+    model = create_model(meta.model, **meta.options)
+    load_state_dict_checked(model, state, source=str(path))
+    model.eval()
+    return model, meta

@@ -1,0 +1,56 @@
+"""The ``mobilenets`` command line.
+
+Each group of sub-commands lives in a module of :mod:`mobilenets.commands` that exposes
+``register(subparsers)``; the handlers import heavy dependencies lazily. User mistakes
+(:class:`~mobilenets.errors.UserError`, missing files, unwritable paths) become one line on stderr and exit
+status 2; anything else is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from .errors import UserError
+
+COMMAND_MODULES = (
+    "mobilenets.commands.zoo",      # models, summary
+    "mobilenets.commands.train",    # train, eval, predict, demo
+    "mobilenets.commands.deploy",   # export, bench
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mobilenets", description="MobileNet V1/V2/V3: zoo, training, deployment")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:  # a real missing dependency inside the module: surface it
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    try:
+        return int(args.handler(args) or 0)
+    except UserError as e:
+        print(f"mobilenets {args.command}: error: {e}", file=sys.stderr)
+    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
+        print(f"mobilenets {args.command}: error: {e.strerror}: {e.filename}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"mobilenets {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

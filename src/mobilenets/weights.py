@@ -1,0 +1,322 @@
+"""Weights as data: where the official ImageNet weights live, how to read checkpoints of torchvision, timm and
+mobilenets itself, and how their parameter names map onto ours.
+
+Loading never unpickles arbitrary objects: safetensors files are read with safetensors, PyTorch files with
+``torch.load(..., weights_only=True)``. A checkpoint that does not fit is reported key by key, in words.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import urllib.error
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .checkpoint import Preprocessing
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+BN_SUFFIXES = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The official weights
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class WeightEntry:
+    """One published checkpoint."""
+
+    model: str  # our registry name
+    source: str  # "torchvision" or "timm"
+    url: str
+    sha256: str | None  # full digest or its leading hex digits (torchvision puts 8 in the file name)
+    preprocessing: Preprocessing
+    top1: float  # ImageNet-1k val accuracy the publisher reports
+    options: dict = field(default_factory=dict)  # architecture options the weights were trained with
+
+
+_TV = "https://download.pytorch.org/models/"
+_HF = "https://huggingface.co/timm/{}/resolve/main/model.safetensors"
+_IMAGENET = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+
+WEIGHTS: dict[tuple[str, str], WeightEntry] = {
+    (e.model, e.source): e for e in (
+        # torchvision's best (IMAGENET1K_V2 where it exists; resize 232 -> crop 224 as its transforms say)
+        WeightEntry("mobilenet_v2", "torchvision", _TV + "mobilenet_v2-7ebf99e0.pth", "7ebf99e0",
+                    Preprocessing((3, 224, 224), 232, **_IMAGENET), 72.154),
+        WeightEntry("mobilenet_v3_large", "torchvision", _TV + "mobilenet_v3_large-5c1a4163.pth", "5c1a4163",
+                    Preprocessing((3, 224, 224), 232, **_IMAGENET), 75.274),
+        WeightEntry("mobilenet_v3_small", "torchvision", _TV + "mobilenet_v3_small-047dcff4.pth", "047dcff4",
+                    Preprocessing((3, 224, 224), 256, **_IMAGENET), 67.668),
+        # timm publishes on the Hugging Face hub without a digest we could pin here: sha256 None means the
+        # download is only checked for being a loadable safetensors file that fits the model.
+        WeightEntry("mobilenet_v1", "timm", _HF.format("mobilenetv1_100.ra4_e3600_r224_in1k"), None,
+                    Preprocessing((3, 224, 224), 235, **_IMAGENET, interpolation="bicubic"), 75.38),
+        WeightEntry("mobilenet_v2", "timm", _HF.format("mobilenetv2_100.ra_in1k"), None,
+                    Preprocessing((3, 224, 224), 256, **_IMAGENET, interpolation="bicubic"), 72.97,
+                    {"bn_eps": 1e-5}),
+        WeightEntry("mobilenet_v3_large", "timm", _HF.format("mobilenetv3_large_100.ra_in1k"), None,
+                    Preprocessing((3, 224, 224), 256, **_IMAGENET, interpolation="bicubic"), 75.77,
+                    {"bn_eps": 1e-5, "bn_momentum": 0.1}),
+    )
+}
+
+
+def imagenet_class_names() -> list[str]:
+    """The 1000 ImageNet-1k class names (from torchvision's weight metadata)."""
+    from torchvision.models import MobileNet_V2_Weights
+    return list(MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("MOBILENETS_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "mobilenets")
+    return Path(root) / "weights"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fetch(entry: WeightEntry) -> Path:
+    """Download ``entry`` into the cache once (atomically) and check its digest; return the local path."""
+    name = entry.url.rstrip("/").split("/")[-1]
+    if entry.source == "timm":  # every timm file is called model.safetensors: key it by repository
+        name = entry.url.split("/timm/")[1].split("/")[0] + ".safetensors"
+    dest = cache_dir() / name
+    if not dest.exists():
+        from torch.hub import download_url_to_file
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            # download_url_to_file writes to a temporary file and moves it into place when complete.
+            download_url_to_file(entry.url, str(dest), progress=False)
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            raise UserError(f"could not download {entry.url} ({getattr(e, 'reason', e)}); download it on a "
+                            f"machine with internet and pass the file instead: weights='/path/{name}' "
+                            f"(CLI: --weights /path/{name})") from e
+    if entry.sha256 and not _sha256(dest).startswith(entry.sha256):
+        dest.unlink()
+        raise UserError(f"checksum mismatch for {entry.url} (expected sha256 {entry.sha256}...); the corrupt "
+                        "download was deleted, try again")
+    return dest
+
+
+def create_with_weights(entry, weights: str, options: dict) -> nn.Module:
+    """``create_model(name, weights=...)``: build with the weights' own options, then load them.
+
+    A ``num_classes`` other than the checkpoint's keeps a fresh classifier; an ``in_chans`` other than 3 adapts
+    the stem (see :func:`adapt_stem`).
+    """
+    known = WEIGHTS.get((entry.name, weights))
+    if known is not None:
+        path, opts = fetch(known), {**known.options, **options}
+    elif weights in ("torchvision", "timm"):
+        have = sorted(s for (m, s) in WEIGHTS if m == entry.name)
+        raise UserError(f"{weights} publishes no weights for {entry.name}; available: {', '.join(have) or 'none'}")
+    else:
+        path, opts = Path(weights), options
+    model = entry.builder(**opts)
+    skip = ("classifier.",) if opts.get("num_classes", 1000) != 1000 else ()
+    load_weights(model, path, skip=skip)
+    model.weights_entry = known
+    return model
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading checkpoint files
+# ---------------------------------------------------------------------------------------------------------------
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors or PyTorch checkpoint file, without unpickling arbitrary objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"weights file {path} not found; pass a .safetensors/.pth file, 'torchvision' or 'timm'")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as e:
+            raise UserError(f"{path} is not a readable safetensors file ({e})") from e
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle errors come in many types; any of them means "not a plain state dict"
+        raise UserError(f"{path} is not a PyTorch state dict that can be loaded safely ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:200]}); save it with torch.save(model.state_dict()) or as "
+                        "safetensors") from e
+    for wrapper in ("state_dict", "model", "model_state", "ema"):
+        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
+            obj = obj[wrapper]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UserError(f"{path} does not hold a state dict of tensors")
+    return obj
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Key mapping: our module path -> their module path, for every module that owns parameters or buffers
+# ---------------------------------------------------------------------------------------------------------------
+def _block_parts(block: nn.Module) -> list[str]:
+    """Our sub-modules of one block, in forward order, that hold weights."""
+    from .blocks import DepthwiseSeparable
+    if isinstance(block, DepthwiseSeparable):
+        return ["dw", "pw"]
+    return [p for p in ("expand", "dw", "se", "project") if not isinstance(getattr(block, p), nn.Identity)]
+
+
+def _conv_bn(ours: str, theirs_conv: str, theirs_bn: str) -> dict[str, str]:
+    return {f"{ours}.conv": theirs_conv, f"{ours}.bn": theirs_bn}
+
+
+def torchvision_module_map(model: nn.Module, prefix: str = "features") -> dict[str, str]:
+    """Our module paths -> torchvision's MobileNetV2/V3 paths (``features.*`` and ``classifier.*``)."""
+    v3 = model.arch.name.startswith("mobilenet_v3")
+    m = _conv_bn("stem", f"{prefix}.0.0", f"{prefix}.0.1")
+    index = 1
+    for s, stage in enumerate(model.stages):
+        for b, block in enumerate(stage):
+            ours, theirs = f"stages.{s}.{b}", f"{prefix}.{index}.{'block' if v3 else 'conv'}"
+            parts = _block_parts(block)
+            for j, part in enumerate(parts):
+                if part == "se":
+                    m[f"{ours}.se.fc1"], m[f"{ours}.se.fc2"] = f"{theirs}.{j}.fc1", f"{theirs}.{j}.fc2"
+                elif part == "project" and not v3:  # V2 keeps the linear projection as bare conv + BN
+                    m.update(_conv_bn(f"{ours}.project", f"{theirs}.{j}", f"{theirs}.{j + 1}"))
+                else:
+                    m.update(_conv_bn(f"{ours}.{part}", f"{theirs}.{j}.0", f"{theirs}.{j}.1"))
+            index += 1
+    m.update(_conv_bn("final_conv", f"{prefix}.{index}.0", f"{prefix}.{index}.1"))
+    if v3:
+        m["head_fc"], m["classifier"] = "classifier.0", "classifier.3"
+    else:
+        m["classifier"] = "classifier.1"
+    return m
+
+
+def timm_module_map(model: nn.Module) -> dict[str, str]:
+    """Our module paths -> timm's EfficientNet / MobileNetV3 paths (``conv_stem``, ``blocks.s.b.*``, ...)."""
+    from .blocks import DepthwiseSeparable
+    m = _conv_bn("stem", "conv_stem", "bn1")
+    for s, stage in enumerate(model.stages):
+        for b, block in enumerate(stage):
+            ours, theirs = f"stages.{s}.{b}", f"blocks.{s}.{b}"
+            se = {f"{ours}.se.fc1": f"{theirs}.se.conv_reduce", f"{ours}.se.fc2": f"{theirs}.se.conv_expand"}
+            if isinstance(block, DepthwiseSeparable):
+                m.update(_conv_bn(f"{ours}.dw", f"{theirs}.conv_dw", f"{theirs}.bn1"))
+                m.update(_conv_bn(f"{ours}.pw", f"{theirs}.conv_pw", f"{theirs}.bn2"))
+            elif isinstance(block.expand, nn.Identity):  # timm builds t=1 blocks as DepthwiseSeparableConv
+                m.update(_conv_bn(f"{ours}.dw", f"{theirs}.conv_dw", f"{theirs}.bn1"))
+                m.update(_conv_bn(f"{ours}.project", f"{theirs}.conv_pw", f"{theirs}.bn2"))
+                m.update(se)
+            else:
+                m.update(_conv_bn(f"{ours}.expand", f"{theirs}.conv_pw", f"{theirs}.bn1"))
+                m.update(_conv_bn(f"{ours}.dw", f"{theirs}.conv_dw", f"{theirs}.bn2"))
+                m.update(_conv_bn(f"{ours}.project", f"{theirs}.conv_pwl", f"{theirs}.bn3"))
+                m.update(se)
+    if model.arch.head is not None:  # V3: the final 1x1 conv is timm's last block; conv_head is our head_fc
+        m.update(_conv_bn("final_conv", f"blocks.{len(model.stages)}.0.conv", f"blocks.{len(model.stages)}.0.bn1"))
+        m["head_fc"] = "conv_head"
+    elif model.arch.final_conv is not None:  # V2: timm's conv_head + bn2
+        m.update(_conv_bn("final_conv", "conv_head", "bn2"))
+    m["classifier"] = "classifier"
+    return m
+
+
+def detect_format(keys) -> str:
+    keys = set(keys)
+    if any(k.startswith("conv_stem.") for k in keys):
+        return "timm"
+    if any(k.startswith("features.") for k in keys):
+        return "torchvision"
+    return "mobilenets"
+
+
+def module_map_for(model: nn.Module, source_keys) -> dict[str, str] | None:
+    """The module map from ``model`` to a state dict with ``source_keys`` (None: same names as ours)."""
+    if hasattr(model, "foreign_module_map"):  # task models (detection/segmentation) map their own heads
+        return model.foreign_module_map(source_keys)
+    fmt = detect_format(source_keys)
+    if fmt == "mobilenets":
+        return None
+    if not hasattr(model, "arch"):
+        raise UserError(f"cannot map a {fmt} checkpoint onto {type(model).__name__}")
+    return timm_module_map(model) if fmt == "timm" else torchvision_module_map(model)
+
+
+def _translate(key: str, module_map: dict[str, str]) -> str | None:
+    module, _, suffix = key.rpartition(".")
+    target = module_map.get(module)
+    return f"{target}.{suffix}" if target is not None else None
+
+
+def adapt_stem(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """An RGB stem filter bank (out, 3, k, k) for ``in_chans`` inputs: summed over RGB for grayscale (a gray
+    image fed as three equal channels gives the same response), repeated and rescaled for more channels."""
+    if in_chans == 1:
+        return weight.sum(dim=1, keepdim=True)
+    reps = -(-in_chans // weight.shape[1])
+    return weight.repeat(1, reps, 1, 1)[:, :in_chans] * (weight.shape[1] / in_chans)
+
+
+def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], *, source: str = "state dict",
+                            module_map: dict[str, str] | None = None, skip: tuple[str, ...] = ()) -> None:
+    """Copy ``state`` into ``model`` through ``module_map``; refuse with a report of every missing, unexpected
+    and mis-shaped key when it does not fit. Keys of ours that start with a ``skip`` prefix keep their values."""
+    ours = model.state_dict()
+    new, missing, mismatched, used = {}, [], [], set()
+    for key, target in ours.items():
+        if key.startswith(skip):
+            continue
+        theirs = key if module_map is None else _translate(key, module_map)
+        if theirs is None or theirs not in state:
+            if not key.endswith("num_batches_tracked"):  # torchvision's FrozenBN/old files lack it: harmless
+                missing.append(f"{key} (looked for {theirs})" if theirs and theirs != key else key)
+            continue
+        used.add(theirs)
+        value = state[theirs]
+        if value.shape != target.shape:
+            if key == "stem.conv.weight" and value.dim() == 4 and value.shape[1] == 3 \
+                    and value.shape[0] == target.shape[0] and value.shape[2:] == target.shape[2:]:
+                value = adapt_stem(value, target.shape[1])
+                log.info("adapted the 3-channel stem of %s to %d input channels", source, target.shape[1])
+            elif value.numel() == target.numel() and value.squeeze().shape == target.squeeze().shape:
+                value = value.reshape(target.shape)  # 1x1 conv <-> linear
+            else:
+                mismatched.append(f"{key}: ours {tuple(target.shape)}, {source} has {tuple(value.shape)} at {theirs}")
+                continue
+        new[key] = value.to(target.dtype)
+    skipped_theirs = set()
+    if module_map is not None and skip:
+        skipped_theirs = {_translate(k, module_map) for k in ours if k.startswith(skip)}
+    unexpected = sorted(k for k in state if k not in used and k not in skipped_theirs
+                        and not (module_map is None and k.startswith(skip)))
+    if missing or unexpected or mismatched:
+        lines = [f"{source} does not fit {getattr(model, 'arch_name', type(model).__name__)}:"]
+        for title, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
+            if items:
+                shown = "; ".join(items[:8]) + (f"; ... {len(items) - 8} more" if len(items) > 8 else "")
+                lines.append(f"{len(items)} {title} key(s): {shown}")
+        lines.append("check the model name and options (width_multiplier, num_classes, in_chans, minimal)")
+        raise UserError(" ".join(lines))
+    model.load_state_dict({**ours, **new})
+
+
+def load_weights(model: nn.Module, source, *, skip: tuple[str, ...] = ()) -> nn.Module:
+    """Load a checkpoint saved by torchvision, timm or mobilenets into ``model`` (in place; returned too).
+
+    ``source`` is a path (.safetensors, .pth, .pt) or a state dict. Parameter names are mapped automatically;
+    anything that does not fit raises :class:`~mobilenets.errors.UserError` listing every bad key.
+    """
+    if isinstance(source, dict):
+        state, name = source, "state dict"
+    else:
+        state, name = read_state_dict(source), str(source)
+    load_state_dict_checked(model, state, source=name, module_map=module_map_for(model, state.keys()), skip=skip)
+    return model
