@@ -1,0 +1,69 @@
+"""`mobilenets models` and `mobilenets summary`: the zoo, with parameters and MACs next to the papers'."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="list every model with params and MACs at its default resolution")
+    p.add_argument("--task", choices=("classify", "detect", "segment"), help="only models of this task")
+    p.set_defaults(handler=cmd_models)
+
+    p = sub.add_parser("summary", help="per-layer params/MACs table of one model, next to the paper's figures")
+    p.add_argument("name", help="model name (see 'mobilenets models')")
+    p.add_argument("--width-multiplier", type=float, default=1.0)
+    p.add_argument("--resolution", type=int, default=None, help="input side in pixels (default: the model's)")
+    p.add_argument("--minimal", action="store_true", help="V3 minimalistic variant")
+    p.add_argument("--in-chans", type=int, default=3)
+    p.add_argument("--num-classes", type=int, default=None)
+    p.set_defaults(handler=cmd_summary)
+
+
+def _paper_figures(model) -> dict:
+    arch = getattr(model, "arch", None)
+    return arch.paper_figures if arch is not None else {}
+
+
+def cmd_models(args) -> int:
+    from ..profile import profile
+    from ..registry import create_model, get_entry, list_models
+
+    print(f"{'model':<34} {'task':<9} {'input':>5} {'params':>12} {'MACs':>14}  reference")
+    for name in list_models(args.task):
+        entry = get_entry(name)
+        model = create_model(name)
+        r = entry.default_resolution
+        p = profile(model, (getattr(model, "in_chans", 3), r, r))
+        print(f"{name:<34} {entry.task:<9} {r:>5} {p.params:>12,} {p.macs:>14,}  {entry.paper}")
+    return 0
+
+
+def cmd_summary(args) -> int:
+    from ..errors import UserError
+    from ..model import MIN_RESOLUTION
+    from ..profile import profile
+    from ..registry import create_model, get_entry
+
+    entry = get_entry(args.name)
+    options = {"width_multiplier": args.width_multiplier, "in_chans": args.in_chans}
+    if args.minimal:
+        options["minimal"] = True
+    if args.num_classes is not None:
+        options["num_classes"] = args.num_classes
+    r = args.resolution or entry.default_resolution
+    if r < MIN_RESOLUTION:
+        raise UserError(f"--resolution {r} is below the minimum of {MIN_RESOLUTION} pixels")
+    model = create_model(args.name, **options)
+    p = profile(model, (args.in_chans, r, r))
+    print(p.table())
+    print(f"\n{args.name} width {args.width_multiplier:g} at {r}x{r}: {p.params / 1e6:.3f} M params, "
+          f"{p.macs / 1e6:.1f} M MACs")
+    paper = _paper_figures(model).get((args.width_multiplier, r))
+    if paper:
+        top1, macs, params = paper
+        acc = f", ImageNet top-1 {top1}" if top1 else ""
+        print(f"paper ({entry.paper}): {params} M params, {macs} M MACs{acc} -> MACs "
+              f"{(p.macs / 1e6 / macs - 1) * 100:+.1f}%")
+    else:
+        print(f"paper ({entry.paper}): no figure published for this width and resolution")
+    return 0
