@@ -137,3 +137,10 @@ def test_foreign_safetensors_is_not_a_checkpoint(tmp_path):
     save_file({"x": torch.zeros(1)}, str(tmp_path / "x.safetensors"))
     with pytest.raises(UserError, match="not a mobilenets checkpoint"):
         load_checkpoint(tmp_path / "x.safetensors")
+
+
+def test_published_weights_carry_preprocessing_and_imagenet_names():
+    meta = weights.entry_meta(weights.WEIGHTS[("mobilenet_v3_large", "torchvision")])
+    assert len(meta.class_names) == 1000 and meta.class_names[0] == "tench"
+    assert meta.preprocessing.input_size == (3, 224, 224) and meta.preprocessing.resize == 232
+    assert all(e.url.startswith("https://") for e in weights.WEIGHTS.values())

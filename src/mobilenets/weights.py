@@ -73,6 +73,15 @@ def imagenet_class_names() -> list[str]:
     return list(MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"])
 
 
+def entry_meta(entry: WeightEntry, options: dict | None = None):
+    """A :class:`~mobilenets.checkpoint.CheckpointMeta` describing a model built on published weights, so that
+    ``predict`` can print ImageNet class names with the publisher's preprocessing."""
+    from .checkpoint import CheckpointMeta
+    return CheckpointMeta(model=entry.model, options={**entry.options, **(options or {})},
+                          class_names=imagenet_class_names(), preprocessing=entry.preprocessing,
+                          extra={"weights": entry.source, "url": entry.url, "imagenet_top1": entry.top1})
+
+
 def cache_dir() -> Path:
     root = os.environ.get("MOBILENETS_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "mobilenets")
