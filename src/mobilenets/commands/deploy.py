@@ -1,0 +1,108 @@
+"""``mobilenets export`` and ``mobilenets bench`` (the deploy part of the CLI).
+
+``predict --backend`` lives in commands/train.py and calls :func:`mobilenets.deploy.runtime.open_runner`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+FORMATS = ("onnx", "exported-program", "openvino")
+SUFFIX = {"onnx": ".onnx", "exported-program": ".pt2", "openvino": ".xml"}
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "export", help="export a checkpoint or model to ONNX / ExportedProgram / OpenVINO, optionally int8",
+        description="Export with BatchNorm folded and native HardSwish/HardSigmoid, then check the file against "
+                    "eager PyTorch (max |diff|, top-1 agreement); a file that fails the check is not written.")
+    p.add_argument("source", metavar="CHECKPOINT_OR_NAME",
+                   help="a mobilenets checkpoint, a torchvision/timm MobileNet state dict, or a model name")
+    p.add_argument("--format", choices=FORMATS, default=None,
+                   help="onnx (default), exported-program (torch.export .pt2) or openvino (.xml + .bin); "
+                        "with --int8 the default is openvino when OpenVINO and NNCF are installed")
+    p.add_argument("--out", default=None, help="output file (default: NAME[_int8].onnx|.pt2|.xml here)")
+    p.add_argument("--dynamic-batch", action="store_true", help="any batch size (default: a fixed batch)")
+    p.add_argument("--batch", type=int, default=1, help="the fixed batch size of the file (default 1)")
+    p.add_argument("--weights", default=None, help="for a model name: torchvision, timm or a weights file")
+    p.add_argument("--data", default=None, metavar="fashion-mnist|DIR",
+                   help="real images for the parity check (default: the calibration data, else random)")
+    p.add_argument("--parity-samples", type=int, default=None,
+                   help="inputs in the parity check (default 16; 200 with --int8)")
+    p.add_argument("--int8", action="store_true", help="post-training static int8 quantization")
+    p.add_argument("--calibration-data", default=None, metavar="fashion-mnist|DIR",
+                   help="images to calibrate int8 on (Fashion-MNIST: the training split)")
+    p.add_argument("--calibration-samples", type=int, default=300, help="calibration images (default 300)")
+    p.add_argument("--accuracy", action="store_true",
+                   help="also report Fashion-MNIST test accuracy of eager PyTorch and of the exported file")
+    p.set_defaults(handler=export_command)
+
+    b = subparsers.add_parser(
+        "bench", help="latency/throughput of our models and the reference models on every backend",
+        description="Each path (model x backend) in its own process, measured in interleaved rounds.")
+    b.add_argument("--models", default="mobilenet_v1,mobilenet_v2,mobilenet_v3_large,mobilenet_v3_small",
+                   help="comma-separated (default: all four)")
+    b.add_argument("--backends", default=None, help="comma-separated from torch,onnxruntime,openvino "
+                                                    "(default: every installed one)")
+    b.add_argument("--batch", default="1,32", help="comma-separated batch sizes (default 1,32)")
+    b.add_argument("--threads", type=int, default=2, help="threads per runtime (default 2)")
+    b.add_argument("--rounds", type=int, default=30, help="interleaved rounds per path at batch 1 (default 30)")
+    b.add_argument("--large-batch-rounds", type=int, default=10,
+                   help="interleaved rounds per path at larger batches (default 10)")
+    b.add_argument("--tuned-peers", action="store_true",
+                   help="also run the reference ONNX files with our tuned runner settings")
+    b.add_argument("--int8", action="store_true", help="also measure our int8 models (NNCF/OpenVINO, ORT QDQ)")
+    b.add_argument("--calibration-data", default=None, metavar="fashion-mnist|DIR",
+                   help="calibration images for --int8 (default fashion-mnist)")
+    b.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+    b.set_defaults(handler=bench_command)
+
+
+def _bench():
+    from ..deploy import bench
+    return bench
+
+
+def export_command(args: argparse.Namespace) -> int:
+    from ..deploy.export import export_model
+    from ..deploy.runtime import installed
+    from ..deploy.source import load_source
+    from ..errors import UserError
+
+    fmt = args.format
+    if fmt is None:
+        fmt = "openvino" if args.int8 and installed("openvino") and installed("nncf") else "onnx"
+    if args.calibration_data and not args.int8:
+        raise UserError("--calibration-data is only used with --int8; add --int8 or drop it")
+    for name in ("parity_samples", "calibration_samples"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)} must be at least 1")
+    model, meta = load_source(args.source, weights=args.weights)
+    out = Path(args.out) if args.out else Path(f"{Path(args.source).stem}{'_int8' if args.int8 else ''}{SUFFIX[fmt]}")
+    result = export_model(model, meta, out, fmt, dynamic_batch=args.dynamic_batch, batch=args.batch,
+                          parity_data=args.data, parity_n=args.parity_samples, int8=args.int8,
+                          calibration_data=args.calibration_data, calibration_n=args.calibration_samples)
+    extra = f" + {out.with_suffix('.bin').name}" if fmt == "openvino" else ""
+    print(f"wrote {result.path}{extra} ({fmt}, {result.precision}, {meta.model})")
+    print(result.parity)
+    if result.details:
+        print("quantization: " + ", ".join(f"{k}={v}" for k, v in result.details.items()))
+    if args.accuracy:
+        from ..deploy.evaluate import accuracy_report
+        print(accuracy_report(model, meta, result.path))
+    return 0
+
+
+def bench_command(args: argparse.Namespace) -> int:
+    bench = _bench()
+    report = bench.run_bench(
+        models=bench.parse_list(args.models, "models"),
+        backends=bench.parse_list(args.backends, "backends") if args.backends else None,
+        batches=bench.parse_list(args.batch, "batch", int), threads=args.threads, rounds=args.rounds,
+        large_batch_rounds=args.large_batch_rounds,
+        tuned_peers=args.tuned_peers, int8=args.int8, calibration=args.calibration_data,
+        progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+    print(json.dumps(report.to_json(), indent=1) if args.json else bench.format_table(report))
+    return 0

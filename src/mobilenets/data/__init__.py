@@ -1,0 +1,1 @@
+"""Data: Fashion-MNIST (idx files), image-folder trees, and the image -> tensor preprocessing."""

@@ -1,0 +1,175 @@
+"""One builder for the batches that training and evaluation read, whatever ``--data`` names.
+
+- ``fashion-mnist`` (or a folder holding its idx files): the uint8 images stay in memory as one tensor and
+  batches are sliced from it (:class:`TensorBatches`); augmentation runs on the batch.
+- any other folder: an image-folder tree (:mod:`.image_folder`) read through a ``DataLoader``.
+
+Training order comes from ``DistributedSampler`` (seeded, ``set_epoch`` per epoch) in both cases, also in a
+single process: with the same seed, one process with batch B sees exactly the global batches that N processes
+with batch B/N see together.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from ..checkpoint import Preprocessing
+from ..errors import UserError
+from . import fashion_mnist
+from .image_folder import ImageFolderDataset, collate_skip_bad, find_splits
+from .transforms import TensorAugment, folder_transforms, preprocess
+
+FASHION = "fashion-mnist"
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def data_kind(data: str) -> tuple[str, Path | None]:
+    """``("fashion", root or None)`` or ``("folder", path)`` for a ``--data`` value."""
+    if data == FASHION:
+        return "fashion", None
+    path = Path(data)
+    if not path.exists():
+        raise UserError(f"--data {data} does not exist; pass {FASHION} (Debian package "
+                        f"{fashion_mnist.DEBIAN_PACKAGE}) or a folder of images with one subfolder per class")
+    if path.is_dir() and fashion_mnist.is_fashion_mnist_dir(path):
+        return "fashion", path
+    return "folder", path
+
+
+def default_preprocessing(data: str, img_size: int, in_chans: int) -> Preprocessing:
+    """Fashion-MNIST: resize the 28x28 image to ``img_size`` (no crop) with the data set's statistics.
+    Image folders: ImageNet-style resize to img_size/0.875 and centre crop."""
+    kind, _ = data_kind(data)
+    if kind == "fashion":
+        return Preprocessing(input_size=(in_chans, img_size, img_size), resize=img_size,
+                             mean=(fashion_mnist.MEAN,) * in_chans, std=(fashion_mnist.STD,) * in_chans)
+    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if in_chans == 3 else ((0.449,), (0.226,))
+    return Preprocessing(input_size=(in_chans, img_size, img_size), resize=round(img_size / 0.875),
+                         mean=mean, std=std)
+
+
+class TensorBatches:
+    """Batches sliced from in-memory uint8 images (N, C, H, W), transformed as a batch."""
+
+    bad = 0  # nothing to skip: the idx files were checked when read
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, class_names: list[str], batch_size: int,
+                 transform: Callable[[torch.Tensor], torch.Tensor], *, train: bool, seed: int = 0,
+                 rank: int = 0, world_size: int = 1):
+        self.images, self.labels, self.class_names = images, labels, class_names
+        self.batch_size, self.transform, self.train = batch_size, transform, train
+        self.sampler = DistributedSampler(images, num_replicas=world_size, rank=rank, shuffle=train, seed=seed,
+                                          drop_last=train) if train else None
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.images)
+
+    def set_epoch(self, epoch: int) -> None:
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        n = len(self.sampler) if self.sampler is not None else len(self.images)
+        return n // self.batch_size if self.train else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.tensor(list(self.sampler)) if self.sampler is not None else torch.arange(len(self.images))
+        for i in range(len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            yield self.transform(self.images[idx]), self.labels[idx]
+
+
+class FolderBatches:
+    """Batches of an image-folder split through a DataLoader; counts files skipped with ``--skip-bad``."""
+
+    def __init__(self, dataset: ImageFolderDataset, class_names: list[str], batch_size: int, *, train: bool,
+                 seed: int = 0, rank: int = 0, world_size: int = 1, num_workers: int = 0):
+        self.class_names = class_names
+        self.sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=seed,
+                                          drop_last=train) if train else None
+        self.loader = DataLoader(dataset, batch_size=batch_size, sampler=self.sampler, shuffle=False,
+                                 num_workers=num_workers, collate_fn=collate_skip_bad, drop_last=train,
+                                 persistent_workers=num_workers > 0)
+        self.num_samples = len(dataset)
+        self.bad_files: set[str] = set()
+
+    @property
+    def bad(self) -> int:
+        """Distinct files skipped so far (``--skip-bad``)."""
+        return len(self.bad_files)
+
+    def set_epoch(self, epoch: int) -> None:
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for x, y, bad in self.loader:
+            self.bad_files.update(bad)
+            if len(y):
+                yield x, y
+
+
+@dataclass
+class DataConfig:
+    """What ``--data`` and friends resolve to; stored in the run's config and the checkpoint."""
+
+    data: str
+    batch_size: int = 128
+    augment: str = "basic"
+    seed: int = 0
+    val_fraction: float = 0.1
+    num_workers: int = 0
+    skip_bad: bool = False
+    limit_train: int | None = None  # first N samples only (smoke tests)
+    limit_val: int | None = None
+
+
+def _limit(n: int | None, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    return tensors if n is None else tuple(t[:n] for t in tensors)
+
+
+def build_train_val(cfg: DataConfig, pre: Preprocessing, rank: int = 0, world_size: int = 1):
+    """``(train batches, val batches, class names)``; val batches are complete on every rank."""
+    kind, root = data_kind(cfg.data)
+    if kind == "fashion":
+        x_tr, y_tr, names = fashion_mnist.load_fashion_mnist("train", root)
+        x_va, y_va, _ = fashion_mnist.load_fashion_mnist("test", root)
+        x_tr, y_tr = _limit(cfg.limit_train, x_tr.unsqueeze(1), y_tr)
+        x_va, y_va = _limit(cfg.limit_val, x_va.unsqueeze(1), y_va)
+        augment = TensorAugment(pre, cfg.augment, tuple(x_tr.shape[-2:]))
+        train = TensorBatches(x_tr, y_tr, names, cfg.batch_size, augment, train=True, seed=cfg.seed, rank=rank,
+                              world_size=world_size)
+        val = TensorBatches(x_va, y_va, names, cfg.batch_size, lambda b: preprocess(b, pre), train=False)
+        return train, val, names
+    train_s, val_s, names = find_splits(root, cfg.val_fraction, cfg.seed)
+    train_s, val_s = train_s[:cfg.limit_train], val_s[:cfg.limit_val]
+    in_chans = pre.input_size[0]
+    train = FolderBatches(ImageFolderDataset(train_s, folder_transforms(pre, cfg.augment), in_chans, cfg.skip_bad),
+                          names, cfg.batch_size, train=True, seed=cfg.seed, rank=rank, world_size=world_size,
+                          num_workers=cfg.num_workers)
+    val = FolderBatches(ImageFolderDataset(val_s, folder_transforms(pre, "none"), in_chans, cfg.skip_bad),
+                        names, cfg.batch_size, train=False, num_workers=cfg.num_workers)
+    return train, val, names
+
+
+def build_eval(cfg: DataConfig, pre: Preprocessing):
+    """Evaluation batches: Fashion-MNIST's 10,000 test images, or an image folder's val split (the same split
+    that training used when it was cut with --val-fraction and --seed)."""
+    kind, root = data_kind(cfg.data)
+    if kind == "fashion":
+        x, y, names = fashion_mnist.load_fashion_mnist("test", root)
+        x, y = _limit(cfg.limit_val, x.unsqueeze(1), y)
+        return TensorBatches(x, y, names, cfg.batch_size, lambda b: preprocess(b, pre), train=False), names
+    _, val_s, names = find_splits(root, cfg.val_fraction, cfg.seed)
+    val_s = val_s[:cfg.limit_val]
+    ds = ImageFolderDataset(val_s, folder_transforms(pre, "none"), pre.input_size[0], cfg.skip_bad)
+    return FolderBatches(ds, names, cfg.batch_size, train=False, num_workers=cfg.num_workers), names
+

@@ -1,0 +1,37 @@
+"""Fashion-MNIST test accuracy of eager PyTorch and of an exported file, for the export report."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..checkpoint import CheckpointMeta
+from .inputs import fashion_mnist_inputs
+
+
+def accuracy(predict, images: np.ndarray, labels: np.ndarray, batch: int = 250) -> float:
+    correct = 0
+    for i in range(0, len(images), batch):
+        correct += int((predict(images[i:i + batch]).argmax(1) == labels[i:i + batch]).sum())
+    return correct / len(images)
+
+
+def accuracy_report(model: nn.Module, meta: CheckpointMeta, exported: Path, *, backend: str | None = None,
+                    limit: int | None = None) -> str:
+    """One line: eager accuracy, the exported file's accuracy and the change in points."""
+    from .runtime import RUNS_ON, installed, open_runner
+
+    images, labels, _ = fashion_mnist_inputs(meta.preprocessing, "test", limit=limit)
+    model = model.eval()
+
+    def eager(x):
+        with torch.inference_mode():
+            return model(torch.from_numpy(x)).numpy()
+
+    backend = backend or next(b for b in RUNS_ON[exported.suffix] if installed(b))
+    runner = open_runner(exported, backend=backend)
+    base, got = accuracy(eager, images, labels), accuracy(runner.run, images, labels)
+    return (f"Fashion-MNIST test accuracy ({len(images)} images): eager PyTorch {base:.2%}, {exported.name} on "
+            f"{backend} {got:.2%} ({(got - base) * 100:+.2f} points)")

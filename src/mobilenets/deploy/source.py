@@ -1,0 +1,122 @@
+"""Turn ``CHECKPOINT_OR_NAME`` into an eval-mode ``nn.Module`` plus the :class:`CheckpointMeta` that travels
+with every exported file.
+
+Accepted: a mobilenets checkpoint (``.safetensors`` with mobilenets metadata), a torchvision or timm MobileNet
+state dict (``.pth`` / ``.pt`` / foreign ``.safetensors``, matched against the registry with
+:func:`mobilenets.load_weights`), or a registered model name (random init, or ``weights="torchvision"`` /
+``"timm"``).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..checkpoint import CheckpointMeta, Preprocessing, load_checkpoint
+from ..errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def load_source(spec: str, *, weights: str | None = None) -> tuple[nn.Module, CheckpointMeta]:
+    """The model and metadata ``spec`` names; one-line :class:`UserError` when it is neither a known model nor a
+    MobileNet checkpoint."""
+    path = Path(spec)
+    if path.is_file():
+        if weights is not None:
+            raise UserError(f"--weights {weights} only applies to a model name, but {spec} is a file; drop --weights")
+        return _load_file(path)
+    if path.suffix in {".safetensors", ".pth", ".pt", ".bin"} or "/" in spec:
+        raise UserError(f"checkpoint {spec} not found; pass an existing checkpoint file or a model name "
+                        "(see 'mobilenets models')")
+    from ..registry import create_model, get_entry
+
+    entry = get_entry(spec)  # UserError with close matches for a typo
+    if entry.task != "classify":
+        raise UserError(f"model {spec!r} is a {entry.task} model; export supports classification models "
+                        "(see 'mobilenets models --task classify')")
+    model = create_model(spec, weights=weights).eval()
+    return model, meta_for(model, spec, {})
+
+
+def meta_for(model: nn.Module, name: str, options: dict, class_names: list[str] | None = None) -> CheckpointMeta:
+    """Metadata for a model that did not come from a mobilenets checkpoint (ImageNet-style preprocessing)."""
+    in_chans = _first_conv(model).in_channels
+    pre = Preprocessing(input_size=(in_chans, 224, 224))
+    if in_chans != 3:
+        pre = Preprocessing(input_size=(in_chans, 224, 224), mean=(0.5,) * in_chans, std=(0.5,) * in_chans)
+    return CheckpointMeta(model=name, options=dict(options), class_names=list(class_names or []),
+                          preprocessing=pre)
+
+
+def _first_conv(model: nn.Module) -> nn.Conv2d:
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            return m
+    raise UserError(f"{type(model).__name__} has no Conv2d layer; it is not a MobileNet")
+
+
+def _load_file(path: Path) -> tuple[nn.Module, CheckpointMeta]:
+    if path.suffix == ".safetensors" and _is_mobilenets_checkpoint(path):
+        model, meta = load_checkpoint(path)
+        if meta.task != "classify":
+            raise UserError(f"{path} is a {meta.task} checkpoint; export supports classification checkpoints")
+        return model.eval(), meta
+    state = _read_foreign_state(path)
+    return _match_registry(path, state)
+
+
+def _is_mobilenets_checkpoint(path: Path) -> bool:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get("format") == "mobilenets"
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"{path} is not a readable safetensors file ({e}); pass a mobilenets, torchvision or "
+                        "timm MobileNet checkpoint") from e
+
+
+def _read_foreign_state(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle arbitrary objects
+    except Exception as e:  # noqa: BLE001 - any reader failure means "not a checkpoint we can read"
+        raise UserError(f"{path} is not a readable checkpoint ({type(e).__name__}); pass a mobilenets "
+                        "(.safetensors), torchvision or timm MobileNet checkpoint") from e
+    for key in ("state_dict", "model", "model_ema"):  # common training-script wrappers
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{path} does not hold a state dict of tensors; pass a mobilenets, torchvision or timm "
+                        "MobileNet checkpoint")
+    return state
+
+
+def _match_registry(path: Path, state: dict[str, torch.Tensor]) -> tuple[nn.Module, CheckpointMeta]:
+    """Find the registered classifier whose torchvision/timm key mapping accepts ``state``."""
+    from ..registry import create_model, list_models
+    from ..weights import load_weights
+
+    convs = [v for v in state.values() if v.ndim == 4]
+    linears = [v for v in state.values() if v.ndim == 2]
+    if not convs or not linears:
+        raise UserError(f"{path} is not a MobileNet checkpoint (no conv and classifier weights); pass a "
+                        "mobilenets, torchvision or timm MobileNet checkpoint")
+    options = {"in_chans": int(convs[0].shape[1]), "num_classes": int(linears[-1].shape[0])}
+    for name in list_models(task="classify"):
+        model = create_model(name, **options)
+        try:
+            load_weights(model, state)
+        except (UserError, RuntimeError, KeyError):
+            continue
+        log.info("%s matched %s %s", path, name, options)
+        return model.eval(), meta_for(model, name, options)
+    raise UserError(f"{path} is not a mobilenets, torchvision or timm MobileNet checkpoint (its {len(state)} "
+                    f"tensors match no registered model); check the file, or build the model in Python and "
+                    "call mobilenets.deploy.export_model")

@@ -1,0 +1,10 @@
+"""Task heads on zoo backbones: SSDLite detection, LR-ASPP and DeepLabV3 segmentation.
+
+Importing this package registers the task models (``mobilenets.list_models(task="detect" | "segment")``).
+"""
+from . import deeplabv3, lraspp, ssdlite  # noqa: F401  (run the @register_model decorators)
+from .deeplabv3 import DeepLabV3
+from .lraspp import LRASPP
+from .ssdlite import SSDLite
+
+__all__ = ["DeepLabV3", "LRASPP", "SSDLite"]

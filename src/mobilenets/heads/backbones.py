@@ -1,0 +1,92 @@
+"""Zoo backbones for the task heads: build one from the registry, convert torchvision backbone weights."""
+from __future__ import annotations
+
+import inspect
+
+from torch import nn
+
+from ..errors import UserError
+
+
+def build_backbone(name: str, *, width_multiplier: float = 1.0, reduced_tail: bool | None = None,
+                   default_reduced_tail: bool = False, in_chans: int = 3, norm_layer: str | None = None,
+                   output_stride: int = 32, dilation_policy: str | None = None,
+                   final_conv: bool = True) -> nn.Module:
+    """``create_model(name, num_classes=0, ...)`` for a classification model of the zoo.
+
+    ``reduced_tail`` exists for MobileNetV3 only (last stage at half the channels, Table 6 of arXiv:1905.02244);
+    ``None`` means ``default_reduced_tail`` for V3 and off for the others. The pooled classification head is
+    removed: task heads read ``forward_features`` / taps only. ``final_conv=False`` also removes the final 1x1
+    conv (V2's 1280, V3's 960 / 576), so ``forward_features`` ends with the last stage: the feature extractor of
+    DeepLab's MobileNetV2 ("layer_18", 320 channels).
+    """
+    from ..registry import create_model, get_entry, list_models
+
+    entry = get_entry(name)
+    if entry.task != "classify":
+        raise UserError(f"backbone={name!r} is a {entry.task} model; pick a classification backbone: "
+                        f"{', '.join(list_models(task='classify'))}")
+    if output_stride not in (8, 16, 32):
+        raise UserError(f"output_stride={output_stride}; use 8, 16 or 32")
+    takes_tail = "reduced_tail" in inspect.signature(entry.builder).parameters
+    if reduced_tail is None:
+        reduced_tail = default_reduced_tail and takes_tail
+    options = dict(num_classes=0, width_multiplier=width_multiplier, in_chans=in_chans,
+                   output_stride=output_stride)
+    if reduced_tail:
+        if not takes_tail:
+            raise UserError(f"reduced_tail=True is a MobileNetV3 option, {name!r} has no reduced tail; "
+                            "drop reduced_tail or use backbone=mobilenet_v3_large / mobilenet_v3_small")
+        options["reduced_tail"] = True
+    elif takes_tail:
+        options["reduced_tail"] = False
+    if norm_layer is not None:
+        options["norm_layer"] = norm_layer
+    if dilation_policy is not None:
+        options["dilation_policy"] = dilation_policy
+    backbone = create_model(name, **options)
+    _drop_pooled_head(backbone)
+    if not final_conv:
+        _drop_final_conv(backbone)
+    return backbone
+
+
+def _drop_final_conv(backbone: nn.Module) -> None:
+    if isinstance(getattr(backbone, "final_conv", None), nn.Identity) or not hasattr(backbone, "final_conv"):
+        return
+    backbone.final_conv = nn.Identity()
+    backbone.feature_info = [f for f in backbone.feature_info if f.module != "final_conv"]
+    backbone.num_features = backbone.feature_info[-1].channels
+
+
+def _drop_pooled_head(backbone: nn.Module) -> None:
+    # Dense heads read forward_features; V3's pooled 1x1 head conv (``head_fc``, 1280 / 1024 wide) is never run,
+    # and leaving it would add 1.2 M parameters that get no gradient and break torchvision's parameter counts.
+    backbone.reset_classifier(0)
+    for name in ("head_fc", "head_act"):
+        if hasattr(backbone, name):
+            setattr(backbone, name, nn.Identity())
+
+
+def leaf_modules(module: nn.Module, prefix: str) -> list[str]:
+    """Paths (under ``prefix``) of the sub-modules of ``module`` that own parameters or buffers directly."""
+    return [f"{prefix}{name}" for name, m in module.named_modules()
+            if any(True for _ in m.parameters(recurse=False)) or any(True for _ in m.buffers(recurse=False))]
+
+
+def rename_prefixes(paths: list[str], renames: dict[str, str]) -> dict[str, str]:
+    """Module map for ``paths`` whose names differ from the foreign ones only by a prefix."""
+    out = {}
+    for path in paths:
+        for ours, theirs in renames.items():
+            if path.startswith(ours):
+                out[path] = theirs + path[len(ours):]
+    return out
+
+
+def torchvision_backbone_map(backbone: nn.Module, prefix: str) -> dict[str, str]:
+    """Our backbone module paths -> torchvision's classification ``features`` paths, renamed to ``prefix``."""
+    from ..weights import torchvision_module_map
+
+    return {ours: prefix + theirs[len("features"):] for ours, theirs in torchvision_module_map(backbone).items()
+            if theirs.startswith("features.")}

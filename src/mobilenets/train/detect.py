@@ -1,0 +1,361 @@
+"""Object detection: ``train``, ``evaluate`` and ``predict`` entry points of the CLI (``--task detect``).
+
+Data: ``--data scenes`` (the built-in Fashion-MNIST scenes, :mod:`mobilenets.data.scenes`) or a folder with
+images and a COCO instances JSON (:mod:`mobilenets.data.coco`; ``DATA/train`` and ``DATA/val`` subfolders are
+used as the two splits when present, else ``--val-data``).
+Model: ``--model`` names a detection model (``ssdlite_mobilenet_v3_large`` ...) or a classification backbone,
+which gets an SSDLite head (``--backbone`` overrides the backbone of ``ssdlite``).
+Input: every image is resized to ``--img-size`` squared (default: the scene size, 320 for COCO folders), as
+torchvision's SSDLite320 does, then normalised to [-1, 1]; boxes are mapped back to the original image.
+Metrics: COCO box mAP@[.5:.95] and mAP@.5 from pycocotools, on the original image coordinates.
+
+A run folder (``--out``) ends up with ``best.safetensors`` (highest val mAP), ``last.safetensors`` and
+``metrics.jsonl`` (one record per epoch).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import itertools
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+from torchvision.transforms import v2
+from tqdm import tqdm
+
+from ..checkpoint import CheckpointMeta, Preprocessing, save_checkpoint
+from ..errors import UserError
+from . import dense
+from .dense import MEAN, SCENES, STD, save_png
+
+log = logging.getLogger(__name__)
+
+GENERIC_MODEL = "ssdlite"
+
+
+def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    dense.add_dense_arguments(parser, command)
+
+
+# -- data ----------------------------------------------------------------------------------------------------
+
+def train_transforms(size: int, photometric: bool = True) -> v2.Compose:
+    """Flip and photometric distortion (SSD section 3.6), resize to the model input, drop boxes the resize made
+    degenerate, normalise. Boxes move with the image (transforms.v2 with tv_tensors). The scenes skip the
+    photometric distortion: their colours are random already, and it would double the data loading time."""
+    colour = [v2.RandomPhotometricDistort(p=0.5)] if photometric else []
+    return v2.Compose([v2.RandomHorizontalFlip(), *colour, v2.Resize((size, size), antialias=True),
+                       v2.SanitizeBoundingBoxes(min_size=1), v2.Normalize(MEAN, STD)])
+
+
+def collate_train(batch):
+    images = torch.stack([im.as_subclass(Tensor) for im, _ in batch])
+    targets = [{"boxes": t["boxes"].as_subclass(Tensor).float(), "labels": t["labels"]} for _, t in batch]
+    return images, targets
+
+
+def open_split(data: str | None, split: str, args: argparse.Namespace, transforms, scene_cfg: dict | None = None):
+    """The ``split`` ("train" / "val") of ``--data``: scenes or a COCO folder."""
+    from ..data.coco import open_coco
+
+    skip = bool(getattr(args, "skip_bad", False))
+    if data in (None, SCENES):
+        from ..data.scenes import FashionScenes, SceneConfig
+
+        cfg = dict(scene_cfg or {})
+        size = getattr(args, "scene_size", None) or cfg.get("image_size") or 128
+        config = SceneConfig(image_size=size)
+        if split == "train":
+            n = getattr(args, "scenes", None) or getattr(args, "limit_train", None) or 10000
+        else:
+            n = getattr(args, "limit_val", None) or cfg.get("val_scenes") or 1000
+        seed = cfg.get("seed", getattr(args, "seed", 0) or 0)
+        return FashionScenes("train" if split == "train" else "test", n, config, seed=seed,
+                             transforms=transforms, targets="detect")
+    root = Path(data)
+    annotations = getattr(args, "annotations", None)
+    if (root / "train").is_dir() and (root / "val").is_dir():
+        return open_coco(root / split, None, transforms, skip)
+    if split == "val" and getattr(args, "val_data", None):
+        return open_coco(args.val_data, None, transforms, skip)
+    if split == "val":
+        log.warning("%s has no train/ and val/ subfolders and no --val-data was given: the metrics are measured "
+                    "on the training images", root)
+    return open_coco(root, annotations, transforms, skip)
+
+
+# -- evaluation ----------------------------------------------------------------------------------------------
+
+def _resize_batch(images: list[Tensor], size: int) -> Tensor:
+    out = []
+    for im in images:
+        im = im.as_subclass(Tensor)
+        if tuple(im.shape[-2:]) != (size, size):
+            im = F.interpolate(im[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
+        out.append(im)
+    return v2.functional.normalize(torch.stack(out), list(MEAN), list(STD))
+
+
+def coco_map(gts: list[dict], detections: list[dict], num_classes: int) -> dict:
+    """mAP@[.5:.95], mAP@.5 and per-class AP with pycocotools.
+
+    ``gts[i]``: ``boxes`` (N, 4) XYXY, ``labels``, ``size`` (H, W); ``detections[i]``: ``boxes``, ``scores``,
+    ``labels`` in the same coordinates.
+    """
+    try:
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+    except ImportError as e:
+        raise UserError("detection metrics need pycocotools: pip install 'mobilenets[detection]'") from e
+    images, annotations, results = [], [], []
+    for i, (gt, det) in enumerate(zip(gts, detections)):
+        h, w = gt["size"]
+        images.append({"id": i + 1, "height": int(h), "width": int(w)})
+        for box, label in zip(gt["boxes"].tolist(), gt["labels"].tolist()):
+            bw, bh = box[2] - box[0], box[3] - box[1]
+            annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": int(label),
+                                "bbox": [box[0], box[1], bw, bh], "area": bw * bh, "iscrowd": 0})
+        for box, score, label in zip(det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist()):
+            results.append({"image_id": i + 1, "category_id": int(label), "score": float(score),
+                            "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]]})
+    categories = [{"id": c} for c in range(1, num_classes)]
+    if not annotations or not results:
+        return {"map": 0.0, "map50": 0.0, "per_class_ap": [0.0] * (num_classes - 1)}
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools reports with print()
+        gt = COCO()
+        gt.dataset = {"images": images, "annotations": annotations, "categories": categories}
+        gt.createIndex()
+        dt = gt.loadRes(results)
+        ev = COCOeval(gt, dt, "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    precision = ev.eval["precision"][:, :, :, 0, -1]  # (IoU thresholds, recall, class) at area all, 100 dets
+    per_class = []
+    for k in range(precision.shape[2]):
+        p = precision[:, :, k]
+        per_class.append(float(p[p > -1].mean()) if (p > -1).any() else 0.0)
+    return {"map": float(ev.stats[0]), "map50": float(ev.stats[1]), "per_class_ap": per_class}
+
+
+@torch.no_grad()
+def evaluate_detector(model: nn.Module, dataset, size: int, *, batch_size: int = 32, progress: bool = False,
+                      channels_last: bool = False) -> dict:
+    """COCO mAP of ``model`` on ``dataset`` (raw, untransformed samples), boxes in original coordinates."""
+    model.eval()
+    gts, dets = [], []
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=lambda b: b)
+    start = time.perf_counter()
+    for batch in tqdm(loader, desc="eval", unit="batch", leave=False, disable=not progress):
+        x = _resize_batch([im for im, _ in batch], size)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        preds = model.predict(x)
+        for (im, target), pred in zip(batch, preds):
+            h, w = im.shape[-2:]
+            scale = torch.tensor([w / size, h / size, w / size, h / size])
+            dets.append({"boxes": pred["boxes"] * scale, "scores": pred["scores"], "labels": pred["labels"]})
+            gts.append({"boxes": target["boxes"].as_subclass(Tensor), "labels": target["labels"], "size": (h, w)})
+    seconds = time.perf_counter() - start
+    result = coco_map(gts, dets, model.num_classes)
+    result.update(images=len(gts), objects=int(sum(len(g["labels"]) for g in gts)), eval_seconds=seconds)
+    return result
+
+
+# -- train ---------------------------------------------------------------------------------------------------
+
+def _data_meta(data: str | None, train_ds, val_ds, size: int) -> dict:
+    if data in (None, SCENES):
+        return {"data": SCENES, "seed": train_ds.seed, "image_size": train_ds.config.image_size,
+                "train_scenes": len(train_ds), "val_scenes": len(val_ds), "input_size": size}
+    return {"data": str(data), "train": train_ds.describe(), "val": val_ds.describe(), "input_size": size,
+            "skipped_annotations": dict(train_ds.skipped)}
+
+
+def train(args: argparse.Namespace) -> dict:
+    """``mobilenets train --task detect``: fit a detector; returns the last epoch's record."""
+    from ..registry import create_model
+    from .ema import create_ema
+
+    dense.set_threads(args)
+    out = dense.prepare_out(args)
+    seed = getattr(args, "seed", 0) or 0
+    torch.manual_seed(seed)
+    data = getattr(args, "data", None) or SCENES
+    name, options = dense.resolve_model(args, "detect", GENERIC_MODEL)
+    probe = open_split(data, "val", args, None)
+    size = getattr(args, "img_size", None) or (probe.config.image_size if data == SCENES else 320)
+    train_ds = open_split(data, "train", args, train_transforms(size, photometric=data != SCENES))
+    val_ds = probe
+    class_names = ["background"] + list(train_ds.class_names)
+    if getattr(args, "weights", None):
+        raise UserError("--weights is not supported for --task detect yet; load weights with "
+                        "mobilenets.load_weights(model, path) in Python")
+    model = create_model(name, num_classes=len(class_names), **options)
+    dense.set_bn_momentum(model)
+    channels_last = bool(getattr(args, "channels_last", False))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    batch_size = getattr(args, "batch_size", 32) or 32
+    if batch_size < 2:
+        raise UserError(f"--batch-size {batch_size} must be at least 2 (BatchNorm needs 2 samples)")
+    generator = torch.Generator().manual_seed(seed)
+    loader = DataLoader(train_ds, batch_size=batch_size, shuffle=True, drop_last=True, collate_fn=collate_train,
+                        num_workers=getattr(args, "workers", 0) or 0, generator=generator,
+                        persistent_workers=bool(getattr(args, "workers", 0)))
+    if len(loader) == 0:
+        raise UserError(f"{len(train_ds)} training images are fewer than --batch-size {batch_size}")
+    epochs = getattr(args, "epochs", 10) or 10
+    deadline = dense.Deadline(getattr(args, "time_limit", None))
+    optimizer = dense.build_optimizer(model, args, lr=3e-3, weight_decay=5e-4)
+    total = epochs * len(loader)
+    warmup = getattr(args, "warmup_epochs", None)
+    warmup_steps = int(warmup * len(loader)) if warmup is not None else min(300, total // 10 + 1)
+    scheduler = dense.warmup_cosine(optimizer, total, warmup_steps, deadline)
+    ema_decay = getattr(args, "ema_decay", None)
+    ema = create_ema(model, 0.999 if ema_decay is None else ema_decay)
+    progress = not getattr(args, "no_progress", False)
+    meta_data = _data_meta(data, train_ds, val_ds, size)
+    pre = Preprocessing(input_size=(3, size, size), resize=size, mean=MEAN, std=STD, interpolation="bilinear")
+    best, record, step = -1.0, {}, 0
+    log.info("training %s (%s) on %s: %d images, %d val, %d epochs of %d steps", name, options, data,
+             len(train_ds), len(val_ds), epochs, len(loader))
+    for epoch in range(epochs):
+        model.train()
+        sums = {"bbox_regression": 0.0, "classification": 0.0}
+        seen, start = 0, time.perf_counter()
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}", unit="batch", leave=False, disable=not progress)
+        for i, (x, targets) in enumerate(bar):
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            losses = model.loss(model(x), targets)
+            loss = losses["bbox_regression"] + losses["classification"]
+            dense.check_finite(loss, epoch, i)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            if ema is not None:
+                ema.update_parameters(model)
+            step += 1
+            seen += len(x)
+            for k in sums:
+                sums[k] += float(losses[k].detach()) * len(x)
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+            if step % dense.LOG_EVERY == 0:
+                log.info("step %d: loss %.4f, %.1f img/s, lr %.2e", step, float(loss.detach()),
+                         seen / (time.perf_counter() - start), optimizer.param_groups[0]["lr"])
+            if deadline.passed():
+                break
+        train_seconds = time.perf_counter() - start
+        evaluated = ema.module if ema is not None else model
+        if ema is not None:
+            dense.recalibrate_bn(evaluated, (x for x, _ in itertools.islice(loader, dense.RECALIBRATION_BATCHES)),
+                                 channels_last)
+        metrics = evaluate_detector(evaluated, val_ds, size, channels_last=channels_last)
+        record = {"epoch": epoch + 1, "step": step, "loss_box": sums["bbox_regression"] / max(1, seen),
+                  "loss_cls": sums["classification"] / max(1, seen), "train_img_s": seen / train_seconds,
+                  "lr": optimizer.param_groups[0]["lr"], **{k: v for k, v in metrics.items() if k != "per_class_ap"}}
+        log.info("epoch %d: loss box %.3f cls %.3f, val mAP %.4f mAP@.5 %.4f (%.0f img/s)", epoch + 1,
+                 record["loss_box"], record["loss_cls"], metrics["map"], metrics["map50"], record["train_img_s"])
+        dense.append_jsonl(out / "metrics.jsonl", record)
+        meta = CheckpointMeta(model=evaluated.arch_name, options=dict(evaluated.arch_options), task="detect",
+                              class_names=class_names, preprocessing=pre,
+                              extra={"data": meta_data, "metrics": {**record,
+                                                                    "per_class_ap": metrics["per_class_ap"]},
+                                     "resize": "stretch to input_size (no crop)"})
+        save_checkpoint(out / "last.safetensors", evaluated, meta)
+        if metrics["map"] > best:
+            best = metrics["map"]
+            save_checkpoint(out / "best.safetensors", evaluated, meta)
+        if deadline.passed():
+            log.info("time limit reached after epoch %d (step %d)", epoch + 1, step)
+            break
+    return record
+
+
+# -- eval / predict ------------------------------------------------------------------------------------------
+
+def _load_detector(path: str):
+    from ..checkpoint import load_checkpoint
+
+    model, meta = load_checkpoint(path)
+    if meta.task != "detect":
+        raise UserError(f"{path} is a {meta.task} checkpoint; pass --task {meta.task}")
+    return model, meta
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    """``mobilenets eval --task detect``: COCO mAP of a checkpoint."""
+    dense.set_threads(args)
+    model, meta = _load_detector(args.checkpoint)
+    trained = meta.extra.get("data", {})
+    data = getattr(args, "data", None) or trained.get("data", SCENES)
+    scene_cfg = {"image_size": trained.get("image_size"), "seed": trained.get("seed", 0),
+                 "val_scenes": trained.get("val_scenes")} if data == SCENES else None
+    dataset = open_split(data, "val", args, None, scene_cfg)
+    size = meta.preprocessing.input_size[-1]
+    result = evaluate_detector(model, dataset, size, batch_size=getattr(args, "batch_size", 32) or 32,
+                               progress=not (getattr(args, "no_progress", False) or getattr(args, "json", False)))
+    names = meta.class_names[1:]
+    report = {"checkpoint": str(args.checkpoint), "data": data, "map": result["map"], "map50": result["map50"],
+              "images": result["images"], "objects": result["objects"],
+              "per_class_ap": dict(zip(names, result["per_class_ap"]))}
+    if getattr(args, "json", False):
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"{args.checkpoint} on {data}: {result['images']} images, {result['objects']} objects")
+        print(f"mAP@[.5:.95] {result['map']:.4f}   mAP@.5 {result['map50']:.4f}")
+        width = max(len(n) for n in names)
+        for n, ap in zip(names, result["per_class_ap"]):
+            print(f"  {n:<{width}}  AP {ap:.4f}")
+    return report
+
+
+def predict(args: argparse.Namespace) -> list[dict]:
+    """``mobilenets predict --task detect``: boxes per image, drawn into ``--out``/<name>.png."""
+    from torchvision.utils import draw_bounding_boxes
+
+    from ..data.transforms import decode_image
+
+    dense.set_threads(args)
+    if getattr(args, "backend", "torch") not in ("torch", "auto"):
+        raise UserError(f"--backend {args.backend} is not available for detection; use --backend torch (ONNX "
+                        "models of detectors are run with onnxruntime directly, see mobilenets.heads.export)")
+    model, meta = _load_detector(args.checkpoint)
+    size = meta.preprocessing.input_size[-1]
+    out = Path(getattr(args, "out", None) or "predictions")
+    out.mkdir(parents=True, exist_ok=True)
+    thresh = getattr(args, "score_thresh", 0.3)
+    results = []
+    for path in args.images:
+        image = decode_image(path, 3)
+        h, w = image.shape[-2:]
+        pred = model.predict(_resize_batch([image], size))[0]
+        keep = pred["scores"] >= thresh
+        boxes = pred["boxes"][keep] * torch.tensor([w / size, h / size, w / size, h / size])
+        scores, labels = pred["scores"][keep], pred["labels"][keep]
+        names = [meta.class_names[i] if i < len(meta.class_names) else str(i) for i in labels.tolist()]
+        drawn = draw_bounding_boxes((image * 255).round().to(torch.uint8), boxes,
+                                    [f"{n} {s:.2f}" for n, s in zip(names, scores.tolist())], colors="yellow")
+        target = out / (Path(path).stem + ".png")
+        save_png(drawn, target)
+        results.append({"image": str(path), "drawn": str(target),
+                        "detections": [{"class": n, "label": int(lab), "score": round(float(s), 4),
+                                        "box": [round(v, 1) for v in b]}
+                                       for n, lab, s, b in zip(names, labels.tolist(), scores.tolist(),
+                                                               boxes.tolist())]})
+    if getattr(args, "json", False):
+        print(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            found = ", ".join(f"{d['class']} {d['score']:.2f}" for d in r["detections"]) or "nothing"
+            print(f"{r['image']}: {found} -> {r['drawn']}")
+    return results

@@ -1,0 +1,342 @@
+"""Semantic segmentation: ``train``, ``evaluate`` and ``predict`` entry points of the CLI (``--task segment``).
+
+Data: ``--data scenes`` (the built-in Fashion-MNIST scenes, :mod:`mobilenets.data.scenes`: 11 classes, the
+background first) or a VOC-style folder of images and PNG masks (:mod:`mobilenets.data.masks`; ``DATA/train``
+and ``DATA/val`` subfolders are used as the two splits when present, else ``--val-data``).
+Model: ``--model`` names a segmentation model (``lraspp_mobilenet_v3_large``, ``deeplabv3`` ...) or a
+classification backbone, which gets an LR-ASPP head (``--backbone`` overrides the backbone of a generic model).
+Input: images are resized to ``--img-size`` squared and normalised to [-1, 1]; logits are upsampled back to the
+original mask size before the metrics, so they are measured on the labels as given.
+Metrics: mean IoU over the classes present (in the labels or the predictions) and pixel accuracy; 255 in a mask
+is ignored.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+from torchvision.transforms import v2
+from tqdm import tqdm
+
+from ..checkpoint import CheckpointMeta, Preprocessing, save_checkpoint
+from ..data.masks import IGNORE_INDEX
+from ..errors import UserError
+from . import dense
+from .dense import MEAN, SCENES, STD, save_png
+
+log = logging.getLogger(__name__)
+
+GENERIC_MODEL = "lraspp"
+AUX_WEIGHT = 0.5  # torchvision's segmentation recipe
+
+
+def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    dense.add_dense_arguments(parser, command)
+
+
+# -- data ----------------------------------------------------------------------------------------------------
+
+def train_transforms(size: int, scenes: bool) -> v2.Compose:
+    """Masks move with the image (transforms.v2 with tv_tensors; masks are resized with nearest neighbour).
+    Image folders get random resized crops and photometric distortion; the scenes, random by construction
+    (positions, scales, colours), only flips."""
+    if scenes:
+        steps = [v2.Resize((size, size), antialias=True)]
+    else:
+        steps = [v2.RandomPhotometricDistort(p=0.5), v2.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True)]
+    return v2.Compose([v2.RandomHorizontalFlip(), *steps, v2.Normalize(MEAN, STD)])
+
+
+def collate_train(batch):
+    images = torch.stack([im.as_subclass(Tensor) for im, _ in batch])
+    masks = torch.stack([t["mask"].as_subclass(Tensor) for _, t in batch]).long()
+    return images, masks
+
+
+def open_split(data: str | None, split: str, args: argparse.Namespace, transforms, scene_cfg: dict | None = None,
+               class_names: list[str] | None = None):
+    from ..data.masks import SegmentationFolder
+
+    skip = bool(getattr(args, "skip_bad", False))
+    if data in (None, SCENES):
+        from ..data.scenes import FashionScenes, SceneConfig
+
+        cfg = dict(scene_cfg or {})
+        size = getattr(args, "scene_size", None) or cfg.get("image_size") or 128
+        if split == "train":
+            n = getattr(args, "scenes", None) or getattr(args, "limit_train", None) or 10000
+        else:
+            n = getattr(args, "limit_val", None) or cfg.get("val_scenes") or 1000
+        seed = cfg.get("seed", getattr(args, "seed", 0) or 0)
+        ds = FashionScenes("train" if split == "train" else "test", n, SceneConfig(image_size=size), seed=seed,
+                           transforms=transforms, targets="segment")
+        ds.segment_class_names = ["background"] + ds.class_names
+        return ds
+    root = Path(data)
+    if (root / "train").is_dir() and (root / "val").is_dir():
+        ds = SegmentationFolder(root / split, class_names, transforms, skip)
+    elif split == "val" and getattr(args, "val_data", None):
+        ds = SegmentationFolder(args.val_data, class_names, transforms, skip)
+    else:
+        if split == "val":
+            log.warning("%s has no train/ and val/ subfolders and no --val-data was given: the metrics are "
+                        "measured on the training images", root)
+        ds = SegmentationFolder(root, class_names, transforms, skip)
+    ds.segment_class_names = ds.class_names
+    return ds
+
+
+# -- evaluation ----------------------------------------------------------------------------------------------
+
+def confusion_metrics(confusion: Tensor) -> dict:
+    """mIoU (classes present in labels or predictions), pixel accuracy and per-class IoU of a (C, C) matrix
+    indexed [label, prediction]."""
+    confusion = confusion.double()
+    tp = confusion.diag()
+    union = confusion.sum(0) + confusion.sum(1) - tp
+    present = union > 0
+    iou = torch.where(present, tp / union.clamp(min=1), torch.zeros_like(tp))
+    total = confusion.sum()
+    return {"miou": float(iou[present].mean()) if present.any() else 0.0,
+            "pixel_acc": float(tp.sum() / total) if total > 0 else 0.0,
+            "per_class_iou": [float(v) for v in iou]}
+
+
+@torch.no_grad()
+def evaluate_segmenter(model: nn.Module, dataset, size: int, *, batch_size: int = 32, progress: bool = False,
+                       channels_last: bool = False) -> dict:
+    """mIoU and pixel accuracy of ``model`` on ``dataset`` (raw samples), at the masks' own resolution."""
+    model.eval()
+    c = model.num_classes
+    confusion = torch.zeros(c, c, dtype=torch.int64)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=lambda b: b)
+    start, images = time.perf_counter(), 0
+    for batch in tqdm(loader, desc="eval", unit="batch", leave=False, disable=not progress):
+        x = []
+        for im, _ in batch:
+            im = im.as_subclass(Tensor)
+            if tuple(im.shape[-2:]) != (size, size):
+                im = F.interpolate(im[None], size=(size, size), mode="bilinear", align_corners=False,
+                                   antialias=True)[0]
+            x.append(im)
+        x = v2.functional.normalize(torch.stack(x), list(MEAN), list(STD))
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        logits = model(x)
+        for (_, target), lg in zip(batch, logits):
+            mask = target["mask"].as_subclass(Tensor).long()
+            if tuple(lg.shape[-2:]) != tuple(mask.shape):
+                lg = F.interpolate(lg[None], size=mask.shape, mode="bilinear", align_corners=False)[0]
+            pred = lg.argmax(0)
+            valid = mask != IGNORE_INDEX
+            confusion += torch.bincount(mask[valid] * c + pred[valid], minlength=c * c).view(c, c)
+            images += 1
+    result = confusion_metrics(confusion)
+    result.update(images=images, eval_seconds=time.perf_counter() - start)
+    return result
+
+
+# -- train ---------------------------------------------------------------------------------------------------
+
+def train(args: argparse.Namespace) -> dict:
+    """``mobilenets train --task segment``: fit a segmentation model; returns the last epoch's record."""
+    from ..registry import create_model
+    from .ema import create_ema
+
+    dense.set_threads(args)
+    out = dense.prepare_out(args)
+    seed = getattr(args, "seed", 0) or 0
+    torch.manual_seed(seed)
+    data = getattr(args, "data", None) or SCENES
+    name, options = dense.resolve_model(args, "segment", GENERIC_MODEL)
+    val_ds = open_split(data, "val", args, None)
+    class_names = val_ds.segment_class_names
+    size = getattr(args, "img_size", None) or (val_ds.config.image_size if data == SCENES else 512)
+    train_ds = open_split(data, "train", args, train_transforms(size, data == SCENES), class_names=class_names)
+    if getattr(args, "weights", None):
+        raise UserError("--weights is not supported for --task segment yet; load weights with "
+                        "mobilenets.load_weights(model, path) in Python")
+    model = create_model(name, num_classes=len(class_names), **options)
+    dense.set_bn_momentum(model)
+    channels_last = bool(getattr(args, "channels_last", False))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    batch_size = getattr(args, "batch_size", 32) or 32
+    if batch_size < 2:
+        raise UserError(f"--batch-size {batch_size} must be at least 2 (BatchNorm needs 2 samples)")
+    workers = getattr(args, "workers", 0) or 0
+    loader = DataLoader(train_ds, batch_size=batch_size, shuffle=True, drop_last=True, collate_fn=collate_train,
+                        num_workers=workers, generator=torch.Generator().manual_seed(seed),
+                        persistent_workers=bool(workers))
+    if len(loader) == 0:
+        raise UserError(f"{len(train_ds)} training images are fewer than --batch-size {batch_size}")
+    epochs = getattr(args, "epochs", 10) or 10
+    deadline = dense.Deadline(getattr(args, "time_limit", None))
+    optimizer = dense.build_optimizer(model, args, lr=3e-3, weight_decay=5e-4)
+    total = epochs * len(loader)
+    warmup = getattr(args, "warmup_epochs", None)
+    scheduler = dense.warmup_cosine(optimizer, total,
+                                    int(warmup * len(loader)) if warmup is not None else min(300, total // 10 + 1),
+                                    deadline)
+    ema_decay = getattr(args, "ema_decay", None)
+    ema = create_ema(model, 0.999 if ema_decay is None else ema_decay)
+    progress = not getattr(args, "no_progress", False)
+    if data == SCENES:
+        meta_data = {"data": SCENES, "seed": train_ds.seed, "image_size": train_ds.config.image_size,
+                     "train_scenes": len(train_ds), "val_scenes": len(val_ds), "input_size": size}
+    else:
+        meta_data = {"data": str(data), "train": train_ds.describe(), "val": val_ds.describe(), "input_size": size,
+                     "skipped_images": dict(train_ds.skipped)}
+    pre = Preprocessing(input_size=(3, size, size), resize=size, mean=MEAN, std=STD, interpolation="bilinear")
+    best, record, step = -1.0, {}, 0
+    log.info("training %s (%s) on %s: %d images, %d val, %d epochs of %d steps", name, options, data,
+             len(train_ds), len(val_ds), epochs, len(loader))
+    for epoch in range(epochs):
+        model.train()
+        loss_sum, seen, start = 0.0, 0, time.perf_counter()
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}", unit="batch", leave=False, disable=not progress)
+        for i, (x, masks) in enumerate(bar):
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            out_logits, aux = model.forward_with_aux(x)
+            loss = F.cross_entropy(out_logits, masks, ignore_index=IGNORE_INDEX)
+            if aux is not None:
+                loss = loss + AUX_WEIGHT * F.cross_entropy(aux, masks, ignore_index=IGNORE_INDEX)
+            dense.check_finite(loss, epoch, i)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            if ema is not None:
+                ema.update_parameters(model)
+            step += 1
+            seen += len(x)
+            loss_sum += float(loss.detach()) * len(x)
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+            if step % dense.LOG_EVERY == 0:
+                log.info("step %d: loss %.4f, %.1f img/s, lr %.2e", step, float(loss.detach()),
+                         seen / (time.perf_counter() - start), optimizer.param_groups[0]["lr"])
+            if deadline.passed():
+                break
+        train_seconds = time.perf_counter() - start
+        evaluated = ema.module if ema is not None else model
+        if ema is not None:
+            dense.recalibrate_bn(evaluated, (x for x, _ in itertools.islice(loader, dense.RECALIBRATION_BATCHES)),
+                                 channels_last)
+        metrics = evaluate_segmenter(evaluated, val_ds, size, channels_last=channels_last)
+        record = {"epoch": epoch + 1, "step": step, "loss": loss_sum / max(1, seen),
+                  "train_img_s": seen / train_seconds, "lr": optimizer.param_groups[0]["lr"],
+                  **{k: v for k, v in metrics.items() if k != "per_class_iou"}}
+        log.info("epoch %d: loss %.4f, val mIoU %.4f pixel acc %.4f (%.0f img/s)", epoch + 1, record["loss"],
+                 metrics["miou"], metrics["pixel_acc"], record["train_img_s"])
+        dense.append_jsonl(out / "metrics.jsonl", record)
+        meta = CheckpointMeta(model=evaluated.arch_name, options=dict(evaluated.arch_options), task="segment",
+                              class_names=list(class_names), preprocessing=pre,
+                              extra={"data": meta_data, "metrics": {**record,
+                                                                    "per_class_iou": metrics["per_class_iou"]},
+                                     "resize": "stretch to input_size (no crop)"})
+        save_checkpoint(out / "last.safetensors", evaluated, meta)
+        if metrics["miou"] > best:
+            best = metrics["miou"]
+            save_checkpoint(out / "best.safetensors", evaluated, meta)
+        if deadline.passed():
+            log.info("time limit reached after epoch %d (step %d)", epoch + 1, step)
+            break
+    return record
+
+
+# -- eval / predict ------------------------------------------------------------------------------------------
+
+def _load_segmenter(path: str):
+    from ..checkpoint import load_checkpoint
+
+    model, meta = load_checkpoint(path)
+    if meta.task != "segment":
+        raise UserError(f"{path} is a {meta.task} checkpoint; pass --task {meta.task}")
+    return model, meta
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    """``mobilenets eval --task segment``: mIoU and pixel accuracy of a checkpoint."""
+    dense.set_threads(args)
+    model, meta = _load_segmenter(args.checkpoint)
+    trained = meta.extra.get("data", {})
+    data = getattr(args, "data", None) or trained.get("data", SCENES)
+    scene_cfg = {"image_size": trained.get("image_size"), "seed": trained.get("seed", 0),
+                 "val_scenes": trained.get("val_scenes")} if data == SCENES else None
+    dataset = open_split(data, "val", args, None, scene_cfg, class_names=meta.class_names)
+    size = meta.preprocessing.input_size[-1]
+    result = evaluate_segmenter(model, dataset, size, batch_size=getattr(args, "batch_size", 32) or 32,
+                                progress=not (getattr(args, "no_progress", False) or getattr(args, "json", False)))
+    report = {"checkpoint": str(args.checkpoint), "data": data, "miou": result["miou"],
+              "pixel_acc": result["pixel_acc"], "images": result["images"],
+              "per_class_iou": dict(zip(meta.class_names, result["per_class_iou"]))}
+    if getattr(args, "json", False):
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"{args.checkpoint} on {data}: {result['images']} images")
+        print(f"mIoU {result['miou']:.4f}   pixel accuracy {result['pixel_acc']:.4f}")
+        width = max(len(n) for n in meta.class_names)
+        for n, iou in zip(meta.class_names, result["per_class_iou"]):
+            print(f"  {n:<{width}}  IoU {iou:.4f}")
+    return report
+
+
+def predict(args: argparse.Namespace) -> list[dict]:
+    """``mobilenets predict --task segment``: class masks drawn over each image into ``--out``/<name>.png."""
+    from torchvision.utils import draw_segmentation_masks
+
+    from ..data.transforms import decode_image
+
+    dense.set_threads(args)
+    if getattr(args, "backend", "torch") not in ("torch", "auto"):
+        raise UserError(f"--backend {args.backend} is not available for segmentation; use --backend torch")
+    model, meta = _load_segmenter(args.checkpoint)
+    size = meta.preprocessing.input_size[-1]
+    out = Path(getattr(args, "out", None) or "predictions")
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for path in args.images:
+        image = decode_image(path, 3)
+        h, w = image.shape[-2:]
+        x = F.interpolate(image[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        with torch.no_grad():
+            logits = model(v2.functional.normalize(x, list(MEAN), list(STD)))
+        pred = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)[0].argmax(0)
+        classes = [c for c in pred.unique().tolist() if c != 0]
+        drawn = (image * 255).round().to(torch.uint8)
+        if classes:
+            drawn = draw_segmentation_masks(drawn, torch.stack([pred == c for c in classes]), alpha=0.55,
+                                            colors=[_colour(c) for c in classes])
+        target = out / (Path(path).stem + ".png")
+        save_png(drawn, target)
+        pixels = torch.bincount(pred.flatten(), minlength=model.num_classes)
+        results.append({"image": str(path), "drawn": str(target),
+                        "classes": {meta.class_names[c]: round(float(pixels[c]) / pred.numel(), 4)
+                                    for c in classes}})
+    if getattr(args, "json", False):
+        print(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            found = ", ".join(f"{n} {share:.1%}" for n, share in r["classes"].items()) or "background only"
+            print(f"{r['image']}: {found} -> {r['drawn']}")
+    return results
+
+
+def _colour(index: int) -> tuple[int, int, int]:
+    # VOC's colour map: the bits of the class index spread over the high bits of R, G and B
+    r = g = b = 0
+    for shift in range(8):
+        r |= ((index >> 0) & 1) << (7 - shift)
+        g |= ((index >> 1) & 1) << (7 - shift)
+        b |= ((index >> 2) & 1) << (7 - shift)
+        index >>= 3
+    return r, g, b

@@ -1,0 +1,119 @@
+"""Detection task: COCO mAP, a detector that learns, and the CLI train -> eval -> predict round trip on scenes and
+on a COCO folder (with a bad annotation)."""
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+import mobilenets
+from mobilenets.checkpoint import read_checkpoint
+from mobilenets.cli import main
+from mobilenets.data.scenes import FashionScenes, SceneConfig, export_scenes
+from mobilenets.train.detect import coco_map, collate_train, train_transforms
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # One intra-op thread: on a shared 2-core machine, 2 threads oversubscribed by other jobs run up to 8x slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_coco_map_perfect_shifted_and_empty():
+    gts = [{"boxes": torch.tensor([[10.0, 10.0, 50.0, 60.0], [60.0, 5.0, 90.0, 40.0]]),
+            "labels": torch.tensor([1, 2]), "size": (100, 100)}]
+    perfect = [{"boxes": gts[0]["boxes"], "scores": torch.tensor([0.9, 0.8]), "labels": torch.tensor([1, 2])}]
+    assert coco_map(gts, perfect, 3)["map"] == pytest.approx(1.0)
+    shifted = [{**perfect[0], "boxes": gts[0]["boxes"] + torch.tensor([6.0, 0.0, 6.0, 0.0])}]
+    r = coco_map(gts, shifted, 3)
+    assert r["map50"] == pytest.approx(1.0) and 0.2 < r["map"] < 0.9  # IoU ~0.7-0.75: passes .5, fails .8+
+    wrong_class = [{**perfect[0], "labels": torch.tensor([2, 1])}]
+    assert coco_map(gts, wrong_class, 3)["map"] == 0.0
+    nothing = [{"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64)}]
+    assert coco_map(gts, nothing, 3)["map"] == 0.0
+
+
+def test_ssdlite_learns_a_batch():
+    torch.manual_seed(0)
+    scenes = FashionScenes("train", 8, SceneConfig(image_size=64, scale=(1.0, 1.6), max_items=3),
+                           transforms=train_transforms(64), targets="detect")
+    x, targets = collate_train([scenes[i] for i in range(8)])
+    model = mobilenets.create_model("ssdlite", backbone="mobilenet_v3_small", num_classes=11,
+                                    width_multiplier=0.5)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    history = []
+    for _ in range(25):
+        losses = model.loss(model(x), targets)
+        loss = losses["bbox_regression"] + losses["classification"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        history.append(loss.item())
+    assert all(torch.isfinite(torch.tensor(history)))
+    assert history[-1] < 0.5 * history[0]
+
+
+def test_cli_train_eval_predict_on_scenes(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["train", "--task", "detect", "--data", "scenes", "--model", "mobilenet_v3_small", "--width", "0.5",
+                 "--scenes", "16", "--limit-val", "6", "--scene-size", "64", "--epochs", "1", "--batch-size", "8",
+                 "--out", str(out), "--no-progress", "--threads", "1"])
+    assert code == 0
+    _, meta = read_checkpoint(out / "best.safetensors")
+    assert meta.task == "detect" and meta.model == "ssdlite" and meta.options["backbone"] == "mobilenet_v3_small"
+    assert meta.class_names[0] == "background" and len(meta.class_names) == 11
+    assert meta.preprocessing.input_size == (3, 64, 64)
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert 0.0 <= record["map"] <= 1.0 and record["images"] == 6
+
+    capsys.readouterr()
+    assert main(["eval", str(out / "best.safetensors"), "--json"]) == 0  # task read from the checkpoint
+    report = json.loads(capsys.readouterr().out)
+    assert report["images"] == 6 and set(report) >= {"map", "map50", "per_class_ap"}
+
+    image = tmp_path / "scene.png"
+    scene = FashionScenes("test", 1, SceneConfig(image_size=64)).render(0)[0]
+    Image.fromarray((scene * 255).byte().permute(1, 2, 0).numpy()).save(image)
+    assert main(["predict", str(out / "best.safetensors"), str(image), "--out", str(tmp_path / "pred"),
+                 "--score-thresh", "0.0", "--json"]) == 0
+    preds = json.loads(capsys.readouterr().out)
+    assert (tmp_path / "pred" / "scene.png").is_file() and len(preds[0]["detections"]) > 0
+    assert Image.open(tmp_path / "pred" / "scene.png").size == (64, 64)
+
+
+def test_cli_coco_folder_bad_annotation(tmp_path, capsys):
+    root = export_scenes(FashionScenes("train", 12, SceneConfig(image_size=64)), tmp_path / "coco")
+    data = json.loads((root / "instances.json").read_text())
+    data["annotations"][0]["bbox"] = [60, 10, 20, 20]  # leaves the 64x64 image
+    bad_id = data["annotations"][0]["id"]
+    (root / "instances.json").write_text(json.dumps(data))
+    args = ["train", "--task", "detect", "--data", str(root), "--model", "mobilenet_v3_small", "--width", "0.5",
+            "--img-size", "64", "--epochs", "1", "--batch-size", "4", "--no-progress", "--threads", "1"]
+    assert main(args + ["--out", str(tmp_path / "r1")]) == 2
+    err = capsys.readouterr().err
+    assert "instances.json" in err and f"annotation id {bad_id}" in err and "--skip-bad" in err
+    assert main(args + ["--out", str(tmp_path / "r2"), "--skip-bad"]) == 0
+    _, meta = read_checkpoint(tmp_path / "r2" / "last.safetensors")
+    assert meta.extra["data"]["skipped_annotations"] == {"boxes outside the image": 1}
+
+
+def test_onnx_export_detection_parity(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from mobilenets.checkpoint import CheckpointMeta, Preprocessing
+    from mobilenets.heads.export import export_onnx
+
+    torch.manual_seed(0)
+    model = mobilenets.create_model("ssdlite", backbone="mobilenet_v3_small", num_classes=4, width_multiplier=0.5)
+    meta = CheckpointMeta(model="ssdlite", options={}, task="detect",
+                          preprocessing=Preprocessing(input_size=(3, 96, 96), resize=96, mean=(0.5,) * 3,
+                                                      std=(0.5,) * 3))
+    report = export_onnx(model, meta, tmp_path / "det.onnx")
+    assert report.passed and report.max_abs_diff < 1e-3 and report.agreement >= 0.9
+    import onnx
+    proto = onnx.load(tmp_path / "det.onnx")
+    assert [o.name for o in proto.graph.output] == ["boxes", "scores"]
+    props = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(props["mobilenets.postprocess"])["nms_thresh"] == model.nms_thresh

@@ -1,0 +1,182 @@
+"""Export: ONNX graph shape (BN folded, native hard activations, opset), parity report, metadata, refusal of a
+file that fails parity, and the CLI's one-line errors for bad input."""
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import pytest
+import torch
+
+import mobilenets
+from mobilenets.checkpoint import CheckpointMeta, Preprocessing, save_checkpoint
+from mobilenets.cli import main
+from mobilenets.deploy import export_model, open_runner
+from mobilenets.deploy.export import META_KEY, OPSET, fold_batchnorm
+
+onnx = pytest.importorskip("onnx")  # the test extra installs it; a bare install skips
+pytest.importorskip("onnxruntime")
+
+OPTIONS = {"num_classes": 10, "in_chans": 1, "width_multiplier": 0.5}
+SIZE = 64
+
+
+def small_model(name: str = "mobilenet_v3_small", seed: int = 0) -> tuple[torch.nn.Module, CheckpointMeta]:
+    """A small random model whose logits are O(1) and depend on the input, so parity checks mean something (a
+    freshly initialised MobileNet in eval mode gives ~1e-9 logits, the same for every input, where any export
+    'agrees'): random BN affine parameters, running statistics measured on random inputs."""
+    torch.manual_seed(seed)
+    model = mobilenets.create_model(name, **OPTIONS)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+            m.momentum = None  # cumulative average over the calibration batches below
+    torch.nn.init.normal_(model.classifier.weight, std=0.5)
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(8, 1, SIZE, SIZE))
+    meta = CheckpointMeta(model=name, options=dict(OPTIONS), class_names=[f"c{i}" for i in range(10)],
+                          preprocessing=Preprocessing(input_size=(1, SIZE, SIZE), resize=SIZE, mean=(0.5,), std=(0.5,)))
+    return model.eval(), meta
+
+
+@pytest.fixture(scope="module")
+def model_meta():
+    return small_model()
+
+
+@pytest.fixture(scope="module")
+def exported(model_meta, tmp_path_factory):
+    model, meta = model_meta
+    out = tmp_path_factory.mktemp("export") / "v3s.onnx"
+    return export_model(model, meta, out, "onnx", dynamic_batch=True)
+
+
+def test_eager_logits_are_not_degenerate(model_meta):
+    model, meta = model_meta
+    with torch.no_grad():
+        y = model(torch.randn(4, *meta.preprocessing.input_size))
+    assert y.abs().max() > 0.5 and y.std(0).mean() > 0.1  # varies across inputs
+
+
+def test_fold_batchnorm_removes_every_bn_and_keeps_outputs(model_meta):
+    model, meta = model_meta
+    fused = fold_batchnorm(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the original is untouched
+    x = torch.randn(3, *meta.preprocessing.input_size)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), model(x), atol=1e-4, rtol=1e-4)
+
+
+def test_onnx_graph_is_folded_native_and_recent(exported):
+    proto = onnx.load(str(exported.path))
+    ops = collections.Counter(n.op_type for n in proto.graph.node)
+    assert "BatchNormalization" not in ops
+    assert ops["HardSwish"] > 0 and ops["HardSigmoid"] > 0  # native ops, not x * relu6(x + 3) / 6
+    assert ops["GlobalAveragePool"] > 0 and "ReduceMean" not in ops
+    assert "Identity" not in ops
+    assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 17 and OPSET >= 17
+    props = {p.key: p.value for p in proto.metadata_props}
+    assert CheckpointMeta.from_json(props[META_KEY]).options == OPTIONS
+
+
+def test_parity_report_and_runner_match_eager(exported, model_meta):
+    model, meta = model_meta
+    report = exported.parity
+    assert report.passed and report.n == 16 and report.top1_agreement == 1.0
+    assert 0 <= report.max_abs_diff < report.tolerance < 1e-2
+    runner = open_runner(exported.path, backend="onnxruntime", threads=1)
+    assert runner.meta.model == "mobilenet_v3_small" and runner.meta.class_names[3] == "c3"
+    x = np.random.default_rng(0).standard_normal((5, 1, SIZE, SIZE), dtype=np.float32)  # dynamic batch: 5 at once
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(runner.run(x), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_exported_program_round_trip(tmp_path):
+    model, meta = small_model("mobilenet_v1")  # the shortest network: torch.export is the slow part
+    result = export_model(model, meta, tmp_path / "v1.pt2", "exported-program", parity_n=4)
+    assert result.parity.passed and result.parity.max_abs_diff < result.parity.tolerance
+    runner = open_runner(result.path, backend="torch")
+    assert runner.meta.model == "mobilenet_v1" and runner.meta.options == OPTIONS and runner.batch == 1
+    x = np.random.default_rng(2).standard_normal((2, 1, SIZE, SIZE), dtype=np.float32)
+    with torch.no_grad():
+        np.testing.assert_allclose(runner.run(x), model(torch.from_numpy(x)).numpy(), atol=1e-4, rtol=1e-4)
+
+
+def test_export_refuses_a_file_that_fails_parity(model_meta, tmp_path, monkeypatch):
+    """A broken export (here: a conv weight changed after folding) must not be written."""
+    model, meta = model_meta
+    import mobilenets.deploy.export as export_module
+    real_fold = export_module.fold_batchnorm
+
+    def broken_fold(m):
+        fused = real_fold(m)
+        conv = next(x for x in fused.modules() if isinstance(x, torch.nn.Conv2d))
+        conv.weight.data.mul_(1.5)
+        return fused
+
+    monkeypatch.setattr(export_module, "fold_batchnorm", broken_fold)
+    out = tmp_path / "bad.onnx"
+    with pytest.raises(mobilenets.UserError, match="refusing to write"):
+        export_model(model, meta, out, "onnx", parity_n=4)
+    assert list(tmp_path.iterdir()) == []  # neither the file nor a temporary left behind
+
+
+def test_cli_exports_a_checkpoint_with_parity_on_real_images(model_meta, tmp_path, capsys):
+    model, meta = model_meta
+    ckpt = tmp_path / "small.safetensors"
+    save_checkpoint(ckpt, model, meta)
+    out = tmp_path / "deep" / "small.onnx"
+    assert main(["export", str(ckpt), "--out", str(out), "--data", "fashion-mnist", "--parity-samples", "8"]) == 0
+    text = capsys.readouterr().out
+    assert f"wrote {out}" in text and "8 fashion-mnist inputs" in text and "PASS" in text
+    runner = open_runner(out, backend="onnxruntime")
+    assert runner.meta.class_names == meta.class_names
+    assert runner.batch == 1  # the default export has a fixed batch; run() feeds larger batches in slices
+    x = np.random.default_rng(1).standard_normal((3, 1, SIZE, SIZE), dtype=np.float32)
+    with torch.no_grad():
+        np.testing.assert_allclose(runner.run(x), model(torch.from_numpy(x)).numpy(), atol=1e-4, rtol=1e-4)
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def test_cli_rejects_a_checkpoint_that_is_not_a_mobilenet(tmp_path, capsys):
+    bogus = tmp_path / "resnet.pth"
+    torch.save({"fc.weight": torch.zeros(10, 512), "layer1.0.conv1.weight": torch.zeros(64, 64, 3, 3)}, bogus)
+    assert main(["export", str(bogus), "--out", str(tmp_path / "x.onnx")]) == 2
+    assert "not a mobilenets, torchvision or timm MobileNet checkpoint" in _one_line_error(capsys)
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"not a safetensors file")
+    assert main(["export", str(garbage), "--out", str(tmp_path / "y.onnx")]) == 2
+    assert "not a readable" in _one_line_error(capsys)
+    assert not (tmp_path / "x.onnx").exists() and not (tmp_path / "y.onnx").exists()
+
+
+def test_cli_rejects_unknown_model_and_unwritable_output(tmp_path, capsys):
+    assert main(["export", "mobilenet_v5", "--out", str(tmp_path / "a.onnx")]) == 2
+    assert "unknown model 'mobilenet_v5'" in _one_line_error(capsys)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["export", "mobilenet_v3_small", "--out", str(blocker / "sub" / "a.onnx")]) == 2
+    assert "is a file, not a folder" in _one_line_error(capsys)
+    assert main(["export", "mobilenet_v3_small", "--out", str(tmp_path / "a.onnx.txt")]) == 2
+    assert "must end in .onnx" in _one_line_error(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_cli_missing_optional_runtime_names_the_extra(tmp_path, capsys, monkeypatch):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else real(name, *a))
+    monkeypatch.setitem(__import__("sys").modules, "openvino", None)  # import openvino -> ImportError
+    assert main(["export", "mobilenet_v3_small", "--format", "openvino", "--out", str(tmp_path / "a.xml")]) == 2
+    assert "pip install 'mobilenets[openvino]'" in _one_line_error(capsys)
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,111 @@
+"""int8: ONNX Runtime QDQ (per-channel weights) and OpenVINO NNCF, calibrated on real images; refusal on poor
+agreement; the CLI's one-line errors for bad calibration data."""
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import pytest
+
+from mobilenets.checkpoint import save_checkpoint
+from mobilenets.cli import main
+from mobilenets.deploy import export_model, open_runner
+from mobilenets.deploy.evaluate import accuracy_report
+from mobilenets.errors import UserError
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from test_export import SIZE, small_model  # noqa: E402
+
+CALIB = 32
+
+
+@pytest.fixture(scope="module")
+def model_meta():
+    return small_model("mobilenet_v2")
+
+
+@pytest.fixture()
+def image_folder(tmp_path):
+    from PIL import Image
+    folder = tmp_path / "images" / "class_a"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return tmp_path / "images"
+
+
+def test_onnxruntime_qdq_is_per_channel_and_close_to_fp32(model_meta, tmp_path, image_folder):
+    model, meta = model_meta
+    result = export_model(model, meta, tmp_path / "q.onnx", "onnx", int8=True, calibration_data=str(image_folder),
+                          calibration_n=CALIB, min_agreement=0.0)
+    assert result.precision == "int8" and result.details["scheme"] == "onnxruntime-qdq"
+    proto = onnx.load(str(result.path))
+    ops = collections.Counter(n.op_type for n in proto.graph.node)
+    assert ops["QuantizeLinear"] > 0 and ops["DequantizeLinear"] > ops["QuantizeLinear"]
+    inits = {i.name: i for i in proto.graph.initializer}
+    convs = [n for n in proto.graph.node if n.op_type == "Conv"]
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    weight_dq = producers[convs[1].input[1]]  # the second conv: its weight comes out of a DequantizeLinear
+    assert weight_dq.op_type == "DequantizeLinear"
+    scale = inits[weight_dq.input[1]]
+    assert list(scale.dims) == [inits[weight_dq.input[0]].dims[0]]  # one scale per output channel
+    props = {p.key: p.value for p in proto.metadata_props}
+    assert props["mobilenets.precision"] == "int8"
+    # The numbers really change (this is int8, not a relabelled fp32 file); how much accuracy that costs on a
+    # trained checkpoint is a benchmark figure (BENCHMARKS.md), not something a random model can show.
+    assert result.parity.max_abs_diff > 1e-3 and result.parity.n == 6
+    assert result.parity.inputs == str(image_folder)  # parity ran on the real images, not random noise
+    assert open_runner(result.path).run(np.zeros((2, 1, SIZE, SIZE), np.float32)).shape == (2, 10)
+
+
+def test_openvino_nncf_int8(model_meta, tmp_path):
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    model, meta = model_meta
+    result = export_model(model, meta, tmp_path / "q.xml", "openvino", int8=True, calibration_data="fashion-mnist",
+                          calibration_n=CALIB, parity_n=32, min_agreement=0.0)
+    assert result.details["scheme"] == "nncf" and result.path.with_suffix(".bin").is_file()
+    xml = result.path.read_text()
+    assert 'type="FakeQuantize"' in xml or 'type="FakeConvert"' in xml
+    runner = open_runner(result.path, backend="openvino")
+    assert runner.meta == meta
+    assert result.parity.top1_agreement >= 0.5  # 32 Fashion-MNIST images: int8 mostly keeps the top-1 class
+    line = accuracy_report(model, meta, result.path, limit=200)
+    assert "Fashion-MNIST test accuracy (200 images): eager PyTorch" in line and "points)" in line
+
+
+def test_int8_refuses_when_agreement_is_too_low(model_meta, tmp_path):
+    model, meta = model_meta
+    with pytest.raises(UserError, match="refusing to write"):
+        export_model(model, meta, tmp_path / "q.onnx", "onnx", int8=True, calibration_data="fashion-mnist",
+                     calibration_n=8, parity_n=4, min_agreement=1.01)
+    assert list(tmp_path.iterdir()) == []
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def test_cli_calibration_errors(model_meta, tmp_path, capsys):
+    model, meta = model_meta
+    ckpt = tmp_path / "v2.safetensors"
+    save_checkpoint(ckpt, model, meta)
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    (empty / "notes.txt").write_text("no images here")
+    out = tmp_path / "out" / "q.onnx"
+    assert main(["export", str(ckpt), "--int8", "--format", "onnx", "--calibration-data", str(empty),
+                 "--out", str(out)]) == 2
+    assert f"folder {empty} has no images" in _one_line_error(capsys)
+    assert main(["export", str(ckpt), "--int8", "--format", "onnx", "--out", str(out)]) == 2
+    assert "--int8 needs --calibration-data" in _one_line_error(capsys)
+    assert main(["export", str(ckpt), "--int8", "--format", "exported-program", "--calibration-data",
+                 "fashion-mnist", "--out", str(tmp_path / "q.pt2")]) == 2
+    assert "--int8 writes an ONNX" in _one_line_error(capsys)
+    assert not out.exists() and not (tmp_path / "q.pt2").exists()
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
