@@ -53,6 +53,7 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=2, help="scene-rendering processes")
     p.add_argument("--val-scenes", type=int, default=300, help="scenes evaluated after each epoch")
     p.add_argument("--out", type=Path, default=Path("runs/bench/segment_scenes"))
+    p.add_argument("--init", default=None, help="checkpoint to start from (continue an earlier time-boxed run)")
     p.add_argument("--skip-train", action="store_true")
     args = p.parse_args()
 
@@ -66,6 +67,8 @@ def main() -> int:
         train_cmd += ["--width", str(args.width)]
     if args.lr is not None:
         train_cmd += ["--lr", str(args.lr)]
+    if args.init is not None:
+        train_cmd += ["--weights", args.init, "--warmup-epochs", "0.05"]
     start = time.perf_counter()
     if not args.skip_train:
         if cli(train_cmd) != 0:

@@ -180,6 +180,20 @@ def recalibrate_bn(model: nn.Module, batches, channels_last: bool = False) -> No
         m.momentum = momentum
 
 
+def load_initial_weights(model: nn.Module, weights: str | None) -> None:
+    """``--weights PATH``: start from a checkpoint of the same task model (same options), e.g. to continue a
+    time-boxed run, or from a torchvision detection / segmentation checkpoint (mapped by load_weights)."""
+    if not weights:
+        return
+    if weights in ("torchvision", "timm"):
+        raise UserError(f"--weights {weights} names ImageNet classification weights; for --task detect/segment pass "
+                        "the PATH of a checkpoint of the same model")
+    from ..weights import load_weights
+
+    load_weights(model, weights)
+    log.info("initialised from %s", weights)
+
+
 def set_threads(args: argparse.Namespace) -> None:
     threads = getattr(args, "threads", None)
     if threads:

@@ -195,10 +195,8 @@ def train(args: argparse.Namespace) -> dict:
     train_ds = open_split(data, "train", args, train_transforms(size, photometric=data != SCENES))
     val_ds = probe
     class_names = ["background"] + list(train_ds.class_names)
-    if getattr(args, "weights", None):
-        raise UserError("--weights is not supported for --task detect yet; load weights with "
-                        "mobilenets.load_weights(model, path) in Python")
     model = create_model(name, num_classes=len(class_names), **options)
+    dense.load_initial_weights(model, getattr(args, "weights", None))
     dense.set_bn_momentum(model)
     channels_last = bool(getattr(args, "channels_last", False))
     if channels_last:

@@ -161,10 +161,8 @@ def train(args: argparse.Namespace) -> dict:
     class_names = val_ds.segment_class_names
     size = getattr(args, "img_size", None) or (val_ds.config.image_size if data == SCENES else 512)
     train_ds = open_split(data, "train", args, train_transforms(size, data == SCENES), class_names=class_names)
-    if getattr(args, "weights", None):
-        raise UserError("--weights is not supported for --task segment yet; load weights with "
-                        "mobilenets.load_weights(model, path) in Python")
     model = create_model(name, num_classes=len(class_names), **options)
+    dense.load_initial_weights(model, getattr(args, "weights", None))
     dense.set_bn_momentum(model)
     channels_last = bool(getattr(args, "channels_last", False))
     if channels_last:
