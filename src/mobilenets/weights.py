@@ -82,10 +82,16 @@ def entry_meta(entry: WeightEntry, options: dict | None = None):
                           extra={"weights": entry.source, "url": entry.url, "imagenet_top1": entry.top1})
 
 
-def cache_dir() -> Path:
+def cache_root() -> Path:
+    """Where mobilenets caches downloads and derived files: $MOBILENETS_CACHE, else $XDG_CACHE_HOME/mobilenets,
+    else ~/.cache/mobilenets."""
     root = os.environ.get("MOBILENETS_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "mobilenets")
-    return Path(root) / "weights"
+    return Path(root)
+
+
+def cache_dir() -> Path:
+    return cache_root() / "weights"
 
 
 def _sha256(path: Path) -> str:

@@ -33,6 +33,7 @@ import numpy as np
 
 from ..checkpoint import CheckpointMeta, atomic_write
 from ..errors import UserError
+from ..weights import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +41,6 @@ BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
 EXTRA = {"onnxruntime": "onnx", "openvino": "openvino"}  # pyproject extra that installs each optional runtime
 RUNS_ON = {".onnx": ("onnxruntime", "openvino"), ".xml": ("openvino",), ".pt2": ("torch",),
            ".safetensors": ("torch", "onnxruntime", "openvino")}
-
-
-def cache_root() -> Path:
-    root = os.environ.get("MOBILENETS_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "mobilenets")
-    return Path(root)
 
 
 def installed(backend: str) -> bool:
