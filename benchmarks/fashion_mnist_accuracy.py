@@ -91,7 +91,8 @@ def main() -> None:
         [sys.executable, "-m", "mobilenets", "eval", f"{args.out}/last.safetensors", "--data", "fashion-mnist",
          "--json", "--threads", str(args.threads)], check=True, capture_output=True, text=True).stdout)
     result = {"date": datetime.now(timezone.utc).isoformat(timespec="minutes"), "machine": cpu_name(),
-              "torch": torch.__version__, "threads": args.threads, "epochs": epochs, "wall_minutes": round(wall / 60, 1),
+              "torch": torch.__version__, "threads": args.threads, "epochs": epochs,
+              "epochs_run": len(Path(args.out, "metrics.jsonl").read_text().splitlines()), "wall_minutes": round(wall / 60, 1),
               "test_top1": report["top1"], "test_top5": report["top5"],
               "command": shlex.join(["mobilenets", *cmd[3:]])}
     print(json.dumps(result, indent=2))

@@ -80,6 +80,15 @@ def export_command(args: argparse.Namespace) -> int:
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)} must be at least 1")
     model, meta = load_source(args.source, weights=args.weights)
+    if meta.task in ("detect", "segment"):  # task models: fp32 ONNX with the heads' own parity check
+        from ..heads.export import export_onnx
+        if fmt != "onnx" or args.int8:
+            raise UserError(f"{meta.task} models export to fp32 ONNX only; use --format onnx without --int8")
+        out = Path(args.out) if args.out else Path(f"{Path(args.source).stem}.onnx")
+        export_onnx(model, meta, out, dynamic_batch=args.dynamic_batch)  # logs its parity report
+        nms = "; non-maximum suppression runs outside the graph" if meta.task == "detect" else ""
+        print(f"wrote {out} (onnx, fp32, {meta.model}{nms})")
+        return 0
     out = Path(args.out) if args.out else Path(f"{Path(args.source).stem}{'_int8' if args.int8 else ''}{SUFFIX[fmt]}")
     result = export_model(model, meta, out, fmt, dynamic_batch=args.dynamic_batch, batch=args.batch,
                           parity_data=args.data, parity_n=args.parity_samples, int8=args.int8,

@@ -60,9 +60,7 @@ def _first_conv(model: nn.Module) -> nn.Conv2d:
 
 def _load_file(path: Path) -> tuple[nn.Module, CheckpointMeta]:
     if path.suffix == ".safetensors" and _is_mobilenets_checkpoint(path):
-        model, meta = load_checkpoint(path)
-        if meta.task != "classify":
-            raise UserError(f"{path} is a {meta.task} checkpoint; export supports classification checkpoints")
+        model, meta = load_checkpoint(path)  # detect/segment checkpoints go to heads.export (commands/deploy.py)
         return model.eval(), meta
     state = _read_foreign_state(path)
     return _match_registry(path, state)
