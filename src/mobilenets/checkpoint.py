@@ -103,12 +103,15 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], C
     return state, CheckpointMeta.from_json(metadata["meta"])
 
 
-def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, CheckpointMeta]:
-    """Rebuild the model a checkpoint describes and load its weights (strict)."""
+def load_checkpoint(path: str | os.PathLike, task: str | None = None) -> tuple[nn.Module, CheckpointMeta]:
+    """Rebuild the model a checkpoint describes and load its weights (strict). With ``task``, a checkpoint of
+    another task is refused."""
     from .registry import create_model
     from .weights import load_state_dict_checked
 
     state, meta = read_checkpoint(path)
+    if task is not None and meta.task != task:
+        raise UserError(f"{path} is a {meta.task} checkpoint; pass --task {meta.task}")
     model = create_model(meta.model, **meta.options)
     load_state_dict_checked(model, state, source=str(path))
     model.eval()

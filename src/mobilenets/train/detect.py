@@ -31,6 +31,7 @@ from torchvision.transforms import v2
 from tqdm import tqdm
 
 from ..checkpoint import CheckpointMeta, Preprocessing, save_checkpoint
+from ..checkpoint import load_checkpoint
 from ..errors import UserError
 from . import dense
 from .dense import MEAN, SCENES, STD, save_png
@@ -281,19 +282,10 @@ def train(args: argparse.Namespace) -> dict:
 
 # -- eval / predict ------------------------------------------------------------------------------------------
 
-def _load_detector(path: str):
-    from ..checkpoint import load_checkpoint
-
-    model, meta = load_checkpoint(path)
-    if meta.task != "detect":
-        raise UserError(f"{path} is a {meta.task} checkpoint; pass --task {meta.task}")
-    return model, meta
-
-
 def evaluate(args: argparse.Namespace) -> dict:
     """``mobilenets eval --task detect``: COCO mAP of a checkpoint."""
     dense.set_threads(args)
-    model, meta = _load_detector(args.checkpoint)
+    model, meta = load_checkpoint(args.checkpoint, task="detect")
     trained = meta.extra.get("data", {})
     data = getattr(args, "data", None) or trained.get("data", SCENES)
     scene_cfg = {"image_size": trained.get("image_size"), "seed": trained.get("seed", 0),
@@ -327,7 +319,7 @@ def predict(args: argparse.Namespace) -> list[dict]:
     if getattr(args, "backend", "torch") not in ("torch", "auto"):
         raise UserError(f"--backend {args.backend} is not available for detection; use --backend torch (ONNX "
                         "models of detectors are run with onnxruntime directly, see mobilenets.heads.export)")
-    model, meta = _load_detector(args.checkpoint)
+    model, meta = load_checkpoint(args.checkpoint, task="detect")
     size = meta.preprocessing.input_size[-1]
     out = Path(getattr(args, "out", None) or "predictions")
     out.mkdir(parents=True, exist_ok=True)

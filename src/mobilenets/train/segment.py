@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from ..checkpoint import CheckpointMeta, Preprocessing, save_checkpoint
 from ..data.masks import IGNORE_INDEX
+from ..checkpoint import load_checkpoint
 from ..errors import UserError
 from . import dense
 from .dense import MEAN, SCENES, STD, save_png
@@ -253,19 +254,10 @@ def train(args: argparse.Namespace) -> dict:
 
 # -- eval / predict ------------------------------------------------------------------------------------------
 
-def _load_segmenter(path: str):
-    from ..checkpoint import load_checkpoint
-
-    model, meta = load_checkpoint(path)
-    if meta.task != "segment":
-        raise UserError(f"{path} is a {meta.task} checkpoint; pass --task {meta.task}")
-    return model, meta
-
-
 def evaluate(args: argparse.Namespace) -> dict:
     """``mobilenets eval --task segment``: mIoU and pixel accuracy of a checkpoint."""
     dense.set_threads(args)
-    model, meta = _load_segmenter(args.checkpoint)
+    model, meta = load_checkpoint(args.checkpoint, task="segment")
     trained = meta.extra.get("data", {})
     data = getattr(args, "data", None) or trained.get("data", SCENES)
     scene_cfg = {"image_size": trained.get("image_size"), "seed": trained.get("seed", 0),
@@ -297,7 +289,7 @@ def predict(args: argparse.Namespace) -> list[dict]:
     dense.set_threads(args)
     if getattr(args, "backend", "torch") not in ("torch", "auto"):
         raise UserError(f"--backend {args.backend} is not available for segmentation; use --backend torch")
-    model, meta = _load_segmenter(args.checkpoint)
+    model, meta = load_checkpoint(args.checkpoint, task="segment")
     size = meta.preprocessing.input_size[-1]
     out = Path(getattr(args, "out", None) or "predictions")
     out.mkdir(parents=True, exist_ok=True)
