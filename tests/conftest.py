@@ -24,3 +24,13 @@ def _randomize_bn(model: torch.nn.Module) -> torch.nn.Module:
 def randomize_bn():
     """``randomize_bn(model)``: BN statistics and affine parameters made non-trivial (returns the model)."""
     return _randomize_bn
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module's tests: on a shared 2-core machine, 2 threads oversubscribed by other
+    jobs run dense-task training steps up to 8x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -13,13 +13,7 @@ from mobilenets.errors import UserError
 from mobilenets.heads.anchors import BoxCoder, DefaultBoxes, match_anchors
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # One intra-op thread: on a shared 2-core machine, 2 threads oversubscribed by other jobs run up to 8x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def n_params(m):

@@ -15,13 +15,7 @@ from mobilenets.data.scenes import FashionScenes, SceneConfig, export_scenes
 from mobilenets.errors import UserError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # One intra-op thread: on a shared 2-core machine, 2 threads oversubscribed by other jobs run up to 8x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
