@@ -90,3 +90,17 @@ def torchvision_backbone_map(backbone: nn.Module, prefix: str) -> dict[str, str]
 
     return {ours: prefix + theirs[len("features"):] for ours, theirs in torchvision_module_map(backbone).items()
             if theirs.startswith("features.")}
+
+
+def torchvision_segmenter_map(model: nn.Module, source_keys, head_renames: dict[str, str]) -> dict[str, str] | None:
+    """Module map of a segmentation model (``features.body`` backbone, ``head`` / ``aux_head``) onto
+    torchvision's ``lraspp_*`` / ``deeplabv3_*`` layout (``backbone.N``, ``classifier``, ``aux_classifier``).
+    None for checkpoints that are not torchvision's (our own use our names)."""
+    if not any(k.startswith("backbone.") for k in source_keys):
+        return None
+    mapping = {f"features.body.{ours}": theirs
+               for ours, theirs in torchvision_backbone_map(model.features.body, "backbone").items()}
+    heads = [p for name in ("head", "aux_head") if getattr(model, name, None) is not None
+             for p in leaf_modules(getattr(model, name), name + ".")]
+    mapping.update(rename_prefixes(heads, head_renames))
+    return mapping

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from ..errors import UserError
 from ..registry import register_model
-from .backbones import build_backbone, leaf_modules, rename_prefixes, torchvision_backbone_map
+from .backbones import build_backbone, torchvision_segmenter_map
 from .taps import BackboneTaps, Tap
 
 PAPER = "DeepLabV3: arXiv:1706.05587; Mobile DeepLabv3: section 6.3 and Table 7 of arXiv:1801.04381"
@@ -97,14 +97,7 @@ class DeepLabV3(nn.Module):
     def foreign_module_map(self, source_keys) -> dict[str, str] | None:
         """Module map onto torchvision's ``deeplabv3_mobilenet_v3_large`` (``backbone.N`` over its ``features``,
         ``classifier``); used by :func:`mobilenets.load_weights`. None for our own checkpoints."""
-        if not any(k.startswith("backbone.") for k in source_keys):
-            return None
-        mapping = {f"features.body.{ours}": theirs
-                   for ours, theirs in torchvision_backbone_map(self.features.body, "backbone").items()}
-        heads = [p for name in ("head", "aux_head") if getattr(self, name, None) is not None
-                 for p in leaf_modules(getattr(self, name), name + ".")]
-        mapping.update(rename_prefixes(heads, {"head.": "classifier.", "aux_head.": "aux_classifier."}))
-        return mapping
+        return torchvision_segmenter_map(self, source_keys, {"head.": "classifier.", "aux_head.": "aux_classifier."})
 
 
 @register_model("deeplabv3", task="segment", default_resolution=512, paper=PAPER,
