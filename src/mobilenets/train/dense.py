@@ -1,5 +1,14 @@
 """What the detection and segmentation entry points (``detect.py``, ``segment.py``) share: their command-line
-options, the model name resolution, the optimizer and schedule, the time-boxed epoch loop, and run files.
+options, the model name resolution, the optimizer and schedule, and the training loop itself (:func:`fit`),
+time-boxed and resumable. A task module describes only what differs, as a :class:`DenseTask`: its data, its loss
+and its metric.
+
+A run folder holds ``config.json`` (the options, read back by ``--resume``), ``metrics.jsonl`` (one record per
+epoch), ``last.safetensors`` / ``best.safetensors`` and ``state.pt`` (weights, EMA, optimizer, schedule, epoch,
+history), all replaced atomically after every epoch, ``state.pt`` last: a killed run loses at most the epoch in
+progress, and ``mobilenets train --resume RUN_DIR`` continues it. Each epoch re-seeds its shuffling and
+augmentation from (seed, epoch), so a resumed run repeats the uninterrupted one exactly when no ``--time-limit``
+bends its schedule.
 
 The options the classification task already defines (``--model``, ``--data``, ``--epochs``, ``--lr`` ...) are
 read from ``args`` as they are; options only added here are skipped when another task module added them first,
@@ -8,16 +17,23 @@ so every task module can be loaded into the same sub-parser.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
 
+from ..checkpoint import CheckpointMeta, Preprocessing, atomic_write, save_checkpoint
 from ..errors import UserError
+from .state import RunFiles, ensure_dir, load_state, read_config, save_state, seed_epoch, write_config
 
 log = logging.getLogger(__name__)
 
@@ -110,10 +126,11 @@ def build_optimizer(model: nn.Module, args: argparse.Namespace, *, lr: float, we
 
 
 class Deadline:
-    """``--time-limit`` minutes from now (None: no limit)."""
+    """``--time-limit`` minutes from now (None: no limit), of which ``spent`` seconds (earlier sessions of a
+    resumed run) are already gone."""
 
-    def __init__(self, minutes: float | None):
-        self.start = time.monotonic()
+    def __init__(self, minutes: float | None, spent: float = 0.0):
+        self.start = time.monotonic() - spent
         self.seconds = None if minutes is None else 60.0 * minutes
 
     def fraction(self) -> float:
@@ -122,6 +139,9 @@ class Deadline:
 
     def passed(self) -> bool:
         return self.fraction() >= 1.0
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int,
@@ -205,21 +225,195 @@ def append_jsonl(path: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def prepare_out(args: argparse.Namespace) -> Path:
-    if getattr(args, "resume", None):
-        raise UserError("--resume is not supported for detect/segment runs yet; start a new run with --out")
-    out = getattr(args, "out", None)
-    if out is None:
-        raise UserError("train needs --out RUN_DIR (the folder for checkpoints and metrics)")
-    out = Path(out)
-    if (out / "last.safetensors").exists():
-        raise UserError(f"{out} already holds a run; pass another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
 def save_png(image: torch.Tensor, path: Path) -> None:
     """Write a (3, H, W) uint8 tensor as PNG (Pillow: torchvision.io's encoders are deprecated)."""
     from PIL import Image
 
     Image.fromarray(image.permute(1, 2, 0).contiguous().numpy()).save(path)
+
+
+# -- the training loop -----------------------------------------------------------------------------------------
+
+@dataclass
+class DenseData:
+    """What a task's data gives the loop: the two splits, the class names (background first) and the model's
+    square input size; ``meta`` goes into the checkpoints (where the data came from, what was skipped)."""
+    train: Any
+    val: Any
+    class_names: list[str]
+    size: int
+    meta: dict
+
+
+@dataclass(frozen=True)
+class DenseTask:
+    """What differs between detection and segmentation training."""
+    name: str  # "detect" | "segment": the checkpoint's task
+    generic_model: str  # the registry model a bare classification backbone is wrapped in
+    open_data: Callable[[argparse.Namespace, str], DenseData]
+    collate: Callable  # DataLoader collate_fn of training samples -> (images, targets)
+    losses: Callable[[nn.Module, Tensor, Any], dict[str, Tensor]]  # named loss terms; their sum is minimised
+    evaluate: Callable[..., dict]  # (model, val dataset, size, channels_last=) -> metrics incl. metric, per_class
+    metric: str  # the metric that picks best.safetensors ("map", "miou")
+    per_class: str  # the per-class metric list kept in the checkpoint only
+    summary: Callable[[dict], str]  # one log line of the metrics
+
+
+RUNTIME_OPTIONS = ("threads", "no_progress")  # taken from the resuming command, not from config.json
+
+
+def _options_of(args: argparse.Namespace, task: str) -> dict:
+    """The JSON-able options of ``args``: config.json of the run."""
+    options = {"task": task}
+    for k, v in vars(args).items():
+        if k in ("resume", "command", "task") or callable(v):
+            continue
+        options[k] = str(v) if isinstance(v, Path) else v
+    return options
+
+
+def _open_run(task: DenseTask, args: argparse.Namespace) -> tuple[argparse.Namespace, RunFiles, dict | None]:
+    """``(options, run files, resume state or None)``: a new run folder, or the one ``--resume`` names."""
+    resume = getattr(args, "resume", None)
+    if resume:
+        run = RunFiles(Path(resume))
+        config = read_config(run.config)
+        if config.get("task") != task.name:
+            raise UserError(f"--resume {run.root} is a {config.get('task', 'classify')} run, not {task.name}")
+        state = load_state(run.state)
+        options = argparse.Namespace(**config)
+        for k in RUNTIME_OPTIONS:
+            if getattr(args, k, None):
+                setattr(options, k, getattr(args, k))
+        return options, run, state
+    out = getattr(args, "out", None)
+    if out is None:
+        raise UserError("train needs --out RUN_DIR (the folder for checkpoints and metrics)")
+    run = RunFiles(Path(out))
+    if run.state.exists() or run.last.exists():
+        raise UserError(f"{run.root} already holds a run; continue it with --resume {run.root} or pass another --out")
+    ensure_dir(run.root)
+    write_config(run.config, _options_of(args, task.name))
+    return args, run, None
+
+
+def _write_metrics(path: Path, history: list[dict]) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text("".join(json.dumps(r) + "\n" for r in history)))
+
+
+def fit(task: DenseTask, args: argparse.Namespace) -> dict:
+    """``mobilenets train --task detect|segment`` (and ``--resume`` of such a run); returns the last epoch's
+    record."""
+    from ..registry import create_model
+    from .ema import create_ema
+
+    args, run, state = _open_run(task, args)
+    set_threads(args)
+    seed = getattr(args, "seed", 0) or 0
+    data_name = getattr(args, "data", None) or SCENES
+    name, options = resolve_model(args, task.name, task.generic_model)
+    data = task.open_data(args, data_name)
+    seed_epoch(seed, -1)  # model initialisation
+    model = create_model(name, num_classes=len(data.class_names), **options)
+    if state is None:
+        load_initial_weights(model, getattr(args, "weights", None))
+    set_bn_momentum(model)
+    channels_last = bool(getattr(args, "channels_last", False))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    batch_size = getattr(args, "batch_size", 32) or 32
+    if batch_size < 2:
+        raise UserError(f"--batch-size {batch_size} must be at least 2 (BatchNorm needs 2 samples)")
+    workers = getattr(args, "workers", 0) or 0
+    generator = torch.Generator()
+    loader = DataLoader(data.train, batch_size=batch_size, shuffle=True, drop_last=True, collate_fn=task.collate,
+                        num_workers=workers, generator=generator, persistent_workers=bool(workers))
+    if len(loader) == 0:
+        raise UserError(f"{len(data.train)} training images are fewer than --batch-size {batch_size}")
+    epochs = getattr(args, "epochs", 10) or 10
+    optimizer = build_optimizer(model, args, lr=3e-3, weight_decay=5e-4)
+    total = epochs * len(loader)
+    warmup = getattr(args, "warmup_epochs", None)
+    warmup_steps = int(warmup * len(loader)) if warmup is not None else min(300, total // 10 + 1)
+    ema_decay = getattr(args, "ema_decay", None)
+    ema = create_ema(model, 0.999 if ema_decay is None else ema_decay)
+    start_epoch, step, best, history, spent = 0, 0, -1.0, [], 0.0
+    if state is not None:
+        start_epoch, step, best, history, spent = (state["epoch"], state["step"], state["best"], state["history"],
+                                                   state["elapsed"])
+    deadline = Deadline(getattr(args, "time_limit", None), spent)
+    scheduler = warmup_cosine(optimizer, total, warmup_steps, deadline)
+    if state is not None:  # after the scheduler, whose construction sets the learning rate of step 0
+        model.load_state_dict(state["model"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        log.info("resuming %s after epoch %d of %d", run.root, start_epoch, epochs)
+    progress = not getattr(args, "no_progress", False)
+    pre = Preprocessing(input_size=(3, data.size, data.size), resize=data.size, mean=MEAN, std=STD,
+                        interpolation="bilinear")
+    log.info("training %s (%s) on %s: %d images, %d val, %d epochs of %d steps", name, options, data_name,
+             len(data.train), len(data.val), epochs, len(loader))
+    evaluated = ema.module if ema is not None else model
+    record = history[-1] if history else {}
+    if state is not None and state.get("stopped"):
+        log.info("%s ended at its time limit; nothing left to train", run.root)
+        return record
+    for epoch in range(start_epoch, epochs):
+        seed_epoch(seed, epoch)
+        generator.manual_seed(seed * 1_000_003 + epoch)
+        model.train()
+        sums: dict[str, float] = {}
+        seen, start = 0, time.perf_counter()
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}", unit="batch", leave=False, disable=not progress)
+        for i, (x, targets) in enumerate(bar):
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            terms = task.losses(model, x, targets)
+            loss = sum(terms.values())
+            check_finite(loss, epoch, i)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            if ema is not None:
+                ema.update_parameters(model)
+            step += 1
+            seen += len(x)
+            for k, v in {"loss": loss, **terms}.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(x)
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+            if step % LOG_EVERY == 0:
+                log.info("step %d: loss %.4f, %.1f img/s, lr %.2e", step, float(loss.detach()),
+                         seen / (time.perf_counter() - start), optimizer.param_groups[0]["lr"])
+            if deadline.passed():
+                break
+        train_seconds = time.perf_counter() - start
+        if ema is not None:
+            recalibrate_bn(evaluated, (x for x, _ in itertools.islice(loader, RECALIBRATION_BATCHES)), channels_last)
+        metrics = task.evaluate(evaluated, data.val, data.size, channels_last=channels_last)
+        record = {"epoch": epoch + 1, "step": step, **{k: v / max(1, seen) for k, v in sums.items()},
+                  "train_img_s": seen / train_seconds, "lr": optimizer.param_groups[0]["lr"],
+                  **{k: v for k, v in metrics.items() if k != task.per_class}}
+        log.info("epoch %d: loss %.4f, val %s (%.0f img/s)", epoch + 1, record["loss"], task.summary(metrics),
+                 record["train_img_s"])
+        history.append(record)
+        meta = CheckpointMeta(model=evaluated.arch_name, options=dict(evaluated.arch_options), task=task.name,
+                              class_names=list(data.class_names), preprocessing=pre,
+                              extra={"data": data.meta, "metrics": {**record, task.per_class: metrics[task.per_class]},
+                                     "resize": "stretch to input_size (no crop)"})
+        _write_metrics(run.metrics, history)
+        save_checkpoint(run.last, evaluated, meta)
+        if metrics[task.metric] > best:
+            best = metrics[task.metric]
+            save_checkpoint(run.best, evaluated, meta)
+        stopped = deadline.passed()
+        save_state(run.state, {"epoch": epoch + 1, "step": step, "best": best, "history": history,
+                               "elapsed": deadline.elapsed(), "stopped": stopped, "model": model.state_dict(),
+                               "ema": ema.state_dict() if ema is not None else None,
+                               "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()})
+        if stopped:
+            log.info("time limit reached after epoch %d (step %d)", epoch + 1, step)
+            break
+    return record

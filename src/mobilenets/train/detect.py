@@ -9,15 +9,13 @@ Input: every image is resized to ``--img-size`` squared (default: the scene size
 torchvision's SSDLite320 does, then normalised to [-1, 1]; boxes are mapped back to the original image.
 Metrics: COCO box mAP@[.5:.95] and mAP@.5 from pycocotools, on the original image coordinates.
 
-A run folder (``--out``) ends up with ``best.safetensors`` (highest val mAP), ``last.safetensors`` and
-``metrics.jsonl`` (one record per epoch).
+The training loop, the run folder (``best.safetensors`` by val mAP) and ``--resume`` are :func:`dense.fit`'s.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import io
-import itertools
 import json
 import logging
 import time
@@ -30,7 +28,6 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from ..checkpoint import CheckpointMeta, Preprocessing, save_checkpoint
 from ..checkpoint import load_checkpoint
 from ..errors import UserError
 from . import dense
@@ -172,112 +169,32 @@ def evaluate_detector(model: nn.Module, dataset, size: int, *, batch_size: int =
 
 # -- train ---------------------------------------------------------------------------------------------------
 
-def _data_meta(data: str | None, train_ds, val_ds, size: int) -> dict:
-    if data in (None, SCENES):
-        return {"data": SCENES, "seed": train_ds.seed, "image_size": train_ds.config.image_size,
+def open_data(args: argparse.Namespace, data: str) -> dense.DenseData:
+    val_ds = open_split(data, "val", args, None)
+    size = getattr(args, "img_size", None) or (val_ds.config.image_size if data == SCENES else 320)
+    train_ds = open_split(data, "train", args, train_transforms(size, photometric=data != SCENES))
+    if data == SCENES:
+        meta = {"data": SCENES, "seed": train_ds.seed, "image_size": train_ds.config.image_size,
                 "train_scenes": len(train_ds), "val_scenes": len(val_ds), "input_size": size}
-    return {"data": str(data), "train": train_ds.describe(), "val": val_ds.describe(), "input_size": size,
-            "skipped_annotations": dict(train_ds.skipped)}
+    else:
+        meta = {"data": str(data), "train": train_ds.describe(), "val": val_ds.describe(), "input_size": size,
+                "skipped_annotations": dict(train_ds.skipped)}
+    return dense.DenseData(train_ds, val_ds, ["background"] + list(train_ds.class_names), size, meta)
+
+
+def losses(model: nn.Module, x: Tensor, targets: list[dict]) -> dict[str, Tensor]:
+    terms = model.loss(model(x), targets)
+    return {"loss_box": terms["bbox_regression"], "loss_cls": terms["classification"]}
+
+
+TASK = dense.DenseTask(name="detect", generic_model=GENERIC_MODEL, open_data=open_data, collate=collate_train,
+                       losses=losses, evaluate=evaluate_detector, metric="map", per_class="per_class_ap",
+                       summary=lambda m: f"mAP {m['map']:.4f} mAP@.5 {m['map50']:.4f}")
 
 
 def train(args: argparse.Namespace) -> dict:
     """``mobilenets train --task detect``: fit a detector; returns the last epoch's record."""
-    from ..registry import create_model
-    from .ema import create_ema
-
-    dense.set_threads(args)
-    out = dense.prepare_out(args)
-    seed = getattr(args, "seed", 0) or 0
-    torch.manual_seed(seed)
-    data = getattr(args, "data", None) or SCENES
-    name, options = dense.resolve_model(args, "detect", GENERIC_MODEL)
-    probe = open_split(data, "val", args, None)
-    size = getattr(args, "img_size", None) or (probe.config.image_size if data == SCENES else 320)
-    train_ds = open_split(data, "train", args, train_transforms(size, photometric=data != SCENES))
-    val_ds = probe
-    class_names = ["background"] + list(train_ds.class_names)
-    model = create_model(name, num_classes=len(class_names), **options)
-    dense.load_initial_weights(model, getattr(args, "weights", None))
-    dense.set_bn_momentum(model)
-    channels_last = bool(getattr(args, "channels_last", False))
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    batch_size = getattr(args, "batch_size", 32) or 32
-    if batch_size < 2:
-        raise UserError(f"--batch-size {batch_size} must be at least 2 (BatchNorm needs 2 samples)")
-    generator = torch.Generator().manual_seed(seed)
-    loader = DataLoader(train_ds, batch_size=batch_size, shuffle=True, drop_last=True, collate_fn=collate_train,
-                        num_workers=getattr(args, "workers", 0) or 0, generator=generator,
-                        persistent_workers=bool(getattr(args, "workers", 0)))
-    if len(loader) == 0:
-        raise UserError(f"{len(train_ds)} training images are fewer than --batch-size {batch_size}")
-    epochs = getattr(args, "epochs", 10) or 10
-    deadline = dense.Deadline(getattr(args, "time_limit", None))
-    optimizer = dense.build_optimizer(model, args, lr=3e-3, weight_decay=5e-4)
-    total = epochs * len(loader)
-    warmup = getattr(args, "warmup_epochs", None)
-    warmup_steps = int(warmup * len(loader)) if warmup is not None else min(300, total // 10 + 1)
-    scheduler = dense.warmup_cosine(optimizer, total, warmup_steps, deadline)
-    ema_decay = getattr(args, "ema_decay", None)
-    ema = create_ema(model, 0.999 if ema_decay is None else ema_decay)
-    progress = not getattr(args, "no_progress", False)
-    meta_data = _data_meta(data, train_ds, val_ds, size)
-    pre = Preprocessing(input_size=(3, size, size), resize=size, mean=MEAN, std=STD, interpolation="bilinear")
-    best, record, step = -1.0, {}, 0
-    log.info("training %s (%s) on %s: %d images, %d val, %d epochs of %d steps", name, options, data,
-             len(train_ds), len(val_ds), epochs, len(loader))
-    for epoch in range(epochs):
-        model.train()
-        sums = {"bbox_regression": 0.0, "classification": 0.0}
-        seen, start = 0, time.perf_counter()
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}", unit="batch", leave=False, disable=not progress)
-        for i, (x, targets) in enumerate(bar):
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            losses = model.loss(model(x), targets)
-            loss = losses["bbox_regression"] + losses["classification"]
-            dense.check_finite(loss, epoch, i)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            if ema is not None:
-                ema.update_parameters(model)
-            step += 1
-            seen += len(x)
-            for k in sums:
-                sums[k] += float(losses[k].detach()) * len(x)
-            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
-            if step % dense.LOG_EVERY == 0:
-                log.info("step %d: loss %.4f, %.1f img/s, lr %.2e", step, float(loss.detach()),
-                         seen / (time.perf_counter() - start), optimizer.param_groups[0]["lr"])
-            if deadline.passed():
-                break
-        train_seconds = time.perf_counter() - start
-        evaluated = ema.module if ema is not None else model
-        if ema is not None:
-            dense.recalibrate_bn(evaluated, (x for x, _ in itertools.islice(loader, dense.RECALIBRATION_BATCHES)),
-                                 channels_last)
-        metrics = evaluate_detector(evaluated, val_ds, size, channels_last=channels_last)
-        record = {"epoch": epoch + 1, "step": step, "loss_box": sums["bbox_regression"] / max(1, seen),
-                  "loss_cls": sums["classification"] / max(1, seen), "train_img_s": seen / train_seconds,
-                  "lr": optimizer.param_groups[0]["lr"], **{k: v for k, v in metrics.items() if k != "per_class_ap"}}
-        log.info("epoch %d: loss box %.3f cls %.3f, val mAP %.4f mAP@.5 %.4f (%.0f img/s)", epoch + 1,
-                 record["loss_box"], record["loss_cls"], metrics["map"], metrics["map50"], record["train_img_s"])
-        dense.append_jsonl(out / "metrics.jsonl", record)
-        meta = CheckpointMeta(model=evaluated.arch_name, options=dict(evaluated.arch_options), task="detect",
-                              class_names=class_names, preprocessing=pre,
-                              extra={"data": meta_data, "metrics": {**record,
-                                                                    "per_class_ap": metrics["per_class_ap"]},
-                                     "resize": "stretch to input_size (no crop)"})
-        save_checkpoint(out / "last.safetensors", evaluated, meta)
-        if metrics["map"] > best:
-            best = metrics["map"]
-            save_checkpoint(out / "best.safetensors", evaluated, meta)
-        if deadline.passed():
-            log.info("time limit reached after epoch %d (step %d)", epoch + 1, step)
-            break
-    return record
+    return dense.fit(TASK, args)
 
 
 # -- eval / predict ------------------------------------------------------------------------------------------

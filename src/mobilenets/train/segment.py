@@ -13,7 +13,6 @@ is ignored.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import logging
 import time
@@ -26,7 +25,6 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from ..checkpoint import CheckpointMeta, Preprocessing, save_checkpoint
 from ..data.masks import IGNORE_INDEX
 from ..checkpoint import load_checkpoint
 from ..errors import UserError
@@ -147,109 +145,36 @@ def evaluate_segmenter(model: nn.Module, dataset, size: int, *, batch_size: int 
 
 # -- train ---------------------------------------------------------------------------------------------------
 
-def train(args: argparse.Namespace) -> dict:
-    """``mobilenets train --task segment``: fit a segmentation model; returns the last epoch's record."""
-    from ..registry import create_model
-    from .ema import create_ema
-
-    dense.set_threads(args)
-    out = dense.prepare_out(args)
-    seed = getattr(args, "seed", 0) or 0
-    torch.manual_seed(seed)
-    data = getattr(args, "data", None) or SCENES
-    name, options = dense.resolve_model(args, "segment", GENERIC_MODEL)
+def open_data(args: argparse.Namespace, data: str) -> dense.DenseData:
     val_ds = open_split(data, "val", args, None)
     class_names = val_ds.segment_class_names
     size = getattr(args, "img_size", None) or (val_ds.config.image_size if data == SCENES else 512)
     train_ds = open_split(data, "train", args, train_transforms(size, data == SCENES), class_names=class_names)
-    model = create_model(name, num_classes=len(class_names), **options)
-    dense.load_initial_weights(model, getattr(args, "weights", None))
-    dense.set_bn_momentum(model)
-    channels_last = bool(getattr(args, "channels_last", False))
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    batch_size = getattr(args, "batch_size", 32) or 32
-    if batch_size < 2:
-        raise UserError(f"--batch-size {batch_size} must be at least 2 (BatchNorm needs 2 samples)")
-    workers = getattr(args, "workers", 0) or 0
-    loader = DataLoader(train_ds, batch_size=batch_size, shuffle=True, drop_last=True, collate_fn=collate_train,
-                        num_workers=workers, generator=torch.Generator().manual_seed(seed),
-                        persistent_workers=bool(workers))
-    if len(loader) == 0:
-        raise UserError(f"{len(train_ds)} training images are fewer than --batch-size {batch_size}")
-    epochs = getattr(args, "epochs", 10) or 10
-    deadline = dense.Deadline(getattr(args, "time_limit", None))
-    optimizer = dense.build_optimizer(model, args, lr=3e-3, weight_decay=5e-4)
-    total = epochs * len(loader)
-    warmup = getattr(args, "warmup_epochs", None)
-    scheduler = dense.warmup_cosine(optimizer, total,
-                                    int(warmup * len(loader)) if warmup is not None else min(300, total // 10 + 1),
-                                    deadline)
-    ema_decay = getattr(args, "ema_decay", None)
-    ema = create_ema(model, 0.999 if ema_decay is None else ema_decay)
-    progress = not getattr(args, "no_progress", False)
     if data == SCENES:
-        meta_data = {"data": SCENES, "seed": train_ds.seed, "image_size": train_ds.config.image_size,
-                     "train_scenes": len(train_ds), "val_scenes": len(val_ds), "input_size": size}
+        meta = {"data": SCENES, "seed": train_ds.seed, "image_size": train_ds.config.image_size,
+                "train_scenes": len(train_ds), "val_scenes": len(val_ds), "input_size": size}
     else:
-        meta_data = {"data": str(data), "train": train_ds.describe(), "val": val_ds.describe(), "input_size": size,
-                     "skipped_images": dict(train_ds.skipped)}
-    pre = Preprocessing(input_size=(3, size, size), resize=size, mean=MEAN, std=STD, interpolation="bilinear")
-    best, record, step = -1.0, {}, 0
-    log.info("training %s (%s) on %s: %d images, %d val, %d epochs of %d steps", name, options, data,
-             len(train_ds), len(val_ds), epochs, len(loader))
-    for epoch in range(epochs):
-        model.train()
-        loss_sum, seen, start = 0.0, 0, time.perf_counter()
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}", unit="batch", leave=False, disable=not progress)
-        for i, (x, masks) in enumerate(bar):
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            out_logits, aux = model.forward_with_aux(x)
-            loss = F.cross_entropy(out_logits, masks, ignore_index=IGNORE_INDEX)
-            if aux is not None:
-                loss = loss + AUX_WEIGHT * F.cross_entropy(aux, masks, ignore_index=IGNORE_INDEX)
-            dense.check_finite(loss, epoch, i)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            if ema is not None:
-                ema.update_parameters(model)
-            step += 1
-            seen += len(x)
-            loss_sum += float(loss.detach()) * len(x)
-            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
-            if step % dense.LOG_EVERY == 0:
-                log.info("step %d: loss %.4f, %.1f img/s, lr %.2e", step, float(loss.detach()),
-                         seen / (time.perf_counter() - start), optimizer.param_groups[0]["lr"])
-            if deadline.passed():
-                break
-        train_seconds = time.perf_counter() - start
-        evaluated = ema.module if ema is not None else model
-        if ema is not None:
-            dense.recalibrate_bn(evaluated, (x for x, _ in itertools.islice(loader, dense.RECALIBRATION_BATCHES)),
-                                 channels_last)
-        metrics = evaluate_segmenter(evaluated, val_ds, size, channels_last=channels_last)
-        record = {"epoch": epoch + 1, "step": step, "loss": loss_sum / max(1, seen),
-                  "train_img_s": seen / train_seconds, "lr": optimizer.param_groups[0]["lr"],
-                  **{k: v for k, v in metrics.items() if k != "per_class_iou"}}
-        log.info("epoch %d: loss %.4f, val mIoU %.4f pixel acc %.4f (%.0f img/s)", epoch + 1, record["loss"],
-                 metrics["miou"], metrics["pixel_acc"], record["train_img_s"])
-        dense.append_jsonl(out / "metrics.jsonl", record)
-        meta = CheckpointMeta(model=evaluated.arch_name, options=dict(evaluated.arch_options), task="segment",
-                              class_names=list(class_names), preprocessing=pre,
-                              extra={"data": meta_data, "metrics": {**record,
-                                                                    "per_class_iou": metrics["per_class_iou"]},
-                                     "resize": "stretch to input_size (no crop)"})
-        save_checkpoint(out / "last.safetensors", evaluated, meta)
-        if metrics["miou"] > best:
-            best = metrics["miou"]
-            save_checkpoint(out / "best.safetensors", evaluated, meta)
-        if deadline.passed():
-            log.info("time limit reached after epoch %d (step %d)", epoch + 1, step)
-            break
-    return record
+        meta = {"data": str(data), "train": train_ds.describe(), "val": val_ds.describe(), "input_size": size,
+                "skipped_images": dict(train_ds.skipped)}
+    return dense.DenseData(train_ds, val_ds, list(class_names), size, meta)
+
+
+def losses(model: nn.Module, x: Tensor, masks: Tensor) -> dict[str, Tensor]:
+    logits, aux = model.forward_with_aux(x)
+    terms = {"loss_main": F.cross_entropy(logits, masks, ignore_index=IGNORE_INDEX)}
+    if aux is not None:
+        terms["loss_aux"] = AUX_WEIGHT * F.cross_entropy(aux, masks, ignore_index=IGNORE_INDEX)
+    return terms
+
+
+TASK = dense.DenseTask(name="segment", generic_model=GENERIC_MODEL, open_data=open_data, collate=collate_train,
+                       losses=losses, evaluate=evaluate_segmenter, metric="miou", per_class="per_class_iou",
+                       summary=lambda m: f"mIoU {m['miou']:.4f} pixel acc {m['pixel_acc']:.4f}")
+
+
+def train(args: argparse.Namespace) -> dict:
+    """``mobilenets train --task segment``: fit a segmentation model; returns the last epoch's record."""
+    return dense.fit(TASK, args)
 
 
 # -- eval / predict ------------------------------------------------------------------------------------------

@@ -1,0 +1,64 @@
+"""Detection and segmentation runs resume where a killed run stopped: the resumed run's metrics and weights equal
+an uninterrupted run's with the same seed; a finished or foreign run folder is refused in one line."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mobilenets.cli import main
+from mobilenets.train import detect, segment
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TIMING = {"train_img_s", "eval_seconds"}
+
+
+def args(task: str, out) -> list[str]:
+    return ["train", "--task", task, "--data", "scenes", "--model", "mobilenet_v3_small", "--width", "0.5",
+            "--scenes", "16", "--limit-val", "4", "--scene-size", "64", "--epochs", "3", "--batch-size", "8",
+            "--seed", "3", "--out", str(out), "--no-progress", "--threads", "1"]
+
+
+def history(out) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING}
+            for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("module", [detect, segment], ids=["detect", "segment"])
+def test_resume_after_interrupt_matches_uninterrupted(module, tmp_path, monkeypatch, capsys):
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    assert main(args(module.TASK.name, straight)) == 0
+
+    calls = []
+    real = module.TASK.losses
+
+    def dies_in_epoch_two(model, x, targets):
+        calls.append(1)
+        if len(calls) == 3:  # 2 steps per epoch: the first step of epoch 2
+            raise KeyboardInterrupt
+        return real(model, x, targets)
+
+    monkeypatch.setattr(module, "TASK", dataclasses.replace(module.TASK, losses=dies_in_epoch_two))
+    assert main(args(module.TASK.name, broken)) != 0  # the CLI reports the interrupt
+    assert "interrupted" in capsys.readouterr().err
+    assert [r["epoch"] for r in history(broken)] == [1]
+    monkeypatch.undo()
+
+    assert main(["train", "--resume", str(broken), "--no-progress", "--threads", "1"]) == 0
+    assert history(broken) == history(straight) and len(history(straight)) == 3
+    a, b = load_file(straight / "last.safetensors"), load_file(broken / "last.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    capsys.readouterr()
+    assert main(args(module.TASK.name, broken)) == 2  # the folder holds a run: --resume or another --out
+    err = capsys.readouterr().err
+    assert "--resume" in err and len(err.strip().splitlines()) == 1
+    other = "segment" if module is detect else "detect"
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "config.json").write_text(json.dumps({"task": other}))
+    assert main(["train", "--task", module.TASK.name, "--resume", str(tmp_path / "cfg")]) == 2
+    assert f"is a {other} run" in capsys.readouterr().err
