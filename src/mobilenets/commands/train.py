@@ -32,10 +32,20 @@ def _task_module(task: str, required: bool = True):
 
 
 def _checkpoint_task(path: str) -> str:
-    if Path(path).suffix != ".safetensors" or not Path(path).is_file():
+    """The task of a checkpoint or of an exported model file (classify when it cannot tell)."""
+    suffix = Path(path).suffix
+    if not Path(path).is_file():
         return "classify"
-    from ..checkpoint import read_checkpoint
-    return read_checkpoint(path)[1].task
+    if suffix == ".safetensors":
+        from ..checkpoint import read_checkpoint
+        return read_checkpoint(path)[1].task
+    if suffix == ".onnx":
+        from ..checkpoint import CheckpointMeta
+        from ..deploy.runtime import onnx_properties
+        from ..deploy.export import META_KEY
+        text = onnx_properties(Path(path)).get(META_KEY)
+        return CheckpointMeta.from_json(text).task if text else "classify"
+    return "classify"
 
 
 def _run_task(run_dir: Path) -> str:

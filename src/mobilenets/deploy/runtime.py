@@ -62,34 +62,41 @@ def onnx_backends() -> list[str]:
 
 
 class Runner:
-    """One loaded model on one backend. ``run(x)``: float32 (N, C, H, W) -> float32 (N, num_classes)."""
+    """One loaded model on one backend. ``run(x)``: float32 (N, C, H, W) -> float32 (N, num_classes), the first
+    output; ``outputs(x)``: all of them (a detector's ``boxes`` and ``scores``, see mobilenets.heads.export).
+    ``properties``: the file's string metadata (ONNX ``metadata_props``), e.g. a detector's NMS settings."""
 
     backend = ""
 
-    def __init__(self, path: Path, meta: CheckpointMeta | None, batch: int | None):
+    def __init__(self, path: Path, meta: CheckpointMeta | None, batch: int | None,
+                 properties: dict[str, str] | None = None):
         self.path = Path(path)
         self.meta = meta
         self.batch = batch  # fixed batch size of the file, None when dynamic
+        self.properties = dict(properties or {})
 
-    def run(self, x: np.ndarray) -> np.ndarray:
+    def outputs(self, x: np.ndarray) -> list[np.ndarray]:
         x = np.ascontiguousarray(x, dtype=np.float32)
         if x.ndim != 4:
             raise UserError(f"input of shape {x.shape} is not a batch of images; pass float32 (N, C, H, W)")
         if self.batch is None or x.shape[0] == self.batch:
             return self._run(x)
         # A fixed-batch file (the default export): feed it slices of its batch size, padding the last one.
-        outs = []
+        parts = []
         for i in range(0, x.shape[0], self.batch):
             chunk = x[i:i + self.batch]
             n = chunk.shape[0]
             if n < self.batch:
                 chunk = np.concatenate([chunk, np.zeros((self.batch - n, *x.shape[1:]), np.float32)])
-            outs.append(self._run(chunk)[:n])
-        return np.concatenate(outs)
+            parts.append([out[:n] for out in self._run(chunk)])
+        return [np.concatenate(outs) for outs in zip(*parts)]
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return self.outputs(x)[0]
 
     __call__ = run
 
-    def _run(self, x: np.ndarray) -> np.ndarray:
+    def _run(self, x: np.ndarray) -> list[np.ndarray]:
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -124,10 +131,10 @@ class OnnxRuntimeRunner(Runner):
         inp = self.session.get_inputs()[0]
         self._input = inp.name
         batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
-        super().__init__(path, meta, batch)
+        super().__init__(path, meta, batch, custom)
 
     def _run(self, x):
-        return self.session.run(None, {self._input: x})[0]
+        return self.session.run(None, {self._input: x})
 
 
 class OpenVinoRunner(Runner):
@@ -153,31 +160,37 @@ class OpenVinoRunner(Runner):
             config["INFERENCE_NUM_THREADS"] = threads
         self.compiled = core.compile_model(model, "CPU", config)
         self.request = self.compiled.create_infer_request()
-        text = read_rt_info(model, META_KEY) or _onnx_meta_text(path)
+        properties = onnx_properties(path)
+        text = read_rt_info(model, META_KEY) or properties.get(META_KEY)
         shape = model.inputs[0].get_partial_shape()
         batch = shape[0].get_length() if shape[0].is_static else None
-        super().__init__(path, CheckpointMeta.from_json(text) if text else None, batch)
+        super().__init__(path, CheckpointMeta.from_json(text) if text else None, batch, properties)
 
     def _run(self, x):
-        return self.request.infer({0: x})[0].copy()  # the request reuses its output buffer
+        results = self.request.infer({0: x})
+        return [results[i].copy() for i in range(len(self.compiled.outputs))]  # the request reuses its buffers
 
 
 class TorchRunner(Runner):
     backend = "torch"
 
     def __init__(self, path: Path, module, meta: CheckpointMeta | None, threads: int | None = None,
-                 batch: int | None = None):
+                 batch: int | None = None, properties: dict[str, str] | None = None):
         import torch
 
         if threads:
             torch.set_num_threads(threads)
         self.module = module
-        super().__init__(path, meta, batch)
+        super().__init__(path, meta, batch, properties)
 
     @classmethod
     def from_checkpoint(cls, path: Path, threads: int | None = None) -> "TorchRunner":
         from ..checkpoint import load_checkpoint
         model, meta = load_checkpoint(path)
+        if meta.task == "detect":  # the same outputs as the ONNX export: decoded boxes and scores, NMS outside
+            from ..heads.export import DecodedDetections, POSTPROCESS_KEY, postprocess_settings
+            return cls(path, DecodedDetections(model).eval(), meta, threads,
+                       properties={POSTPROCESS_KEY: json.dumps(postprocess_settings(model))})
         return cls(path, model.eval(), meta, threads)
 
     @classmethod
@@ -202,17 +215,18 @@ class TorchRunner(Runner):
     def _run(self, x):
         import torch
         with torch.inference_mode():
-            return self.module(torch.from_numpy(x)).numpy()
+            out = self.module(torch.from_numpy(x))
+        return [t.numpy() for t in (out if isinstance(out, (tuple, list)) else (out,))]
 
 
-def _onnx_meta_text(path: Path) -> str | None:
+def onnx_properties(path: Path) -> dict[str, str]:
+    """The ``metadata_props`` of an ONNX file (empty for other files)."""
     if Path(path).suffix != ".onnx" or importlib.util.find_spec("onnx") is None:
-        return None
+        return {}
     import onnx
 
-    from .export import META_KEY
     proto = onnx.load(str(path), load_external_data=False)
-    return next((p.value for p in proto.metadata_props if p.key == META_KEY), None)
+    return {p.key: p.value for p in proto.metadata_props}
 
 
 def read_meta(path: str | os.PathLike) -> CheckpointMeta | None:
@@ -262,7 +276,11 @@ def exported_onnx(checkpoint: Path) -> Path:
     if not target.is_file():
         model, meta = load_checkpoint(checkpoint)
         log.info("exporting %s to %s", checkpoint, target)
-        export_model(model, meta, target, "onnx")
+        if meta.task in ("detect", "segment"):
+            from ..heads.export import export_onnx
+            export_onnx(model, meta, target)
+        else:
+            export_model(model, meta, target, "onnx")
     return target
 
 

@@ -28,11 +28,13 @@ import torch
 from torch import Tensor, nn
 
 from ..checkpoint import CheckpointMeta
+from ..deploy.export import META_KEY
 from ..errors import UserError
 
 log = logging.getLogger(__name__)
 
 OPSET = 18
+POSTPROCESS_KEY = "mobilenets.postprocess"  # a detector's NMS settings (JSON) in the file's metadata
 
 
 class DecodedDetections(nn.Module):
@@ -89,9 +91,9 @@ def export_onnx(model: nn.Module, meta: CheckpointMeta, out: str | os.PathLike, 
         raise UserError(f"torch.onnx could not export {meta.model} ({type(e).__name__}: "
                         f"{str(e).splitlines()[0]})") from e
     proto = program.model_proto
-    props = {"mobilenets.meta": meta.to_json()}
+    props = {META_KEY: meta.to_json()}
     if task == "detect":
-        props["mobilenets.postprocess"] = json.dumps(postprocess_settings(model))
+        props[POSTPROCESS_KEY] = json.dumps(postprocess_settings(model))
     for k, v in props.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = k, v

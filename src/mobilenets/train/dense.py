@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..checkpoint import CheckpointMeta, Preprocessing, atomic_write, save_checkpoint
+from ..checkpoint import CheckpointMeta, Preprocessing, atomic_write, load_checkpoint, save_checkpoint
 from ..errors import UserError
 from .state import RunFiles, ensure_dir, load_state, read_config, save_state, seed_epoch, write_config
 
@@ -223,6 +223,26 @@ def set_threads(args: argparse.Namespace) -> None:
 def append_jsonl(path: Path, record: dict) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
+
+
+def open_network(checkpoint: str, task: str, backend: str = "torch", threads: int | None = None):
+    """``(run, meta, properties)`` of a detect / segment checkpoint (or its ONNX export) on ``backend``.
+    ``run(x)`` maps a normalised (N, 3, H, W) batch to the network's outputs as tensors: ``[logits]`` for
+    segmentation, ``[boxes, scores]`` (decoded, before NMS) for detection, the same on every backend;
+    ``properties`` holds a detector's NMS settings (mobilenets.heads.export.POSTPROCESS_KEY)."""
+    if backend == "torch" and Path(checkpoint).suffix == ".safetensors":
+        load_checkpoint(checkpoint, task=task)  # the clear error for a checkpoint of another task, cheaply first
+    from ..deploy.runtime import open_runner
+
+    runner = open_runner(checkpoint, backend=backend, threads=threads)
+    if runner.meta is None or runner.meta.task != task:
+        found = "no mobilenets metadata" if runner.meta is None else f"a {runner.meta.task} model"
+        raise UserError(f"{checkpoint} holds {found}, not a {task} model; pass a {task} checkpoint or its export")
+    log.info("running %s on %s", checkpoint, runner.backend)
+
+    def run(x: Tensor) -> list[Tensor]:
+        return [torch.from_numpy(out) for out in runner.outputs(x.numpy())]
+    return run, runner.meta, runner.properties
 
 
 def save_png(image: torch.Tensor, path: Path) -> None:

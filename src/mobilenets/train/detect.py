@@ -232,11 +232,12 @@ def predict(args: argparse.Namespace) -> list[dict]:
 
     from ..data.transforms import decode_image
 
-    dense.set_threads(args)
-    if getattr(args, "backend", "torch") not in ("torch", "auto"):
-        raise UserError(f"--backend {args.backend} is not available for detection; use --backend torch (ONNX "
-                        "models of detectors are run with onnxruntime directly, see mobilenets.heads.export)")
-    model, meta = load_checkpoint(args.checkpoint, task="detect")
+    from ..heads.export import POSTPROCESS_KEY
+    from ..heads.ssdlite import postprocess_detections
+
+    run, meta, properties = dense.open_network(args.checkpoint, "detect", getattr(args, "backend", "torch"),
+                                               getattr(args, "threads", None))
+    settings = json.loads(properties[POSTPROCESS_KEY])
     size = meta.preprocessing.input_size[-1]
     out = Path(getattr(args, "out", None) or "predictions")
     out.mkdir(parents=True, exist_ok=True)
@@ -245,7 +246,8 @@ def predict(args: argparse.Namespace) -> list[dict]:
     for path in args.images:
         image = decode_image(path, 3)
         h, w = image.shape[-2:]
-        pred = model.predict(_resize_batch([image], size))[0]
+        boxes, scores = run(_resize_batch([image], size))
+        pred = postprocess_detections(boxes[0], scores[0], (size, size), **settings)
         keep = pred["scores"] >= thresh
         boxes = pred["boxes"][keep] * torch.tensor([w / size, h / size, w / size, h / size])
         scores, labels = pred["scores"][keep], pred["labels"][keep]

@@ -27,7 +27,6 @@ from tqdm import tqdm
 
 from ..data.masks import IGNORE_INDEX
 from ..checkpoint import load_checkpoint
-from ..errors import UserError
 from . import dense
 from .dense import MEAN, SCENES, STD, save_png
 
@@ -211,10 +210,8 @@ def predict(args: argparse.Namespace) -> list[dict]:
 
     from ..data.transforms import decode_image
 
-    dense.set_threads(args)
-    if getattr(args, "backend", "torch") not in ("torch", "auto"):
-        raise UserError(f"--backend {args.backend} is not available for segmentation; use --backend torch")
-    model, meta = load_checkpoint(args.checkpoint, task="segment")
+    run, meta, _ = dense.open_network(args.checkpoint, "segment", getattr(args, "backend", "torch"),
+                                      getattr(args, "threads", None))
     size = meta.preprocessing.input_size[-1]
     out = Path(getattr(args, "out", None) or "predictions")
     out.mkdir(parents=True, exist_ok=True)
@@ -223,8 +220,7 @@ def predict(args: argparse.Namespace) -> list[dict]:
         image = decode_image(path, 3)
         h, w = image.shape[-2:]
         x = F.interpolate(image[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-        with torch.no_grad():
-            logits = model(v2.functional.normalize(x, list(MEAN), list(STD)))
+        logits = run(v2.functional.normalize(x, list(MEAN), list(STD)))[0]
         pred = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)[0].argmax(0)
         classes = [c for c in pred.unique().tolist() if c != 0]
         drawn = (image * 255).round().to(torch.uint8)
@@ -233,7 +229,7 @@ def predict(args: argparse.Namespace) -> list[dict]:
                                             colors=[_colour(c) for c in classes])
         target = out / (Path(path).stem + ".png")
         save_png(drawn, target)
-        pixels = torch.bincount(pred.flatten(), minlength=model.num_classes)
+        pixels = torch.bincount(pred.flatten(), minlength=len(meta.class_names))
         results.append({"image": str(path), "drawn": str(target),
                         "classes": {meta.class_names[c]: round(float(pixels[c]) / pred.numel(), 4)
                                     for c in classes}})
