@@ -23,35 +23,35 @@ from pathlib import Path
 
 import torch
 
-RECIPE = ["--model", "mobilenet_v3_small", "--output-stride", "16", "--img-size", "32", "--data", "fashion-mnist",
-          "--recipe", "default", "--ema-decay", "0.998", "--augment", "basic", "--batch-size", "128", "--seed", "0",
-          "--no-progress"]
+COMMON = ["--data", "fashion-mnist", "--recipe", "default", "--ema-decay", "0.998", "--seed", "0", "--no-progress"]
 TRAIN_IMAGES, TEST_IMAGES = 60_000, 10_000
 
 
-def probe_images_per_s(threads: int) -> tuple[float, float]:
+def probe_images_per_s(args: argparse.Namespace) -> tuple[float, float]:
     """(training img/s, evaluation img/s) of the benchmark model over ~40 steps on this machine right now."""
     import mobilenets
-    torch.set_num_threads(threads)
-    model = mobilenets.create_model("mobilenet_v3_small", num_classes=10, in_chans=1, output_stride=16)
+    torch.set_num_threads(args.threads)
+    model = mobilenets.create_model(args.model, num_classes=10, in_chans=1, output_stride=args.output_stride,
+                                    width_multiplier=args.width)
     model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    x = torch.randn(128, 1, 32, 32).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (128,))
+    step = torch.compile(model) if args.compile else model
+    x = torch.randn(args.batch_size, 1, args.img_size, args.img_size).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (args.batch_size,))
     for i in range(45):
         if i == 5:
             t = time.perf_counter()
-        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss = torch.nn.functional.cross_entropy(step(x), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
-    train_rate = 40 * 128 / (time.perf_counter() - t)
+    train_rate = 40 * args.batch_size / (time.perf_counter() - t)
     model.eval()
     with torch.no_grad():
         t = time.perf_counter()
         for _ in range(20):
             model(x)
-    return train_rate, 20 * 128 / (time.perf_counter() - t)
+    return train_rate, 20 * args.batch_size / (time.perf_counter() - t)
 
 
 def cpu_name() -> str:
@@ -71,17 +71,27 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=None, help="fix the epochs instead of probing the machine")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--result", default=None, help="append the result (JSON line) to this file")
+    p.add_argument("--model", default="mobilenet_v3_small")
+    p.add_argument("--width", type=float, default=1.0)
+    p.add_argument("--img-size", type=int, default=64, help="Fashion-MNIST's 28x28 images are resized to this")
+    p.add_argument("--output-stride", type=int, default=32)
+    p.add_argument("--augment", default="basic")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--compile", action="store_true", help="torch.compile the training step")
     args = p.parse_args()
+    recipe = ["--model", args.model, "--width", f"{args.width:g}", "--img-size", str(args.img_size),
+              "--output-stride", str(args.output_stride), "--augment", args.augment, "--batch-size",
+              str(args.batch_size), *COMMON, *(["--compile"] if args.compile else [])]
 
     epochs = args.epochs
     if epochs is None:
-        train_rate, eval_rate = probe_images_per_s(args.threads)
+        train_rate, eval_rate = probe_images_per_s(args)
         epoch_s = TRAIN_IMAGES / train_rate + TEST_IMAGES / eval_rate + 5  # + checkpoints and figures
         # 15% margin for data augmentation and load swings; --time-limit below is the hard stop.
         epochs = max(1, int(0.85 * args.budget_minutes * 60 / epoch_s))
         print(f"probe: {train_rate:.0f} train img/s, {eval_rate:.0f} eval img/s -> {epoch_s:.0f} s per epoch "
               f"-> {epochs} epochs in {args.budget_minutes:g} min", flush=True)
-    cmd = [sys.executable, "-m", "mobilenets", "train", *RECIPE, "--epochs", str(epochs), "--threads",
+    cmd = [sys.executable, "-m", "mobilenets", "train", *recipe, "--epochs", str(epochs), "--threads",
            str(args.threads), "--time-limit", f"{args.budget_minutes:g}", "--out", args.out]
     print("command:", shlex.join(["mobilenets", *cmd[3:]]), flush=True)
     start = time.time()

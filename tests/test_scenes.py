@@ -33,6 +33,18 @@ def test_scenes_are_deterministic(train_scenes):
     assert not torch.equal(train_scenes.render(5)[0], train_scenes.render(6)[0])
 
 
+def test_cached_scenes_are_the_renders_in_8_bits():
+    plain = FashionScenes("train", 6, SceneConfig(image_size=64), seed=2)
+    cached = FashionScenes("train", 6, SceneConfig(image_size=64), seed=2, cache=True)
+    for i in (0, 3, 0, 5, 3):  # repeats come from the cache
+        image, target = cached[i]
+        ref_image, ref_target = plain[i]
+        assert torch.equal(image, (ref_image * 255).round() / 255)
+        assert torch.equal(target["boxes"], ref_target["boxes"]) and torch.equal(target["labels"], ref_target["labels"])
+        assert torch.equal(target["mask"], ref_target["mask"]) and target["mask"].dtype == torch.int64
+    assert sorted(cached._cache) == [0, 3, 5]
+
+
 def test_boxes_are_tight_around_the_mask(train_scenes):
     objects = 0
     for i in range(32):

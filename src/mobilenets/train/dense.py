@@ -99,6 +99,24 @@ def resolve_model(args: argparse.Namespace, task: str, generic: str) -> tuple[st
     return name, options
 
 
+def open_scenes(args: argparse.Namespace, split: str, transforms, scene_cfg: dict | None, targets: str):
+    """The ``split`` ("train" / "val") of the built-in Fashion-MNIST scenes; ``scene_cfg`` (a checkpoint's data
+    record) fixes size, seed and count for evaluation. Training scenes are rendered once and kept in memory
+    when no DataLoader workers would each need a copy."""
+    from ..data.scenes import FashionScenes, SceneConfig
+
+    cfg = dict(scene_cfg or {})
+    size = getattr(args, "scene_size", None) or cfg.get("image_size") or 128
+    if split == "train":
+        n = getattr(args, "scenes", None) or getattr(args, "limit_train", None) or 10000
+    else:
+        n = getattr(args, "limit_val", None) or cfg.get("val_scenes") or 1000
+    seed = cfg.get("seed", getattr(args, "seed", 0) or 0)
+    cache = split == "train" and not (getattr(args, "workers", 0) or 0)
+    return FashionScenes("train" if split == "train" else "test", n, SceneConfig(image_size=size), seed=seed,
+                         transforms=transforms, targets=targets, cache=cache)
+
+
 def no_decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Weight decay on conv / linear weights only, not on norm parameters and biases."""
     decay, no_decay = [], []

@@ -65,18 +65,7 @@ def open_split(data: str | None, split: str, args: argparse.Namespace, transform
 
     skip = bool(getattr(args, "skip_bad", False))
     if data in (None, SCENES):
-        from ..data.scenes import FashionScenes, SceneConfig
-
-        cfg = dict(scene_cfg or {})
-        size = getattr(args, "scene_size", None) or cfg.get("image_size") or 128
-        config = SceneConfig(image_size=size)
-        if split == "train":
-            n = getattr(args, "scenes", None) or getattr(args, "limit_train", None) or 10000
-        else:
-            n = getattr(args, "limit_val", None) or cfg.get("val_scenes") or 1000
-        seed = cfg.get("seed", getattr(args, "seed", 0) or 0)
-        return FashionScenes("train" if split == "train" else "test", n, config, seed=seed,
-                             transforms=transforms, targets="detect")
+        return dense.open_scenes(args, split, transforms, scene_cfg, "detect")
     root = Path(data)
     annotations = getattr(args, "annotations", None)
     if (root / "train").is_dir() and (root / "val").is_dir():
