@@ -30,17 +30,22 @@ TRAIN_IMAGES, TEST_IMAGES = 60_000, 10_000
 def probe_images_per_s(args: argparse.Namespace) -> tuple[float, float]:
     """(training img/s, evaluation img/s) of the benchmark model over ~40 steps on this machine right now."""
     import mobilenets
+    from mobilenets.data.loaders import default_preprocessing
+    from mobilenets.data.transforms import TensorAugment
     torch.set_num_threads(args.threads)
     model = mobilenets.create_model(args.model, num_classes=10, in_chans=1, output_stride=args.output_stride,
                                     width_multiplier=args.width)
     model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     step = torch.compile(model) if args.compile else model
-    x = torch.randn(args.batch_size, 1, args.img_size, args.img_size).contiguous(memory_format=torch.channels_last)
+    pre = default_preprocessing("fashion-mnist", args.img_size, 1)
+    augment = TensorAugment(pre, args.augment, (28, 28))  # the trainer's own per-batch augmentation
+    raw = torch.randint(0, 256, (args.batch_size, 1, 28, 28), dtype=torch.uint8)
     y = torch.randint(0, 10, (args.batch_size,))
     for i in range(45):
         if i == 5:
             t = time.perf_counter()
+        x = augment(raw).contiguous(memory_format=torch.channels_last)
         loss = torch.nn.functional.cross_entropy(step(x), y)
         opt.zero_grad()
         loss.backward()
@@ -49,6 +54,7 @@ def probe_images_per_s(args: argparse.Namespace) -> tuple[float, float]:
     model.eval()
     with torch.no_grad():
         t = time.perf_counter()
+        x = torch.randn(args.batch_size, 1, args.img_size, args.img_size).contiguous(memory_format=torch.channels_last)
         for _ in range(20):
             model(x)
     return train_rate, 20 * args.batch_size / (time.perf_counter() - t)
