@@ -243,6 +243,35 @@ def append_jsonl(path: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+def evaluate(task: DenseTask, args: argparse.Namespace) -> dict:
+    """``mobilenets eval --task detect|segment``: the task's metrics of a checkpoint on ``--data`` (default: the
+    validation data it was trained with, e.g. the same test scenes)."""
+    set_threads(args)
+    model, meta = load_checkpoint(args.checkpoint, task=task.name)
+    trained = meta.extra.get("data", {})
+    data = getattr(args, "data", None) or trained.get("data", SCENES)
+    scene_cfg = {"image_size": trained.get("image_size"), "seed": trained.get("seed", 0),
+                 "val_scenes": trained.get("val_scenes")} if data == SCENES else None
+    dataset = task.open_split(data, "val", args, None, scene_cfg, class_names=meta.class_names)
+    quiet = getattr(args, "no_progress", False) or getattr(args, "json", False)
+    result = task.evaluate(model, dataset, meta.preprocessing.input_size[-1],
+                           batch_size=getattr(args, "batch_size", 32) or 32, progress=not quiet)
+    values = result[task.per_class]
+    names = meta.class_names[-len(values):]  # detection has no background AP
+    report = {"checkpoint": str(args.checkpoint), "data": data, **{k: result[k] for k in task.headline},
+              **{k: result[k] for k in ("images", "objects") if k in result}, task.per_class: dict(zip(names, values))}
+    if getattr(args, "json", False):
+        print(json.dumps(report, indent=2))
+        return report
+    counted = ", ".join(f"{result[k]} {k}" for k in ("images", "objects") if k in result)
+    print(f"{args.checkpoint} on {data}: {counted}")
+    print(task.summary(result))
+    width = max(len(n) for n in names)
+    for n, v in zip(names, values):
+        print(f"  {n:<{width}}  {task.per_class_label} {v:.4f}")
+    return report
+
+
 def open_network(checkpoint: str, task: str, backend: str = "torch", threads: int | None = None):
     """``(run, meta, properties)`` of a detect / segment checkpoint (or its ONNX export) on ``backend``.
     ``run(x)`` maps a normalised (N, 3, H, W) batch to the network's outputs as tensors: ``[logits]`` for
@@ -289,12 +318,15 @@ class DenseTask:
     name: str  # "detect" | "segment": the checkpoint's task
     generic_model: str  # the registry model a bare classification backbone is wrapped in
     open_data: Callable[[argparse.Namespace, str], DenseData]
+    open_split: Callable[..., Any]  # (data, split, args, transforms, scene_cfg, class_names) -> raw dataset
     collate: Callable  # DataLoader collate_fn of training samples -> (images, targets)
     losses: Callable[[nn.Module, Tensor, Any], dict[str, Tensor]]  # named loss terms; their sum is minimised
-    evaluate: Callable[..., dict]  # (model, val dataset, size, channels_last=) -> metrics incl. metric, per_class
+    evaluate: Callable[..., dict]  # (model, dataset, size, batch_size=, progress=, channels_last=) -> metrics
     metric: str  # the metric that picks best.safetensors ("map", "miou")
-    per_class: str  # the per-class metric list kept in the checkpoint only
-    summary: Callable[[dict], str]  # one log line of the metrics
+    headline: tuple[str, ...]  # the metrics eval reports first
+    per_class: str  # the per-class metric list (one value per object class)
+    per_class_label: str  # its name in eval's table ("AP", "IoU")
+    summary: Callable[[dict], str]  # one line of the metrics
 
 
 RUNTIME_OPTIONS = ("threads", "no_progress")  # taken from the resuming command, not from config.json

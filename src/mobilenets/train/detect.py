@@ -28,7 +28,6 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from ..checkpoint import load_checkpoint
 from ..errors import UserError
 from . import dense
 from .dense import MEAN, SCENES, STD, save_png
@@ -59,8 +58,10 @@ def collate_train(batch):
     return images, targets
 
 
-def open_split(data: str | None, split: str, args: argparse.Namespace, transforms, scene_cfg: dict | None = None):
-    """The ``split`` ("train" / "val") of ``--data``: scenes or a COCO folder."""
+def open_split(data: str | None, split: str, args: argparse.Namespace, transforms, scene_cfg: dict | None = None,
+               class_names: list[str] | None = None):
+    """The ``split`` ("train" / "val") of ``--data``: scenes or a COCO folder (whose JSON names the classes, so
+    ``class_names`` is not needed)."""
     from ..data.coco import open_coco
 
     skip = bool(getattr(args, "skip_bad", False))
@@ -176,9 +177,10 @@ def losses(model: nn.Module, x: Tensor, targets: list[dict]) -> dict[str, Tensor
     return {"loss_box": terms["bbox_regression"], "loss_cls": terms["classification"]}
 
 
-TASK = dense.DenseTask(name="detect", generic_model=GENERIC_MODEL, open_data=open_data, collate=collate_train,
-                       losses=losses, evaluate=evaluate_detector, metric="map", per_class="per_class_ap",
-                       summary=lambda m: f"mAP {m['map']:.4f} mAP@.5 {m['map50']:.4f}")
+TASK = dense.DenseTask(name="detect", generic_model=GENERIC_MODEL, open_data=open_data, open_split=open_split,
+                       collate=collate_train, losses=losses, evaluate=evaluate_detector, metric="map",
+                       headline=("map", "map50"), per_class="per_class_ap", per_class_label="AP",
+                       summary=lambda m: f"mAP@[.5:.95] {m['map']:.4f}  mAP@.5 {m['map50']:.4f}")
 
 
 def train(args: argparse.Namespace) -> dict:
@@ -190,29 +192,7 @@ def train(args: argparse.Namespace) -> dict:
 
 def evaluate(args: argparse.Namespace) -> dict:
     """``mobilenets eval --task detect``: COCO mAP of a checkpoint."""
-    dense.set_threads(args)
-    model, meta = load_checkpoint(args.checkpoint, task="detect")
-    trained = meta.extra.get("data", {})
-    data = getattr(args, "data", None) or trained.get("data", SCENES)
-    scene_cfg = {"image_size": trained.get("image_size"), "seed": trained.get("seed", 0),
-                 "val_scenes": trained.get("val_scenes")} if data == SCENES else None
-    dataset = open_split(data, "val", args, None, scene_cfg)
-    size = meta.preprocessing.input_size[-1]
-    result = evaluate_detector(model, dataset, size, batch_size=getattr(args, "batch_size", 32) or 32,
-                               progress=not (getattr(args, "no_progress", False) or getattr(args, "json", False)))
-    names = meta.class_names[1:]
-    report = {"checkpoint": str(args.checkpoint), "data": data, "map": result["map"], "map50": result["map50"],
-              "images": result["images"], "objects": result["objects"],
-              "per_class_ap": dict(zip(names, result["per_class_ap"]))}
-    if getattr(args, "json", False):
-        print(json.dumps(report, indent=2))
-    else:
-        print(f"{args.checkpoint} on {data}: {result['images']} images, {result['objects']} objects")
-        print(f"mAP@[.5:.95] {result['map']:.4f}   mAP@.5 {result['map50']:.4f}")
-        width = max(len(n) for n in names)
-        for n, ap in zip(names, result["per_class_ap"]):
-            print(f"  {n:<{width}}  AP {ap:.4f}")
-    return report
+    return dense.evaluate(TASK, args)
 
 
 def predict(args: argparse.Namespace) -> list[dict]:

@@ -26,7 +26,6 @@ from torchvision.transforms import v2
 from tqdm import tqdm
 
 from ..data.masks import IGNORE_INDEX
-from ..checkpoint import load_checkpoint
 from . import dense
 from .dense import MEAN, SCENES, STD, save_png
 
@@ -156,9 +155,10 @@ def losses(model: nn.Module, x: Tensor, masks: Tensor) -> dict[str, Tensor]:
     return terms
 
 
-TASK = dense.DenseTask(name="segment", generic_model=GENERIC_MODEL, open_data=open_data, collate=collate_train,
-                       losses=losses, evaluate=evaluate_segmenter, metric="miou", per_class="per_class_iou",
-                       summary=lambda m: f"mIoU {m['miou']:.4f} pixel acc {m['pixel_acc']:.4f}")
+TASK = dense.DenseTask(name="segment", generic_model=GENERIC_MODEL, open_data=open_data, open_split=open_split,
+                       collate=collate_train, losses=losses, evaluate=evaluate_segmenter, metric="miou",
+                       headline=("miou", "pixel_acc"), per_class="per_class_iou", per_class_label="IoU",
+                       summary=lambda m: f"mIoU {m['miou']:.4f}  pixel accuracy {m['pixel_acc']:.4f}")
 
 
 def train(args: argparse.Namespace) -> dict:
@@ -170,28 +170,7 @@ def train(args: argparse.Namespace) -> dict:
 
 def evaluate(args: argparse.Namespace) -> dict:
     """``mobilenets eval --task segment``: mIoU and pixel accuracy of a checkpoint."""
-    dense.set_threads(args)
-    model, meta = load_checkpoint(args.checkpoint, task="segment")
-    trained = meta.extra.get("data", {})
-    data = getattr(args, "data", None) or trained.get("data", SCENES)
-    scene_cfg = {"image_size": trained.get("image_size"), "seed": trained.get("seed", 0),
-                 "val_scenes": trained.get("val_scenes")} if data == SCENES else None
-    dataset = open_split(data, "val", args, None, scene_cfg, class_names=meta.class_names)
-    size = meta.preprocessing.input_size[-1]
-    result = evaluate_segmenter(model, dataset, size, batch_size=getattr(args, "batch_size", 32) or 32,
-                                progress=not (getattr(args, "no_progress", False) or getattr(args, "json", False)))
-    report = {"checkpoint": str(args.checkpoint), "data": data, "miou": result["miou"],
-              "pixel_acc": result["pixel_acc"], "images": result["images"],
-              "per_class_iou": dict(zip(meta.class_names, result["per_class_iou"]))}
-    if getattr(args, "json", False):
-        print(json.dumps(report, indent=2))
-    else:
-        print(f"{args.checkpoint} on {data}: {result['images']} images")
-        print(f"mIoU {result['miou']:.4f}   pixel accuracy {result['pixel_acc']:.4f}")
-        width = max(len(n) for n in meta.class_names)
-        for n, iou in zip(meta.class_names, result["per_class_iou"]):
-            print(f"  {n:<{width}}  IoU {iou:.4f}")
-    return report
+    return dense.evaluate(TASK, args)
 
 
 def predict(args: argparse.Namespace) -> list[dict]:
