@@ -32,8 +32,9 @@ demo: venv data
 test: venv data
 	$(VPY) -m pytest -q
 
-bench: venv data
-	$(VPY) benchmarks/run_all.py
+bench: venv data  # the minutes-long benchmarks; the hour-long ones are listed in BENCHMARKS.md
+	$(VPY) benchmarks/zoo_params_macs.py
+	$(VPY) benchmarks/bench_runtimes.py --batch 1,32 --rounds 20 --large-batch-rounds 6 --out benchmarks/deploy_bench_idle
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info src/*.egg-info
