@@ -1,14 +1,14 @@
 """Post-training static int8 quantization, calibrated on real images, per-channel weights.
 
-Two schemes, one per runtime, because what pays differs (measured on a 2-core AVX2 Zen 3 without VNNI, see
-BENCHMARKS.md "Deployment"):
+Two schemes, one per runtime, because what pays differs (measured on the 2-core AVX-512 VNNI development
+machine, see BENCHMARKS.md "Deployment"):
 
 * ``--format openvino`` (default for ``--int8`` when OpenVINO is installed): NNCF ``quantize`` of the OpenVINO
-  model: symmetric per-channel int8 weights, int8 activations, fast bias correction. OpenVINO runs it with int8
-  convolution kernels; this is the scheme that is faster than fp32 on this CPU.
+  model: symmetric per-channel int8 weights, int8 activations, fast bias correction, V3's squeeze-excite
+  ``Multiply`` left in fp32. The fastest int8 path for V3 (V3-Large: 0.58-0.60 of fp32 latency).
 * ``--format onnx``: ONNX Runtime ``quantize_static`` into QDQ form (per-channel int8 weights, uint8
-  activations, min-max calibration). Portable, but ONNX Runtime's int8 kernels were not faster than its fp32 ones
-  for these networks on this CPU; the file also runs on OpenVINO.
+  activations, min-max calibration). Portable; the fastest int8 path for V1/V2 on an idle machine (V2: 0.43-0.48
+  of fp32) but slower than fp32 for V3-Small; the file also runs on OpenVINO.
 """
 from __future__ import annotations
 
