@@ -27,7 +27,7 @@ from mobilenets.checkpoint import load_checkpoint
 from mobilenets.cli import main as cli
 from mobilenets.data.scenes import FashionScenes, SceneConfig
 from mobilenets.train import detect, segment
-from mobilenets.train.detect import _resize_batch
+from mobilenets.train.dense import model_inputs
 
 TASKS = {"detect": (detect.TASK, 320), "segment": (segment.TASK, 512)}  # task, the reference models' input size
 
@@ -87,7 +87,7 @@ def main() -> int:
     metrics = task.evaluate(model, test, size)
     prof = mobilenets.profile(model, input_size=(3, size, size))
     prof_ref = mobilenets.profile(model, input_size=(3, reference_size, reference_size))
-    x = _resize_batch([test.render(0)[0]], size)
+    x = model_inputs([test.render(0)[0]], size)
     latency = latency_ms(model.predict if args.task == "detect" else (lambda t: model(t).argmax(1)), x)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     headline = ("map", "map50") if args.task == "detect" else ("miou", "pixel_acc")

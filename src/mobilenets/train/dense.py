@@ -27,8 +27,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
+from torchvision.transforms import v2
 from tqdm import tqdm
 
 from ..checkpoint import CheckpointMeta, Preprocessing, atomic_write, load_checkpoint, save_checkpoint
@@ -97,6 +99,18 @@ def resolve_model(args: argparse.Namespace, task: str, generic: str) -> tuple[st
         if value is not None:
             options[key] = value
     return name, options
+
+
+def model_inputs(images: list[Tensor], size: int) -> Tensor:
+    """The model's input batch for raw images (float (3, H, W) in [0, 1], any sizes): each stretched to ``size``
+    squared (bilinear, antialiased), then normalised to [-1, 1] -- evaluation, predict and export use it alike."""
+    out = []
+    for im in images:
+        im = im.as_subclass(Tensor)
+        if tuple(im.shape[-2:]) != (size, size):
+            im = F.interpolate(im[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
+        out.append(im)
+    return v2.functional.normalize(torch.stack(out), list(MEAN), list(STD))
 
 
 def open_scenes(args: argparse.Namespace, split: str, transforms, scene_cfg: dict | None, targets: str):
@@ -277,8 +291,6 @@ def open_network(checkpoint: str, task: str, backend: str = "torch", threads: in
     ``run(x)`` maps a normalised (N, 3, H, W) batch to the network's outputs as tensors: ``[logits]`` for
     segmentation, ``[boxes, scores]`` (decoded, before NMS) for detection, the same on every backend;
     ``properties`` holds a detector's NMS settings (mobilenets.heads.export.POSTPROCESS_KEY)."""
-    if backend == "torch" and Path(checkpoint).suffix == ".safetensors":
-        load_checkpoint(checkpoint, task=task)  # the clear error for a checkpoint of another task, cheaply first
     from ..deploy.runtime import open_runner
 
     runner = open_runner(checkpoint, backend=backend, threads=threads)

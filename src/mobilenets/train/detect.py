@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
@@ -81,16 +80,6 @@ def open_split(data: str | None, split: str, args: argparse.Namespace, transform
 
 # -- evaluation ----------------------------------------------------------------------------------------------
 
-def _resize_batch(images: list[Tensor], size: int) -> Tensor:
-    out = []
-    for im in images:
-        im = im.as_subclass(Tensor)
-        if tuple(im.shape[-2:]) != (size, size):
-            im = F.interpolate(im[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
-        out.append(im)
-    return v2.functional.normalize(torch.stack(out), list(MEAN), list(STD))
-
-
 def coco_map(gts: list[dict], detections: list[dict], num_classes: int) -> dict:
     """mAP@[.5:.95], mAP@.5 and per-class AP with pycocotools.
 
@@ -142,7 +131,7 @@ def evaluate_detector(model: nn.Module, dataset, size: int, *, batch_size: int =
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=lambda b: b)
     start = time.perf_counter()
     for batch in tqdm(loader, desc="eval", unit="batch", leave=False, disable=not progress):
-        x = _resize_batch([im for im, _ in batch], size)
+        x = dense.model_inputs([im for im, _ in batch], size)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         preds = model.predict(x)
@@ -215,7 +204,7 @@ def predict(args: argparse.Namespace) -> list[dict]:
     for path in args.images:
         image = decode_image(path, 3)
         h, w = image.shape[-2:]
-        boxes, scores = run(_resize_batch([image], size))
+        boxes, scores = run(dense.model_inputs([image], size))
         pred = postprocess_detections(boxes[0], scores[0], (size, size), **settings)
         keep = pred["scores"] >= thresh
         boxes = pred["boxes"][keep] * torch.tensor([w / size, h / size, w / size, h / size])

@@ -107,14 +107,7 @@ def evaluate_segmenter(model: nn.Module, dataset, size: int, *, batch_size: int 
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=lambda b: b)
     start, images = time.perf_counter(), 0
     for batch in tqdm(loader, desc="eval", unit="batch", leave=False, disable=not progress):
-        x = []
-        for im, _ in batch:
-            im = im.as_subclass(Tensor)
-            if tuple(im.shape[-2:]) != (size, size):
-                im = F.interpolate(im[None], size=(size, size), mode="bilinear", align_corners=False,
-                                   antialias=True)[0]
-            x.append(im)
-        x = v2.functional.normalize(torch.stack(x), list(MEAN), list(STD))
+        x = dense.model_inputs([im for im, _ in batch], size)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         logits = model(x)
@@ -188,8 +181,7 @@ def predict(args: argparse.Namespace) -> list[dict]:
     for path in args.images:
         image = decode_image(path, 3)
         h, w = image.shape[-2:]
-        x = F.interpolate(image[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-        logits = run(v2.functional.normalize(x, list(MEAN), list(STD)))[0]
+        logits = run(dense.model_inputs([image], size))[0]
         pred = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)[0].argmax(0)
         classes = [c for c in pred.unique().tolist() if c != 0]
         drawn = (image * 255).round().to(torch.uint8)
