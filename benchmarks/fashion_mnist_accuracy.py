@@ -1,9 +1,10 @@
 """Fashion-MNIST test accuracy within a wall-time budget (target: >= 0.950, the "MobileNet" entry of the data
 set's benchmark table; aim 0.955; budget 60 minutes on the 2-core development machine).
 
-The run is an ordinary ``mobilenets train`` command (printed, so it can be re-run by hand). With
-``--budget-minutes`` the number of epochs is chosen from a short timing probe of this machine *now*, so that
-training plus per-epoch evaluation fits the budget; ``--epochs`` fixes it instead. Afterwards the last
+The run is an ordinary ``mobilenets train`` command (printed, so it can be re-run by hand) with ``--time-limit``
+set to the budget. The trainer's cosine schedule follows whichever of epochs and wall time runs out first, so
+the number of epochs is only a ceiling: it comes from a short timing probe of this machine *now* (10% more
+than the probe expects to fit), or from ``--epochs``. Afterwards the last
 checkpoint (not the best one: that would select on the test set) is evaluated on all 10,000 test images.
 
     .venv/bin/python benchmarks/fashion_mnist_accuracy.py --out runs/fmnist_bench --budget-minutes 60
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shlex
@@ -93,8 +95,9 @@ def main() -> None:
     if epochs is None:
         train_rate, eval_rate = probe_images_per_s(args)
         epoch_s = TRAIN_IMAGES / train_rate + TEST_IMAGES / eval_rate + 5  # + checkpoints and figures
-        # 15% margin for data augmentation and load swings; --time-limit below is the hard stop.
-        epochs = max(1, int(0.85 * args.budget_minutes * 60 / epoch_s))
+        # 10% more epochs than the probe expects to fit: --time-limit is the binding stop, and the trainer's
+        # cosine schedule follows the clock, so the learning rate is near zero whenever the time runs out.
+        epochs = max(1, math.ceil(1.1 * args.budget_minutes * 60 / epoch_s))
         print(f"probe: {train_rate:.0f} train img/s, {eval_rate:.0f} eval img/s -> {epoch_s:.0f} s per epoch "
               f"-> {epochs} epochs in {args.budget_minutes:g} min", flush=True)
     cmd = [sys.executable, "-m", "mobilenets", "train", *recipe, "--epochs", str(epochs), "--threads",

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from mobilenets.checkpoint import read_checkpoint
 from mobilenets.cli import main
 from mobilenets.data import loaders
-from mobilenets.train.recipes import build_scheduler, resolve_recipe
+from mobilenets.train.recipes import Deadline, build_scheduler, resolve_recipe
 from synthetic_data import write_fashion, write_folder
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -157,6 +157,14 @@ def test_recipes_schedules():
         sched.step()
     assert lrs[0] == pytest.approx(0.01) and lrs[10] == pytest.approx(1.0) and lrs[-1] < 0.01
     assert all(a <= b for a, b in zip(lrs[:10], lrs[1:11])) and all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    # --time-limit: the cosine follows the clock when time runs out before the steps do
+    for spent, expected in ((30.0, 0.5), (60.0, 0.0)):  # half / all of a one-minute budget already gone
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        sched = build_scheduler(opt, recipe, steps_per_epoch=10, epochs=3, deadline=Deadline(1.0, spent=spent))
+        for _ in range(11):
+            opt.step()
+            sched.step()
+        assert opt.param_groups[0]["lr"] == pytest.approx(expected, abs=0.01)
     rms = resolve_recipe("rmsprop")
     assert rms.optimizer == "rmsprop" and rms.ema_decay == 0.9999 and rms.schedule == "step"
     with pytest.raises(Exception, match="--recipe"):

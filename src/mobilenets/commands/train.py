@@ -83,7 +83,9 @@ def _train_options(p: argparse.ArgumentParser) -> None:
                    help="input resolution (default: 32 for Fashion-MNIST, 224 for image folders)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
-                   help="wall-time budget: stop (and evaluate) before an epoch that would end past it")
+                   help="wall-time budget: the cosine schedule decays by whichever of epochs and time runs out "
+                        "first; classification stops before an epoch that would end past it, detection and "
+                        "segmentation at the limit")
     p.add_argument("--workers", type=int, default=0, help="DataLoader processes for image folders")
     p.add_argument("--skip-bad", action="store_true", help="skip (and count) unreadable images instead of failing")
     p.add_argument("--limit-train", type=int, default=None, help="use only the first N training images")

@@ -34,7 +34,7 @@ from .config import TrainConfig
 from .ema import create_ema
 from .freeze import freeze
 from .loop import Diverged, evaluate as evaluate_model, recalibrate_bn, train_one_epoch
-from .recipes import build_optimizer, build_scheduler, resolve_recipe, scaled_lr
+from .recipes import Deadline, build_optimizer, build_scheduler, resolve_recipe, scaled_lr
 from .report import plot_confusion, plot_curves, write_metrics
 from .state import RunFiles, ensure_dir, load_state, read_config, save_state, seed_epoch, write_config
 
@@ -152,18 +152,20 @@ def _fit(cfg: TrainConfig, run: RunFiles, world: distributed.World, resume: bool
     net = distributed.wrap(model, world, cfg.sync_bn)
     global_batch = cfg.data.batch_size * world.world_size
     optimizer = build_optimizer(model, cfg.recipe, global_batch)
-    scheduler = build_scheduler(optimizer, cfg.recipe, len(train_batches), cfg.epochs)
+    state = load_state(run.state) if resume else None
+    # wall time of earlier sessions of this run counts too
+    deadline = Deadline(cfg.time_limit, state["elapsed"] if state else 0.0)
+    scheduler = build_scheduler(optimizer, cfg.recipe, len(train_batches), cfg.epochs, deadline)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.recipe.label_smoothing)
 
-    start_epoch, history, best, elapsed = 0, [], -1.0, 0.0
-    if resume:
-        state = load_state(run.state)
+    start_epoch, history, best = 0, [], -1.0
+    if state is not None:  # after the scheduler, whose construction sets the learning rate of step 0
         model.load_state_dict(state["model"])
         if ema is not None:
             ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        start_epoch, history, best, elapsed = state["epoch"], state["history"], state["best"], state["elapsed"]
+        start_epoch, history, best = state["epoch"], state["history"], state["best"]
         log.info("resuming %s after epoch %d of %d", run.root, start_epoch, cfg.epochs)
     elif world.is_main:
         write_config(run.config, cfg.to_dict())
@@ -175,7 +177,6 @@ def _fit(cfg: TrainConfig, run: RunFiles, world: distributed.World, resume: bool
     step_net = torch.compile(net) if cfg.compile else net
     eval_net = ema.module if ema is not None else model
 
-    started = time.monotonic() - elapsed  # wall time of earlier sessions of this run counts too
     for epoch in range(start_epoch, cfg.epochs):
         epoch_start = time.monotonic()
         seed_epoch(cfg.data.seed, epoch, world.rank)
@@ -213,14 +214,13 @@ def _fit(cfg: TrainConfig, run: RunFiles, world: distributed.World, resume: bool
             save_state(run.state, {"epoch": epoch + 1, "model": model.state_dict(),
                                    "ema": ema.state_dict() if ema is not None else None,
                                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                   "history": history, "best": best, "elapsed": time.monotonic() - started})
+                                   "history": history, "best": best, "elapsed": deadline.elapsed()})
             log.info("epoch %d/%d  loss %.4f  train %.4f  val top-1 %.4f  top-5 %.4f  %.0f img/s  %.0f s",
                      epoch + 1, cfg.epochs, stats["train_loss"], stats["train_acc"], result.top1, result.top5,
                      stats["train_images_per_s"], stats["train_seconds"])
         distributed.barrier(world)
-        now = time.monotonic()
-        if cfg.time_limit and epoch + 1 < cfg.epochs and \
-                distributed.any_flag(now - started + (now - epoch_start) > cfg.time_limit * 60, world):
+        if deadline.seconds is not None and epoch + 1 < cfg.epochs and distributed.any_flag(
+                deadline.elapsed() + (time.monotonic() - epoch_start) > deadline.seconds, world):
             log.warning("stopping after epoch %d of %d: another epoch would end past --time-limit %g min",
                         epoch + 1, cfg.epochs, cfg.time_limit)
             break

@@ -28,7 +28,7 @@ class TrainConfig:
     threads: int | None = None
     progress: bool = True
     bn_recalibrate: int = 20  # training batches that re-estimate BN statistics before each evaluation
-    time_limit: float | None = None  # minutes; no epoch starts that would end past it
+    time_limit: float | None = None  # minutes; the cosine follows it and no epoch starts that would end past it
     task: str = "classify"
 
     def to_dict(self) -> dict:

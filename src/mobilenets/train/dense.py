@@ -20,7 +20,6 @@ import argparse
 import itertools
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from tqdm import tqdm
 
 from ..checkpoint import CheckpointMeta, Preprocessing, atomic_write, load_checkpoint, save_checkpoint
 from ..errors import UserError
+from .recipes import Deadline, warmup_cosine
 from .state import RunFiles, ensure_dir, load_state, read_config, save_state, seed_epoch, write_config
 
 log = logging.getLogger(__name__)
@@ -155,39 +155,6 @@ def build_optimizer(model: nn.Module, args: argparse.Namespace, *, lr: float, we
     if opt == "rmsprop":
         return torch.optim.RMSprop(groups, lr=lr, momentum=momentum, alpha=0.9, eps=0.0316)
     raise UserError(f"--opt {opt} is not supported for dense tasks; use adamw, sgd or rmsprop")
-
-
-class Deadline:
-    """``--time-limit`` minutes from now (None: no limit), of which ``spent`` seconds (earlier sessions of a
-    resumed run) are already gone."""
-
-    def __init__(self, minutes: float | None, spent: float = 0.0):
-        self.start = time.monotonic() - spent
-        self.seconds = None if minutes is None else 60.0 * minutes
-
-    def fraction(self) -> float:
-        """Share of the time budget used (0 without a limit)."""
-        return 0.0 if self.seconds is None else (time.monotonic() - self.start) / self.seconds
-
-    def passed(self) -> bool:
-        return self.fraction() >= 1.0
-
-    def elapsed(self) -> float:
-        return time.monotonic() - self.start
-
-
-def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int,
-                  deadline: Deadline | None = None):
-    """Linear warm-up then cosine decay to 1% of the peak. With a time limit, the decay follows whichever of
-    steps and time runs out first, so a time-boxed run still ends at the low learning rate."""
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        if deadline is not None:
-            t = max(t, deadline.fraction())
-        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def check_finite(loss: torch.Tensor, epoch: int, step: int) -> None:
@@ -424,7 +391,7 @@ def fit(task: DenseTask, args: argparse.Namespace) -> dict:
         start_epoch, step, best, history, spent = (state["epoch"], state["step"], state["best"], state["history"],
                                                    state["elapsed"])
     deadline = Deadline(getattr(args, "time_limit", None), spent)
-    scheduler = warmup_cosine(optimizer, total, warmup_steps, deadline)
+    scheduler = warmup_cosine(optimizer, total, warmup_steps, deadline, floor=0.01)
     if state is not None:  # after the scheduler, whose construction sets the learning rate of step 0
         model.load_state_dict(state["model"])
         if ema is not None:

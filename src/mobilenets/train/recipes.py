@@ -13,6 +13,8 @@ Weight decay skips 1-D parameters (BN affine, biases), as the TF references do.
 from __future__ import annotations
 
 import dataclasses
+import math
+import time
 from dataclasses import dataclass
 
 import torch
@@ -96,16 +98,52 @@ def build_optimizer(model: nn.Module, recipe: Recipe, global_batch: int) -> torc
     return torch.optim.RMSprop(groups, lr=lr, alpha=0.9, eps=0.0316, momentum=recipe.momentum)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_epoch: int,
-                    epochs: int) -> lr_scheduler.LRScheduler:
-    """A per-iteration schedule (call ``step()`` after every optimizer step)."""
+class Deadline:
+    """``--time-limit`` minutes from now (None: no limit), of which ``spent`` seconds (earlier sessions of a
+    resumed run) are already gone."""
+
+    def __init__(self, minutes: float | None, spent: float = 0.0):
+        self.start = time.monotonic() - spent
+        self.seconds = None if minutes is None else 60.0 * minutes
+
+    def fraction(self) -> float:
+        """Share of the time budget used (0 without a limit)."""
+        return 0.0 if self.seconds is None else (time.monotonic() - self.start) / self.seconds
+
+    def passed(self) -> bool:
+        return self.fraction() >= 1.0
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int,
+                  deadline: Deadline | None = None, *, floor: float = 0.0,
+                  start: float = 0.01) -> lr_scheduler.LambdaLR:
+    """Linear warm-up from ``start`` x the peak learning rate to the peak at step ``warmup_steps``, then cosine
+    decay to ``floor`` x the peak at ``total_steps``. With a ``deadline`` the decay follows whichever of steps
+    and wall time runs out first, so a time-boxed run still ends at the low learning rate however fast the
+    machine turns out to be."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return start + (1.0 - start) * step / warmup_steps
+        t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        if deadline is not None:
+            t = max(t, deadline.fraction())
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+    return lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_epoch: int, epochs: int,
+                    deadline: Deadline | None = None) -> lr_scheduler.LRScheduler:
+    """A per-iteration schedule (call ``step()`` after every optimizer step). The cosine schedule follows
+    ``deadline`` too (see :func:`warmup_cosine`); the papers' step schedule has no end to follow."""
     total = max(1, steps_per_epoch * epochs)
     warmup = min(total - 1, round(recipe.warmup_epochs * steps_per_epoch))
     if recipe.schedule == "cosine":
-        main = lr_scheduler.CosineAnnealingLR(optimizer, T_max=total - warmup)
-    else:
-        main = lr_scheduler.StepLR(optimizer, step_size=max(1, round(recipe.step_epochs * steps_per_epoch)),
-                                   gamma=recipe.step_gamma)
+        return warmup_cosine(optimizer, total, warmup, deadline)
+    main = lr_scheduler.StepLR(optimizer, step_size=max(1, round(recipe.step_epochs * steps_per_epoch)),
+                               gamma=recipe.step_gamma)
     if warmup <= 0:
         return main
     ramp = lr_scheduler.LinearLR(optimizer, start_factor=0.01, end_factor=1.0, total_iters=warmup)
