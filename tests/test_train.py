@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from mobilenets.checkpoint import read_checkpoint
 from mobilenets.cli import main
 from mobilenets.data import loaders
+from mobilenets.errors import UserError
 from mobilenets.train.recipes import Deadline, build_scheduler, resolve_recipe
 from synthetic_data import write_fashion, write_folder
 
@@ -165,6 +166,8 @@ def test_recipes_schedules():
             opt.step()
             sched.step()
         assert opt.param_groups[0]["lr"] == pytest.approx(expected, abs=0.01)
+    with pytest.raises(UserError, match="--time-limit 0 must be a positive"):
+        Deadline(0.0)
     rms = resolve_recipe("rmsprop")
     assert rms.optimizer == "rmsprop" and rms.ema_decay == 0.9999 and rms.schedule == "step"
     with pytest.raises(Exception, match="--recipe"):
