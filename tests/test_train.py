@@ -133,6 +133,26 @@ def test_eval_json_and_text(trained, data, capsys):
     assert "Ankle boot" in capsys.readouterr().out
 
 
+def test_eval_flip_tta(trained, data, capsys):
+    """--tta flip scores the mean probabilities of each image and its mirror, and says so in the report."""
+    from mobilenets.train.loop import FlipAverage
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(3))
+    x = torch.randn(5, 1, 8, 8)
+    net(x)
+    want = ((net(x).softmax(1) + net(x.flip(-1)).softmax(1)) / 2).log()
+    torch.testing.assert_close(FlipAverage(net)(x), want)
+    symmetric = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(1, 3))
+    torch.testing.assert_close(FlipAverage(symmetric)(x), symmetric(x).log_softmax(1))  # mirror-blind: no change
+    ckpt = str(trained / "last.safetensors")
+    assert main(["eval", ckpt, "--data", str(data), "--json", "--threads", "1", "--tta", "flip"]) == 0
+    flip = json.loads(capsys.readouterr().out)
+    assert main(["eval", ckpt, "--data", str(data), "--json", "--threads", "1"]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert (flip["tta"], plain["tta"], flip["count"]) == ("flip", "none", 256)
+    assert flip["loss"] != plain["loss"] and 0.5 < flip["top1"] <= flip["top5"] <= 1.0
+
+
 def test_eval_refuses_other_classes(trained, tmp_path, capsys):
     folder = write_folder(tmp_path / "pets")
     rc = main(["eval", str(trained / "last.safetensors"), "--data", str(folder), "--val-fraction", "0.5"])

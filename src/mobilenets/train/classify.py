@@ -33,7 +33,7 @@ from . import distributed
 from .config import TrainConfig
 from .ema import create_ema
 from .freeze import freeze
-from .loop import Diverged, evaluate as evaluate_model, recalibrate_bn, train_one_epoch
+from .loop import Diverged, FlipAverage, evaluate as evaluate_model, recalibrate_bn, train_one_epoch
 from .recipes import Deadline, build_optimizer, build_scheduler, resolve_recipe, scaled_lr
 from .report import plot_confusion, plot_curves, write_metrics
 from .state import RunFiles, ensure_dir, load_state, read_config, save_state, seed_epoch, write_config
@@ -59,6 +59,10 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         group.add_argument("--val-fraction", type=float, default=None,
                            help="share of an image folder without a val/ subfolder held out for validation "
                                 "(train: 0.1; eval: the checkpoint's)")
+    if command == "eval":
+        group.add_argument("--tta", choices=("none", "flip"), default="none",
+                           help="flip: average the class probabilities of each image and its mirror image "
+                                "(reported as such; default none, the single-view figure)")
     if command == "predict":
         group.add_argument("--top-k", type=int, default=3, help="classes shown per image (default 3)")
 
@@ -265,13 +269,17 @@ def evaluate(args: argparse.Namespace) -> dict:
     _check_classes(meta, class_names, args.checkpoint, data)
     device = torch.device("cuda" if args.device == "cuda" else "cpu")
     model.to(device, memory_format=torch.channels_last)
+    if args.tta == "flip":
+        model = FlipAverage(model)
     result = evaluate_model(model, batches, len(class_names), class_names, device=device, channels_last=True,
                             progress=not (args.no_progress or args.json))
-    report = {"checkpoint": str(args.checkpoint), "data": data, **result.as_dict(), "skipped_images": batches.bad}
+    report = {"checkpoint": str(args.checkpoint), "data": data, "tta": args.tta, **result.as_dict(),
+              "skipped_images": batches.bad}
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print(f"{args.checkpoint} on {data}: {result.count} images")
+        print(f"{args.checkpoint} on {data}: {result.count} images"
+              + (" (flip test-time augmentation)" if args.tta == "flip" else ""))
         print(f"top-1 {result.top1:.4f}   top-5 {result.top5:.4f}   loss {result.loss:.4f}")
         width = max(len(n) for n in class_names)
         for name, acc, total in zip(class_names, result.per_class, result.confusion.sum(1).tolist()):

@@ -68,6 +68,22 @@ def train_one_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer,
             "train_images_per_s": seen * world.world_size / max(elapsed, 1e-9), "train_seconds": elapsed}
 
 
+class FlipAverage(nn.Module):
+    """Test-time augmentation: the log of the mean class probabilities of each image and its mirror image.
+
+    Returns log-probabilities, so ``argmax`` and ``cross_entropy`` work on it as on logits. Only for data whose
+    classes are unchanged by a horizontal flip (the training augmentation flips too); figures obtained with it
+    are reported as such (``"tta": "flip"``), never as the plain single-view accuracy."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        views = torch.stack([self.model(x).float().log_softmax(1), self.model(x.flip(-1)).float().log_softmax(1)])
+        return views.logsumexp(0) - math.log(2)
+
+
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
 
