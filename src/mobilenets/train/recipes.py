@@ -111,7 +111,7 @@ class Deadline:
 
     def fraction(self) -> float:
         """Share of the time budget used (0 without a limit)."""
-        return 0.0 if self.seconds is None else (time.monotonic() - self.start) / self.seconds
+        return 0.0 if self.seconds is None else self.elapsed() / self.seconds
 
     def passed(self) -> bool:
         return self.fraction() >= 1.0
