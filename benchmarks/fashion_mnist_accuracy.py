@@ -42,7 +42,7 @@ def probe_images_per_s(args: argparse.Namespace) -> tuple[float, float]:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     step = torch.compile(model) if args.compile else model
     pre = default_preprocessing("fashion-mnist", args.img_size, 1)
-    augment = TensorAugment(pre, args.augment, (28, 28))  # the trainer's own per-batch augmentation
+    augment = TensorAugment(pre, args.augment, (28, 28), erase=args.erase)  # the trainer's own per-batch augmentation
     raw = torch.randint(0, 256, (args.batch_size, 1, 28, 28), dtype=torch.uint8)
     y = torch.randint(0, 10, (args.batch_size,))
     for i in range(45):
@@ -90,12 +90,15 @@ def main() -> None:
     p.add_argument("--recipe", default="default", help="the trainer's --recipe (default, sgd, rmsprop)")
     p.add_argument("--lr", type=float, default=None, help="the trainer's --lr (default: the recipe's)")
     p.add_argument("--wd", type=float, default=None, help="the trainer's --wd (default: the recipe's)")
+    p.add_argument("--erase", type=float, default=None,
+                   help="the trainer's --erase: random-erasing probability (default: 0.25 with --augment strong)")
     args = p.parse_args()
     recipe = ["--model", args.model, "--width", f"{args.width:g}", "--img-size", str(args.img_size),
               "--output-stride", str(args.output_stride), "--augment", args.augment, "--batch-size",
               str(args.batch_size), "--recipe", args.recipe, *COMMON, *(["--compile"] if args.compile else []),
               *(["--lr", f"{args.lr:g}"] if args.lr is not None else []),
-              *(["--wd", f"{args.wd:g}"] if args.wd is not None else [])]
+              *(["--wd", f"{args.wd:g}"] if args.wd is not None else []),
+              *(["--erase", f"{args.erase:g}"] if args.erase is not None else [])]
 
     epochs = args.epochs
     if epochs is None:

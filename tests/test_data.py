@@ -150,6 +150,28 @@ def test_tensor_augment_is_seeded_and_keeps_shape():
     assert not torch.equal(a, TensorAugment(pre, "none", (28, 28))(images))
 
 
+def test_erase_probability_option(tmp_path, capsys):
+    images = torch.full((8, 1, 28, 28), 200, dtype=torch.uint8)
+    pre = default_preprocessing("fashion-mnist", 32, 1)
+    plain = TensorAugment(pre, "none", (28, 28))(images)
+    torch.manual_seed(0)
+    erased = TensorAugment(pre, "none", (28, 28), erase=1.0)(images)  # --erase applies at any level
+    # every image loses a rectangle (set to 0) and keeps the rest of its pixels
+    for e, p in zip(erased, plain):
+        assert (e == 0).any() and ((e == 0) | (e == p)).all()
+    torch.manual_seed(0)
+    strong_without_erasing = TensorAugment(pre, "strong", (28, 28), erase=0.0)(images)
+    torch.manual_seed(0)
+    assert torch.equal(strong_without_erasing, TensorAugment(pre, "basic", (28, 28))(images))
+    assert TensorAugment(pre, "strong", (28, 28)).erase.p == 0.25 and TensorAugment(pre, "basic", (28, 28)).erase is None
+    with pytest.raises(UserError, match="--erase 1.5 is not a probability"):
+        TensorAugment(pre, "strong", (28, 28), erase=1.5)
+    folder = write_folder(tmp_path / "pets", per_class=2)
+    assert main(["train", "--data", str(folder), "--out", str(tmp_path / "run"), "--erase", "-0.1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--erase -0.1" in err and not (tmp_path / "run").exists()
+
+
 def test_train_batches_shard_the_global_batch(tmp_path):
     """Two ranks with batch 8 see, step by step, exactly the samples one process with batch 16 sees."""
     root = write_fashion(tmp_path, n_train=64, n_test=16)

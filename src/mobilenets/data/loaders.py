@@ -124,6 +124,7 @@ class DataConfig:
     data: str
     batch_size: int = 128
     augment: str = "basic"
+    erase: float | None = None  # random-erasing probability (None: the augmentation level's own)
     seed: int = 0
     val_fraction: float = 0.1
     num_workers: int = 0
@@ -144,7 +145,7 @@ def build_train_val(cfg: DataConfig, pre: Preprocessing, rank: int = 0, world_si
         x_va, y_va, _ = fashion_mnist.load_fashion_mnist("test", root)
         x_tr, y_tr = _limit(cfg.limit_train, x_tr.unsqueeze(1), y_tr)
         x_va, y_va = _limit(cfg.limit_val, x_va.unsqueeze(1), y_va)
-        augment = TensorAugment(pre, cfg.augment, tuple(x_tr.shape[-2:]))
+        augment = TensorAugment(pre, cfg.augment, tuple(x_tr.shape[-2:]), erase=cfg.erase)
         train = TensorBatches(x_tr, y_tr, names, cfg.batch_size, augment, train=True, seed=cfg.seed, rank=rank,
                               world_size=world_size)
         val = TensorBatches(x_va, y_va, names, cfg.batch_size, lambda b: preprocess(b, pre), train=False)
@@ -152,7 +153,7 @@ def build_train_val(cfg: DataConfig, pre: Preprocessing, rank: int = 0, world_si
     train_s, val_s, names = find_splits(root, cfg.val_fraction, cfg.seed)
     train_s, val_s = train_s[:cfg.limit_train], val_s[:cfg.limit_val]
     in_chans = pre.input_size[0]
-    train = FolderBatches(ImageFolderDataset(train_s, folder_transforms(pre, cfg.augment), in_chans, cfg.skip_bad),
+    train = FolderBatches(ImageFolderDataset(train_s, folder_transforms(pre, cfg.augment, cfg.erase), in_chans, cfg.skip_bad),
                           names, cfg.batch_size, train=True, seed=cfg.seed, rank=rank, world_size=world_size,
                           num_workers=cfg.num_workers)
     val = FolderBatches(ImageFolderDataset(val_s, folder_transforms(pre, "none"), in_chans, cfg.skip_bad),

@@ -108,6 +108,16 @@ def load_image(path: str | os.PathLike, pre: Preprocessing) -> torch.Tensor:
 
 
 AUGMENTATIONS = ("none", "basic", "strong")
+STRONG_ERASE_P = 0.25  # random-erasing probability of --augment strong unless --erase says otherwise
+
+
+def erase_probability(level: str, erase: float | None) -> float:
+    """Random-erasing probability: ``erase`` when given (any level), else 0.25 for ``strong`` and 0 otherwise."""
+    if erase is None:
+        return STRONG_ERASE_P if level == "strong" else 0.0
+    if not 0.0 <= erase <= 1.0:
+        raise UserError(f"--erase {erase} is not a probability; give a value from 0 to 1 (e.g. --erase 0.5)")
+    return erase
 
 
 class TensorAugment:
@@ -116,10 +126,11 @@ class TensorAugment:
     Each sample goes through torchvision.transforms.v2 (cheap at 28x28); resizing and normalizing then run once
     on the whole batch through :func:`preprocess`, the same code that evaluation and ``predict`` use.
     ``basic``: random crop with ``pad`` pixels of zero padding + horizontal flip (the data set's benchmark
-    "MobileNet" entry used flips); ``strong`` adds random erasing (p=0.25) after normalization.
+    "MobileNet" entry used flips); ``strong`` adds random erasing (p=0.25, or ``erase``) after normalization.
     """
 
-    def __init__(self, pre: Preprocessing, level: str, image_size: tuple[int, int], pad: int = 2):
+    def __init__(self, pre: Preprocessing, level: str, image_size: tuple[int, int], pad: int = 2,
+                 erase: float | None = None):
         if level not in AUGMENTATIONS:
             raise UserError(f"unknown --augment {level!r}; use one of {', '.join(AUGMENTATIONS)}")
         self.pre = pre
@@ -127,7 +138,8 @@ class TensorAugment:
         if level != "none":
             self.per_sample = v2.Compose([v2.RandomCrop(list(image_size), padding=pad),
                                           v2.RandomHorizontalFlip()])
-        self.erase = v2.RandomErasing(p=0.25, value=0) if level == "strong" else None
+        p = erase_probability(level, erase)
+        self.erase = v2.RandomErasing(p=p, value=0) if p > 0 else None
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if self.per_sample is not None:
@@ -138,12 +150,16 @@ class TensorAugment:
         return x
 
 
-def folder_transforms(pre: Preprocessing, level: str) -> Callable[[torch.Tensor], torch.Tensor]:
+def folder_transforms(pre: Preprocessing, level: str,
+                      erase: float | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
     """Per-sample training transform for decoded image-folder images (float (C, H, W) in [0, 1])."""
     if level not in AUGMENTATIONS:
         raise UserError(f"unknown --augment {level!r}; use one of {', '.join(AUGMENTATIONS)}")
-    if level == "none":
-        return functools.partial(preprocess, pre=pre)  # a partial, not a lambda: DataLoader workers pickle it
+    p = erase_probability(level, erase)
+    erasing = [v2.RandomErasing(p=p, value=0)] if p > 0 else []
+    if level == "none":  # a partial, not a lambda: DataLoader workers pickle it
+        base = functools.partial(preprocess, pre=pre)
+        return v2.Compose([base, *erasing]) if erasing else base
     _, h, w = pre.input_size
     steps = [v2.RandomResizedCrop([h, w], scale=(0.25, 1.0), interpolation=INTERPOLATIONS[pre.interpolation],
                                   antialias=True),
@@ -151,6 +167,4 @@ def folder_transforms(pre: Preprocessing, level: str) -> Callable[[torch.Tensor]
     if level == "strong":
         steps.append(v2.TrivialAugmentWide())
     steps.append(v2.Normalize(list(pre.mean), list(pre.std)))
-    if level == "strong":
-        steps.append(v2.RandomErasing(p=0.25, value=0))
-    return v2.Compose(steps)
+    return v2.Compose(steps + erasing)

@@ -27,7 +27,7 @@ from torch import nn
 
 from ..checkpoint import CheckpointMeta, Preprocessing, save_checkpoint
 from ..data.loaders import DataConfig, build_eval, build_train_val, data_kind, default_preprocessing
-from ..data.transforms import AUGMENTATIONS, load_image
+from ..data.transforms import AUGMENTATIONS, erase_probability, load_image
 from ..errors import UserError
 from . import distributed
 from .config import TrainConfig
@@ -52,6 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
         group.add_argument("--augment", choices=AUGMENTATIONS, default="basic",
                            help="none; basic: random crop + flip (default); strong: + random erasing "
                                 "(image folders: + TrivialAugment)")
+        group.add_argument("--erase", type=float, default=None, metavar="P",
+                           help="random-erasing probability (default: 0.25 with --augment strong, else 0)")
         group.add_argument("--label-smoothing", type=float, default=None, help="overrides the recipe's (0.1)")
         group.add_argument("--in-chans", type=int, choices=(1, 3), default=None,
                            help="input channels (default: 1 for Fashion-MNIST, 3 for image folders)")
@@ -86,10 +88,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                                  ("output_stride", args.output_stride), ("norm_layer", args.norm_layer),
                                  ("bn_momentum", args.bn_momentum))
                if v is not None}
+    erase_probability(args.augment, args.erase)  # a bad --erase fails here, before the run folder is made
     in_chans = args.in_chans or (1 if kind == "fashion" else 3)
     img_size = args.img_size or (FASHION_IMG_SIZE if kind == "fashion" else 224)
-    data = DataConfig(data=args.data, batch_size=args.batch_size, augment=args.augment, seed=args.seed,
-                      val_fraction=0.1 if args.val_fraction is None else args.val_fraction,
+    data = DataConfig(data=args.data, batch_size=args.batch_size, augment=args.augment, erase=args.erase,
+                      seed=args.seed, val_fraction=0.1 if args.val_fraction is None else args.val_fraction,
                       num_workers=args.workers, skip_bad=args.skip_bad, limit_train=args.limit_train, limit_val=args.limit_val)
     return TrainConfig(model=args.model, data=data, recipe=recipe, out=str(args.out), epochs=args.epochs,
                        model_options=options, img_size=img_size, in_chans=in_chans, weights=args.weights,
