@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+import pickle
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from mobilenets.cli import main
 from mobilenets.data import fashion_mnist
 from mobilenets.data.image_folder import ImageFolderDataset, collate_skip_bad, find_splits
 from mobilenets.data.loaders import DataConfig, build_eval, build_train_val, default_preprocessing
-from mobilenets.data.transforms import TensorAugment, decode_image, load_image, preprocess
+from mobilenets.data.transforms import TensorAugment, decode_image, folder_transforms, load_image, preprocess
 from mobilenets.errors import UserError
 from synthetic_data import idx_bytes, synthetic_images, write_fashion, write_folder
 
@@ -163,10 +164,16 @@ def test_erase_probability_option(tmp_path, capsys):
     strong_without_erasing = TensorAugment(pre, "strong", (28, 28), erase=0.0)(images)
     torch.manual_seed(0)
     assert torch.equal(strong_without_erasing, TensorAugment(pre, "basic", (28, 28))(images))
-    assert TensorAugment(pre, "strong", (28, 28)).erase.p == 0.25 and TensorAugment(pre, "basic", (28, 28)).erase is None
+    assert TensorAugment(pre, "strong", (28, 28)).erase.p == 0.25
+    assert TensorAugment(pre, "basic", (28, 28)).erase is None
     with pytest.raises(UserError, match="--erase 1.5 is not a probability"):
         TensorAugment(pre, "strong", (28, 28), erase=1.5)
+    # image folders: erasing after the level's own steps; the transform survives pickling (DataLoader workers)
     folder = write_folder(tmp_path / "pets", per_class=2)
+    rgb = default_preprocessing(str(folder), 32, 3)
+    torch.manual_seed(0)
+    out = pickle.loads(pickle.dumps(folder_transforms(rgb, "none", erase=1.0)))(torch.full((3, 32, 32), 0.8))
+    assert out.shape == (3, 32, 32) and (out == 0).any() and (out != 0).any()
     assert main(["train", "--data", str(folder), "--out", str(tmp_path / "run"), "--erase", "-0.1"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--erase -0.1" in err and not (tmp_path / "run").exists()

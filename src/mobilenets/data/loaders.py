@@ -153,9 +153,9 @@ def build_train_val(cfg: DataConfig, pre: Preprocessing, rank: int = 0, world_si
     train_s, val_s, names = find_splits(root, cfg.val_fraction, cfg.seed)
     train_s, val_s = train_s[:cfg.limit_train], val_s[:cfg.limit_val]
     in_chans = pre.input_size[0]
-    train = FolderBatches(ImageFolderDataset(train_s, folder_transforms(pre, cfg.augment, cfg.erase), in_chans, cfg.skip_bad),
-                          names, cfg.batch_size, train=True, seed=cfg.seed, rank=rank, world_size=world_size,
-                          num_workers=cfg.num_workers)
+    augment = folder_transforms(pre, cfg.augment, cfg.erase)
+    train = FolderBatches(ImageFolderDataset(train_s, augment, in_chans, cfg.skip_bad), names, cfg.batch_size,
+                          train=True, seed=cfg.seed, rank=rank, world_size=world_size, num_workers=cfg.num_workers)
     val = FolderBatches(ImageFolderDataset(val_s, folder_transforms(pre, "none"), in_chans, cfg.skip_bad),
                         names, cfg.batch_size, train=False, num_workers=cfg.num_workers)
     return train, val, names
