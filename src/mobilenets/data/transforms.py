@@ -126,7 +126,8 @@ class TensorAugment:
     Each sample goes through torchvision.transforms.v2 (cheap at 28x28); resizing and normalizing then run once
     on the whole batch through :func:`preprocess`, the same code that evaluation and ``predict`` use.
     ``basic``: random crop with ``pad`` pixels of zero padding + horizontal flip (the data set's benchmark
-    "MobileNet" entry used flips); ``strong`` adds random erasing (p=0.25, or ``erase``) after normalization.
+    "MobileNet" entry used flips); ``strong`` adds random erasing (p=0.25) after normalization. ``erase``
+    sets that probability at any level (see :func:`erase_probability`).
     """
 
     def __init__(self, pre: Preprocessing, level: str, image_size: tuple[int, int], pad: int = 2,

@@ -27,7 +27,7 @@ from torch import nn
 
 from ..checkpoint import CheckpointMeta, Preprocessing, save_checkpoint
 from ..data.loaders import DataConfig, build_eval, build_train_val, data_kind, default_preprocessing
-from ..data.transforms import AUGMENTATIONS, erase_probability, load_image
+from ..data.transforms import AUGMENTATIONS, STRONG_ERASE_P, erase_probability, load_image
 from ..errors import UserError
 from . import distributed
 from .config import TrainConfig
@@ -53,7 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
                            help="none; basic: random crop + flip (default); strong: + random erasing "
                                 "(image folders: + TrivialAugment)")
         group.add_argument("--erase", type=float, default=None, metavar="P",
-                           help="random-erasing probability (default: 0.25 with --augment strong, else 0)")
+                           help=f"random-erasing probability (default: {STRONG_ERASE_P:g} with --augment strong, "
+                                "else 0)")
         group.add_argument("--label-smoothing", type=float, default=None, help="overrides the recipe's (0.1)")
         group.add_argument("--in-chans", type=int, choices=(1, 3), default=None,
                            help="input channels (default: 1 for Fashion-MNIST, 3 for image folders)")
