@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-COMMON = ["--data", "fashion-mnist", "--ema-decay", "0.998", "--seed", "0", "--no-progress"]
+COMMON = ["--data", "fashion-mnist", "--ema-decay", "0.998", "--no-progress"]
 TRAIN_IMAGES, TEST_IMAGES = 60_000, 10_000
 
 
@@ -90,12 +90,14 @@ def main() -> None:
     p.add_argument("--recipe", default="default", help="the trainer's --recipe (default, sgd, rmsprop)")
     p.add_argument("--lr", type=float, default=None, help="the trainer's --lr (default: the recipe's)")
     p.add_argument("--wd", type=float, default=None, help="the trainer's --wd (default: the recipe's)")
+    p.add_argument("--seed", type=int, default=0, help="the trainer's --seed (a second seed measures the spread)")
     p.add_argument("--erase", type=float, default=None,
                    help="the trainer's --erase: random-erasing probability (default: 0.25 with --augment strong)")
     args = p.parse_args()
     recipe = ["--model", args.model, "--width", f"{args.width:g}", "--img-size", str(args.img_size),
               "--output-stride", str(args.output_stride), "--augment", args.augment, "--batch-size",
-              str(args.batch_size), "--recipe", args.recipe, *COMMON, *(["--compile"] if args.compile else []),
+              str(args.batch_size), "--recipe", args.recipe, "--seed", str(args.seed), *COMMON,
+              *(["--compile"] if args.compile else []),
               *(["--lr", f"{args.lr:g}"] if args.lr is not None else []),
               *(["--wd", f"{args.wd:g}"] if args.wd is not None else []),
               *(["--erase", f"{args.erase:g}"] if args.erase is not None else [])]
