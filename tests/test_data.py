@@ -14,7 +14,8 @@ from mobilenets.cli import main
 from mobilenets.data import fashion_mnist
 from mobilenets.data.image_folder import ImageFolderDataset, collate_skip_bad, find_splits
 from mobilenets.data.loaders import DataConfig, build_eval, build_train_val, default_preprocessing
-from mobilenets.data.transforms import TensorAugment, decode_image, folder_transforms, load_image, preprocess
+from mobilenets.data.transforms import (TensorAugment, decode_image, folder_transforms, load_image, preprocess,
+                                       random_crop_flip)
 from mobilenets.errors import UserError
 from synthetic_data import idx_bytes, synthetic_images, write_fashion, write_folder
 
@@ -149,6 +150,31 @@ def test_tensor_augment_is_seeded_and_keeps_shape():
     b = aug(images)
     assert a.shape == (16, 1, 32, 32) and torch.equal(a, b)
     assert not torch.equal(a, TensorAugment(pre, "none", (28, 28))(images))
+
+
+def _window(image: torch.Tensor, top: int, left: int, h: int, w: int, flip: bool) -> torch.Tensor:
+    crop = image[:, top:top + h, left:left + w]
+    return crop.flip(-1) if flip else crop
+
+
+def test_random_crop_flip_is_a_per_image_window_of_the_padded_image():
+    """Each output is one of the 25 windows (pad 2) of its own zero-padded image, mirrored or not, the way
+    v2.RandomCrop(padding=2) + v2.RandomHorizontalFlip() treat one image; all offsets and both flips occur."""
+    torch.manual_seed(0)
+    images = torch.randint(1, 256, (300, 2, 7, 6), dtype=torch.uint8)  # no zeros: padding shows
+    out = random_crop_flip(images, (7, 6), pad=2)
+    assert out.shape == images.shape and out.dtype == torch.uint8
+    padded = torch.nn.functional.pad(images, (2, 2, 2, 2))
+    drawn = set()
+    for p, o in zip(padded, out):
+        windows = [(top, left, flip) for top in range(5) for left in range(5) for flip in (False, True)
+                   if torch.equal(o, _window(p, top, left, 7, 6, flip))]
+        assert len(windows) == 1
+        drawn.add(windows[0])
+    assert {(t, l) for t, l, _ in drawn} == {(t, l) for t in range(5) for l in range(5)}
+    assert {f for _, _, f in drawn} == {False, True}
+    with pytest.raises(UserError, match="cannot crop 12x6"):
+        random_crop_flip(images, (12, 6), pad=2)
 
 
 def test_erase_probability_option(tmp_path, capsys):

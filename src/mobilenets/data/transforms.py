@@ -120,14 +120,34 @@ def erase_probability(level: str, erase: float | None) -> float:
     return erase
 
 
+def random_crop_flip(images: torch.Tensor, size: tuple[int, int], pad: int) -> torch.Tensor:
+    """Each image of the batch (B, C, H, W) cropped to ``size`` at its own random offset in the zero-padded batch
+    and flipped horizontally with p 0.5: what ``v2.RandomCrop(size, padding=pad)`` then
+    ``v2.RandomHorizontalFlip()`` do to one image, done for all of them by one gather.
+
+    Why not v2 on the batch: a v2 transform draws one offset and one flip for the whole batch. Per image in a
+    Python loop it cost 9.5 ms per batch of 128 (5% of a V1 0.75 step on 2 cores, BENCHMARKS.md).
+    """
+    b = images.shape[0]
+    h, w = size
+    padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
+    if padded.shape[-2] < h or padded.shape[-1] < w:
+        raise UserError(f"cannot crop {h}x{w} from {tuple(images.shape[-2:])} images padded by {pad}")
+    rows = torch.randint(0, padded.shape[-2] - h + 1, (b, 1)) + torch.arange(h)
+    cols = torch.randint(0, padded.shape[-1] - w + 1, (b, 1)) + torch.arange(w)
+    cols = torch.where(torch.rand(b, 1) < 0.5, cols.flip(1), cols)
+    out = padded[torch.arange(b)[:, None, None], :, rows[:, :, None], cols[:, None, :]]  # (B, h, w, C)
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
 class TensorAugment:
     """Training augmentation for small images held in memory as a uint8 batch (B, C, H, W).
 
-    Each sample goes through torchvision.transforms.v2 (cheap at 28x28); resizing and normalizing then run once
-    on the whole batch through :func:`preprocess`, the same code that evaluation and ``predict`` use.
     ``basic``: random crop with ``pad`` pixels of zero padding + horizontal flip (the data set's benchmark
-    "MobileNet" entry used flips); ``strong`` adds random erasing (p=0.25) after normalization. ``erase``
-    sets that probability at any level (see :func:`erase_probability`).
+    "MobileNet" entry used flips), drawn per sample but applied to the whole batch at once by
+    :func:`random_crop_flip`; resizing and normalizing then run once on the batch through :func:`preprocess`, the
+    same code that evaluation and ``predict`` use. ``strong`` adds torchvision's random erasing (p=0.25, per
+    sample) after normalization. ``erase`` sets that probability at any level (see :func:`erase_probability`).
     """
 
     def __init__(self, pre: Preprocessing, level: str, image_size: tuple[int, int], pad: int = 2,
@@ -135,16 +155,13 @@ class TensorAugment:
         if level not in AUGMENTATIONS:
             raise UserError(f"unknown --augment {level!r}; use one of {', '.join(AUGMENTATIONS)}")
         self.pre = pre
-        self.per_sample = None
-        if level != "none":
-            self.per_sample = v2.Compose([v2.RandomCrop(list(image_size), padding=pad),
-                                          v2.RandomHorizontalFlip()])
+        self.crop = (tuple(image_size), pad) if level != "none" else None
         p = erase_probability(level, erase)
         self.erase = v2.RandomErasing(p=p, value=0) if p > 0 else None
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        if self.per_sample is not None:
-            images = torch.stack([self.per_sample(img) for img in images])
+        if self.crop is not None:
+            images = random_crop_flip(images, *self.crop)
         x = preprocess(images, self.pre)
         if self.erase is not None:
             x = torch.stack([self.erase(img) for img in x])
