@@ -112,7 +112,8 @@ STRONG_ERASE_P = 0.25  # random-erasing probability of --augment strong unless -
 
 
 def erase_probability(level: str, erase: float | None) -> float:
-    """Random-erasing probability: ``erase`` when given (any level), else 0.25 for ``strong`` and 0 otherwise."""
+    """Random-erasing probability: ``erase`` when given (any level), else ``STRONG_ERASE_P`` for ``strong`` and 0
+    otherwise."""
     if erase is None:
         return STRONG_ERASE_P if level == "strong" else 0.0
     if not 0.0 <= erase <= 1.0:
