@@ -127,8 +127,8 @@ def random_crop_flip(images: torch.Tensor, size: tuple[int, int], pad: int) -> t
     ``v2.RandomHorizontalFlip()`` do to one image, done for all of them by one gather.
 
     Why not v2 on the batch: a v2 transform draws one offset and one flip for the whole batch. Per image in a
-    Python loop it cost 10.0 ms per batch of 128 against 2.2 ms for this (~4% of a V1 0.75 step on 2 cores,
-    BENCHMARKS.md).
+    Python loop it cost 7.96 ms per batch of 128 against 1.24 ms for this, ~3% of a V1 0.75 step on 2 cores
+    (``benchmarks/fashion_step_profile.py``, BENCHMARKS.md).
     """
     b = images.shape[0]
     h, w = size
