@@ -96,6 +96,9 @@ def main() -> None:
     p.add_argument("--erase", type=float, default=None,
                    help="the trainer's --erase: random-erasing probability (default: 0.25 with --augment strong)")
     args = p.parse_args()
+    if args.budget_minutes <= START_MINUTES:
+        p.error(f"--budget-minutes {args.budget_minutes:g} leaves no training time after the {START_MINUTES:g} min "
+                "start-up allowance; give more minutes")
     recipe = ["--model", args.model, "--width", f"{args.width:g}", "--img-size", str(args.img_size),
               "--output-stride", str(args.output_stride), "--augment", args.augment, "--batch-size",
               str(args.batch_size), "--recipe", args.recipe, "--seed", str(args.seed), *COMMON,
