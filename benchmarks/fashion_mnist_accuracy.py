@@ -93,6 +93,8 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=None, help="the trainer's --lr (default: the recipe's)")
     p.add_argument("--wd", type=float, default=None, help="the trainer's --wd (default: the recipe's)")
     p.add_argument("--seed", type=int, default=0, help="the trainer's --seed (a second seed measures the spread)")
+    p.add_argument("--progressive-resize", type=int, default=None, metavar="PX",
+                   help="the trainer's --progressive-resize: train at PX first, growing to --img-size")
     p.add_argument("--erase", type=float, default=None,
                    help="the trainer's --erase: random-erasing probability (default: 0.25 with --augment strong)")
     args = p.parse_args()
@@ -105,7 +107,8 @@ def main() -> None:
               *(["--compile"] if args.compile else []),
               *(["--lr", f"{args.lr:g}"] if args.lr is not None else []),
               *(["--wd", f"{args.wd:g}"] if args.wd is not None else []),
-              *(["--erase", f"{args.erase:g}"] if args.erase is not None else [])]
+              *(["--erase", f"{args.erase:g}"] if args.erase is not None else []),
+              *(["--progressive-resize", str(args.progressive_resize)] if args.progressive_resize else [])]
 
     epochs = args.epochs
     if epochs is None:
@@ -114,6 +117,8 @@ def main() -> None:
         # 10% more epochs than the probe expects to fit: --time-limit is the binding stop, and the trainer's
         # cosine schedule follows the clock, so the learning rate is near zero whenever the time runs out.
         epochs = max(1, math.ceil(1.1 * args.budget_minutes * 60 / epoch_s))
+        if args.progressive_resize:  # the probe ran at full size; smaller epochs are cheaper by up to the area
+            epochs = math.ceil(epochs * (args.img_size / args.progressive_resize) ** 2)
         print(f"probe: {train_rate:.0f} train img/s, {eval_rate:.0f} eval img/s -> {epoch_s:.0f} s per epoch "
               f"-> {epochs} epochs in {args.budget_minutes:g} min", flush=True)
     cmd = [sys.executable, "-m", "mobilenets", "train", *recipe, "--epochs", str(epochs), "--threads",

@@ -18,7 +18,7 @@ from mobilenets.checkpoint import read_checkpoint
 from mobilenets.cli import main
 from mobilenets.data import loaders
 from mobilenets.errors import UserError
-from mobilenets.train.recipes import Deadline, build_scheduler, resolve_recipe
+from mobilenets.train.recipes import Deadline, build_scheduler, progressive_size, resolve_recipe
 from synthetic_data import write_fashion, write_folder
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -192,6 +192,27 @@ def test_recipes_schedules():
     assert rms.optimizer == "rmsprop" and rms.ema_decay == 0.9999 and rms.schedule == "step"
     with pytest.raises(Exception, match="--recipe"):
         resolve_recipe("adam-ish")
+
+
+def test_progressive_size_schedule():
+    sizes = [progressive_size(40, 64, f / 100) for f in range(101)]
+    assert sizes[0] == 40 and sizes[75] == 64 and set(sizes[75:]) == {64}  # full size from 75% of the run on
+    assert all(a <= b for a, b in zip(sizes, sizes[1:])) and set(sizes) == {40, 48, 56, 64}
+    assert progressive_size(36, 50, 0.0) == 36 and progressive_size(36, 50, 1.0) == 50  # clamped to the ends
+
+
+def test_progressive_resize_trains_small_then_full(data, tmp_path, capsys):
+    out = tmp_path / "prog"
+    assert main(train_args(data, out, 3, "--img-size", "48", "--progressive-resize", "32")) == 0
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    # epochs start at 0, 1/3 and 2/3 of the run: 32 px, then 32 + 16 * (1/3) / 0.75 and 32 + 16 * (2/3) / 0.75
+    # rounded to multiples of 8
+    assert [h["train_size"] for h in history] == [32, 40, 48]
+    _, meta = read_checkpoint(out / "last.safetensors")
+    assert meta.preprocessing.input_size == (1, 48, 48)  # evaluation and deployment at --img-size
+    rc = main(train_args(data, tmp_path / "bad", 1, "--img-size", "48", "--progressive-resize", "48"))
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "--progressive-resize 48" in err and len(err.splitlines()) == 1
 
 
 def test_image_folder_training_skips_bad_files(tmp_path, capsys):

@@ -29,12 +29,14 @@ from ..checkpoint import CheckpointMeta, Preprocessing, save_checkpoint
 from ..data.loaders import DataConfig, build_eval, build_train_val, data_kind, default_preprocessing
 from ..data.transforms import AUGMENTATIONS, STRONG_ERASE_P, erase_probability, load_image
 from ..errors import UserError
+from ..model import MIN_RESOLUTION
 from . import distributed
 from .config import TrainConfig
 from .ema import create_ema
 from .freeze import freeze
 from .loop import Diverged, FlipAverage, evaluate as evaluate_model, recalibrate_bn, train_one_epoch
-from .recipes import Deadline, build_optimizer, build_scheduler, resolve_recipe, scaled_lr
+from .recipes import (PROGRESSIVE_RAMP_END, Deadline, build_optimizer, build_scheduler, progressive_size,
+                      resolve_recipe, scaled_lr)
 from .report import plot_confusion, plot_curves, write_metrics
 from .state import RunFiles, ensure_dir, load_state, read_config, save_state, seed_epoch, write_config
 
@@ -56,6 +58,10 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
                            help=f"random-erasing probability (default: {STRONG_ERASE_P:g} with --augment strong, "
                                 "else 0)")
         group.add_argument("--label-smoothing", type=float, default=None, help="overrides the recipe's (0.1)")
+        group.add_argument("--progressive-resize", type=int, default=None, metavar="PX",
+                           help="train at PX pixels first, growing linearly to --img-size by "
+                                f"{PROGRESSIVE_RAMP_END:.0%} of the run (epochs or --time-limit), then at "
+                                "--img-size to the end; evaluation and checkpoints always use --img-size")
         group.add_argument("--in-chans", type=int, choices=(1, 3), default=None,
                            help="input channels (default: 1 for Fashion-MNIST, 3 for image folders)")
     if command in ("train", "eval"):
@@ -92,15 +98,19 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     erase_probability(args.augment, args.erase)  # a bad --erase fails here, before the run folder is made
     in_chans = args.in_chans or (1 if kind == "fashion" else 3)
     img_size = args.img_size or (FASHION_IMG_SIZE if kind == "fashion" else 224)
+    if args.progressive_resize is not None and not MIN_RESOLUTION <= args.progressive_resize < img_size:
+        raise UserError(f"--progressive-resize {args.progressive_resize} must be at least {MIN_RESOLUTION} and "
+                        f"smaller than --img-size {img_size}; raise --img-size or leave the option out")
     data = DataConfig(data=args.data, batch_size=args.batch_size, augment=args.augment, erase=args.erase,
                       seed=args.seed, val_fraction=0.1 if args.val_fraction is None else args.val_fraction,
-                      num_workers=args.workers, skip_bad=args.skip_bad, limit_train=args.limit_train, limit_val=args.limit_val)
+                      num_workers=args.workers, skip_bad=args.skip_bad, limit_train=args.limit_train,
+                      limit_val=args.limit_val)
     return TrainConfig(model=args.model, data=data, recipe=recipe, out=str(args.out), epochs=args.epochs,
                        model_options=options, img_size=img_size, in_chans=in_chans, weights=args.weights,
                        freeze=args.freeze, channels_last=args.channels_last, compile=args.compile,
                        sync_bn=args.sync_bn, device=args.device, threads=args.threads,
                        progress=not args.no_progress, time_limit=args.time_limit,
-                       bn_recalibrate=args.bn_recalibrate)
+                       bn_recalibrate=args.bn_recalibrate, progressive_resize=args.progressive_resize)
 
 
 def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
@@ -189,10 +199,14 @@ def _fit(cfg: TrainConfig, run: RunFiles, world: distributed.World, resume: bool
         epoch_start = time.monotonic()
         seed_epoch(cfg.data.seed, epoch, world.rank)
         train_batches.set_epoch(epoch)
+        size = None  # --progressive-resize: this epoch's training resolution, from the share of the run done
+        if cfg.progressive_resize:
+            size = progressive_size(cfg.progressive_resize, cfg.img_size,
+                                    max(epoch / cfg.epochs, deadline.fraction()))
         try:
             stats = train_one_epoch(step_net, train_batches, optimizer, scheduler, criterion, epoch=epoch,
                                     world=world, ema=ema, frozen=frozen, channels_last=cfg.channels_last,
-                                    progress=cfg.progress)
+                                    progress=cfg.progress, size=size)
         except Diverged as e:
             kept = (f"the last good checkpoint is {run.last} (epoch {epoch})" if epoch > 0
                     else "no checkpoint was written")
@@ -204,9 +218,9 @@ def _fit(cfg: TrainConfig, run: RunFiles, world: distributed.World, resume: bool
             result = evaluate_model(eval_net, val_batches, len(class_names), class_names, device=world.device,
                                     channels_last=cfg.channels_last, progress=cfg.progress,
                                     desc=f"eval {epoch + 1}")
-            record = {"epoch": epoch + 1, **stats, "val_loss": result.loss, "val_top1": result.top1,
-                      "val_top5": result.top5, "lr": optimizer.param_groups[0]["lr"],
-                      "skipped_images": train_batches.bad + val_batches.bad}
+            record = {"epoch": epoch + 1, **stats, **({"train_size": size} if size else {}),
+                      "val_loss": result.loss, "val_top1": result.top1, "val_top5": result.top5,
+                      "lr": optimizer.param_groups[0]["lr"], "skipped_images": train_batches.bad + val_batches.bad}
             history.append(record)
             extra = {"epoch": epoch + 1, "val_top1": result.top1, "val_top5": result.top5,
                      "weights": "ema" if ema is not None else "model"}
@@ -223,9 +237,10 @@ def _fit(cfg: TrainConfig, run: RunFiles, world: distributed.World, resume: bool
                                    "ema": ema.state_dict() if ema is not None else None,
                                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                                    "history": history, "best": best, "elapsed": deadline.elapsed()})
-            log.info("epoch %d/%d  loss %.4f  train %.4f  val top-1 %.4f  top-5 %.4f  %.0f img/s  %.0f s",
-                     epoch + 1, cfg.epochs, stats["train_loss"], stats["train_acc"], result.top1, result.top5,
-                     stats["train_images_per_s"], stats["train_seconds"])
+            log.info("epoch %d/%d%s  loss %.4f  train %.4f  val top-1 %.4f  top-5 %.4f  %.0f img/s  %.0f s",
+                     epoch + 1, cfg.epochs, f" at {size} px" if size else "", stats["train_loss"],
+                     stats["train_acc"], result.top1, result.top5, stats["train_images_per_s"],
+                     stats["train_seconds"])
         distributed.barrier(world)
         if deadline.seconds is not None and epoch + 1 < cfg.epochs and distributed.any_flag(
                 deadline.elapsed() + (time.monotonic() - epoch_start) > deadline.seconds, world):

@@ -29,6 +29,7 @@ class TrainConfig:
     progress: bool = True
     bn_recalibrate: int = 20  # training batches that re-estimate BN statistics before each evaluation
     time_limit: float | None = None  # minutes; the cosine follows it and no epoch starts that would end past it
+    progressive_resize: int | None = None  # training px at the start, growing to img_size (progressive_size)
     task: str = "classify"
 
     def to_dict(self) -> dict:

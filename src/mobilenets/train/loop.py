@@ -31,8 +31,12 @@ def to_input(x: torch.Tensor, device: torch.device, channels_last: bool) -> torc
 
 def train_one_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer, scheduler, criterion: nn.Module,
                     *, epoch: int, world: World, ema=None, frozen: list[nn.Module] = (),
-                    channels_last: bool = False, progress: bool = True, max_steps: int | None = None) -> dict:
-    """Train over ``batches`` once; returns mean loss, accuracy, images/s. Raises :class:`Diverged`."""
+                    channels_last: bool = False, progress: bool = True, max_steps: int | None = None,
+                    size: int | None = None) -> dict:
+    """Train over ``batches`` once; returns mean loss, accuracy, images/s. Raises :class:`Diverged`.
+
+    ``size``: resize each batch to size x size pixels first (bilinear, antialiased), for ``--progressive-resize``.
+    """
     model.train()
     keep_frozen_eval(list(frozen))
     total_loss = torch.zeros((), dtype=torch.float64)
@@ -44,6 +48,8 @@ def train_one_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer,
     for step, (x, y) in enumerate(batches):
         if step >= steps:
             break
+        if size is not None and tuple(x.shape[-2:]) != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         x, y = to_input(x, world.device, channels_last), y.to(world.device, non_blocking=True)
         logits = model(x)
         loss = criterion(logits, y)

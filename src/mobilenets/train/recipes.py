@@ -151,3 +151,19 @@ def build_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_
         return main
     ramp = lr_scheduler.LinearLR(optimizer, start_factor=0.01, end_factor=1.0, total_iters=warmup)
     return lr_scheduler.SequentialLR(optimizer, [ramp, main], milestones=[warmup])
+
+
+PROGRESSIVE_RAMP_END = 0.75  # share of the run over which --progressive-resize grows to the full size
+
+
+def progressive_size(min_size: int, full_size: int, fraction: float, *, ramp_end: float = PROGRESSIVE_RAMP_END,
+                     multiple: int = 8) -> int:
+    """Training resolution of ``--progressive-resize``: ``min_size`` at the start of the run, growing linearly
+    to ``full_size`` at ``ramp_end`` of it, then ``full_size`` to the end; rounded to a multiple of ``multiple``
+    (few distinct shapes) in between; the two ends are exact. ``fraction`` is the share of the run done: of the
+    epochs or of ``--time-limit``, whichever is further, as the cosine schedule counts it."""
+    t = min(1.0, max(0.0, fraction) / ramp_end)
+    if t >= 1.0:
+        return full_size
+    size = multiple * round((min_size + (full_size - min_size) * t) / multiple)
+    return max(min_size, min(full_size, size))
