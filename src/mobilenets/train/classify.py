@@ -201,8 +201,8 @@ def _fit(cfg: TrainConfig, run: RunFiles, world: distributed.World, resume: bool
         train_batches.set_epoch(epoch)
         size = None  # --progressive-resize: this epoch's training resolution, from the share of the run done
         if cfg.progressive_resize:
-            size = progressive_size(cfg.progressive_resize, cfg.img_size,
-                                    max(epoch / cfg.epochs, deadline.fraction()))
+            done = distributed.max_over_ranks(max(epoch / cfg.epochs, deadline.fraction()), world)
+            size = progressive_size(cfg.progressive_resize, cfg.img_size, done)
         try:
             stats = train_one_epoch(step_net, train_batches, optimizer, scheduler, criterion, epoch=epoch,
                                     world=world, ema=ema, frozen=frozen, channels_last=cfg.channels_last,

@@ -69,13 +69,18 @@ def wrap(model: nn.Module, world: World, sync_bn: bool) -> nn.Module:
     return DistributedDataParallel(model, device_ids=ids)
 
 
+def max_over_ranks(value: float, world: World) -> float:
+    """The largest of every rank's ``value``, on every rank (so clock-driven choices agree across ranks)."""
+    if not world.distributed:
+        return value
+    t = torch.tensor([float(value)], dtype=torch.float64, device=world.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
 def any_flag(flag: bool, world: World) -> bool:
     """True on every rank when ``flag`` is true on any rank (keeps ranks in step when one must stop)."""
-    if not world.distributed:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=world.device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
+    return max_over_ranks(1.0 if flag else 0.0, world) > 0
 
 
 def barrier(world: World) -> None:
