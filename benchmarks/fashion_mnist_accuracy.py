@@ -8,7 +8,8 @@ time runs out first, so the number of epochs is only a ceiling: it comes from a 
 machine *now* (10% more than the probe expects to fit; with ``--progressive-resize PX`` also times
 (img-size / PX)^2, since the probe runs at full size and the small epochs are cheaper), or from ``--epochs``.
 Afterwards the last checkpoint (not the best one: that would select on the test set) is evaluated on all 10,000
-test images, once as they are (the headline figure) and once with flip test-time augmentation (reported separately, labelled).
+test images, once as they are (the headline figure) and once with flip test-time augmentation (reported
+separately, labelled).
 
     .venv/bin/python benchmarks/fashion_mnist_accuracy.py --out runs/fmnist_bench --budget-minutes 60
 """
