@@ -48,7 +48,8 @@ def train_one_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer,
     for step, (x, y) in enumerate(batches):
         if step >= steps:
             break
-        if size is not None and tuple(x.shape[-2:]) != (size, size):
+        x = x.to(world.device, non_blocking=True)
+        if size is not None and tuple(x.shape[-2:]) != (size, size):  # on the device, where the step runs
             x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         x, y = to_input(x, world.device, channels_last), y.to(world.device, non_blocking=True)
         logits = model(x)
