@@ -110,7 +110,7 @@ def main() -> None:
               *(["--lr", f"{args.lr:g}"] if args.lr is not None else []),
               *(["--wd", f"{args.wd:g}"] if args.wd is not None else []),
               *(["--erase", f"{args.erase:g}"] if args.erase is not None else []),
-              *(["--progressive-resize", str(args.progressive_resize)] if args.progressive_resize else [])]
+              *(["--progressive-resize", str(args.progressive_resize)] if args.progressive_resize is not None else [])]
 
     epochs = args.epochs
     if epochs is None:
