@@ -127,7 +127,9 @@ def main() -> None:
            str(args.threads), "--time-limit", f"{args.budget_minutes - START_MINUTES:g}", "--out", args.out]
     print("command:", shlex.join(["mobilenets", *cmd[3:]]), flush=True)
     start = time.time()
-    subprocess.run(cmd, check=True)
+    trained = subprocess.run(cmd)
+    if trained.returncode:  # the trainer has already printed its one-line reason; no traceback on top of it
+        sys.exit(trained.returncode)
     wall = time.time() - start
     report, flipped = (json.loads(subprocess.run(
         [sys.executable, "-m", "mobilenets", "eval", f"{args.out}/last.safetensors", "--data", "fashion-mnist",
