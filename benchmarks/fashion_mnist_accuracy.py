@@ -39,11 +39,13 @@ def probe_images_per_s(args: argparse.Namespace) -> tuple[float, float]:
     import mobilenets
     from mobilenets.data.loaders import default_preprocessing
     from mobilenets.data.transforms import TensorAugment
+    from mobilenets.train.recipes import build_optimizer, resolve_recipe
     torch.set_num_threads(args.threads)
     model = mobilenets.create_model(args.model, num_classes=10, in_chans=1, output_stride=args.output_stride,
                                     width_multiplier=args.width)
     model.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    # the run's own optimizer (SGD and AdamW steps differ in cost), built the way the trainer builds it
+    opt = build_optimizer(model, resolve_recipe(args.recipe, lr=args.lr, weight_decay=args.wd), args.batch_size)
     step = torch.compile(model) if args.compile else model
     pre = default_preprocessing("fashion-mnist", args.img_size, 1)
     augment = TensorAugment(pre, args.augment, (28, 28), erase=args.erase)  # the trainer's own per-batch augmentation
