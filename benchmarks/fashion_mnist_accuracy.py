@@ -45,7 +45,8 @@ def probe_images_per_s(args: argparse.Namespace) -> tuple[float, float]:
                                     width_multiplier=args.width)
     model.to(memory_format=torch.channels_last)
     # the run's own optimizer (SGD and AdamW steps differ in cost), built the way the trainer builds it
-    opt = build_optimizer(model, resolve_recipe(args.recipe, lr=args.lr, weight_decay=args.wd), args.batch_size)
+    recipe = resolve_recipe(args.recipe, lr=args.lr, weight_decay=args.wd, depthwise_weight_decay=args.depthwise_wd)
+    opt = build_optimizer(model, recipe, args.batch_size)
     step = torch.compile(model) if args.compile else model
     pre = default_preprocessing("fashion-mnist", args.img_size, 1)
     augment = TensorAugment(pre, args.augment, (28, 28), erase=args.erase)  # the trainer's own per-batch augmentation
@@ -96,6 +97,8 @@ def main() -> None:
     p.add_argument("--recipe", default="default", help="the trainer's --recipe (default, sgd, rmsprop)")
     p.add_argument("--lr", type=float, default=None, help="the trainer's --lr (default: the recipe's)")
     p.add_argument("--wd", type=float, default=None, help="the trainer's --wd (default: the recipe's)")
+    p.add_argument("--depthwise-wd", type=float, default=None,
+                   help="the trainer's --depthwise-wd: weight decay of depthwise filters (default: --wd's)")
     p.add_argument("--seed", type=int, default=0, help="the trainer's --seed (a second seed measures the spread)")
     p.add_argument("--progressive-resize", type=int, default=None, metavar="PX",
                    help="the trainer's --progressive-resize: train at PX first, growing to --img-size")
@@ -111,6 +114,7 @@ def main() -> None:
               *(["--compile"] if args.compile else []),
               *(["--lr", f"{args.lr:g}"] if args.lr is not None else []),
               *(["--wd", f"{args.wd:g}"] if args.wd is not None else []),
+              *(["--depthwise-wd", f"{args.depthwise_wd:g}"] if args.depthwise_wd is not None else []),
               *(["--erase", f"{args.erase:g}"] if args.erase is not None else []),
               *(["--progressive-resize", str(args.progressive_resize)] if args.progressive_resize is not None else [])]
 

@@ -18,7 +18,7 @@ from mobilenets.checkpoint import read_checkpoint
 from mobilenets.cli import main
 from mobilenets.data import loaders
 from mobilenets.errors import UserError
-from mobilenets.train.recipes import Deadline, build_scheduler, progressive_size, resolve_recipe
+from mobilenets.train.recipes import Deadline, build_optimizer, build_scheduler, progressive_size, resolve_recipe
 from synthetic_data import write_fashion, write_folder
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -192,6 +192,31 @@ def test_recipes_schedules():
     assert rms.optimizer == "rmsprop" and rms.ema_decay == 0.9999 and rms.schedule == "step"
     with pytest.raises(Exception, match="--recipe"):
         resolve_recipe("adam-ish")
+
+
+def test_depthwise_weight_decay_group(capsys, data, tmp_path):
+    import mobilenets
+    model = mobilenets.create_model("mobilenet_v1", num_classes=10, width_multiplier=0.25)
+    depthwise = [m.weight for m in model.modules()
+                 if isinstance(m, torch.nn.Conv2d) and m.groups == m.in_channels == m.out_channels > 1]
+    assert len(depthwise) == 13  # V1 Table 1: thirteen depthwise separable layers
+    plain = build_optimizer(model, resolve_recipe("sgd", weight_decay=5e-4), 128)
+    assert [g["weight_decay"] for g in plain.param_groups] == [5e-4, 0.0]  # unset: depthwise decayed like the rest
+    opt = build_optimizer(model, resolve_recipe("sgd", weight_decay=5e-4, depthwise_weight_decay=0.0), 128)
+    assert [g["weight_decay"] for g in opt.param_groups] == [5e-4, 0.0, 0.0]
+    assert {id(p) for p in opt.param_groups[2]["params"]} == {id(w) for w in depthwise}
+    # a step on zero gradients: weight decay alone moves the weights, so only the depthwise filters stay put
+    before = {id(p): p.detach().clone() for p in model.parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    moved = {id(p) for p in model.parameters() if not torch.equal(p, before[id(p)])}
+    assert moved == {id(p) for p in opt.param_groups[0]["params"]}
+    # the CLI: a bad value is one line before any run folder exists
+    out = tmp_path / "neg"
+    assert main(train_args(data, out, 1, "--depthwise-wd", "-1")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--depthwise-wd must not be negative" in err and not out.exists()
 
 
 def test_progressive_size_schedule():

@@ -109,6 +109,8 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     o.add_argument("--opt", default=None, choices=("sgd", "adamw", "rmsprop"), help="override the recipe's optimizer")
     o.add_argument("--lr", type=float, default=None, help="learning rate at the actual global batch")
     o.add_argument("--wd", type=float, default=None, help="weight decay")
+    o.add_argument("--depthwise-wd", type=float, default=None,
+                   help="weight decay of depthwise filters (default: --wd's; the V1 paper uses little or none)")
     o.add_argument("--momentum", type=float, default=None)
     o.add_argument("--warmup-epochs", type=float, default=None)
     o.add_argument("--ema-decay", type=float, default=None, help="0 turns EMA off")

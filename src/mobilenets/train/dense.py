@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from ..checkpoint import CheckpointMeta, Preprocessing, atomic_write, load_checkpoint, save_checkpoint
 from ..errors import UserError
-from .recipes import Deadline, warmup_cosine
+from .recipes import Deadline, decay_groups, warmup_cosine
 from .state import RunFiles, ensure_dir, load_state, read_config, save_state, seed_epoch, write_config
 
 log = logging.getLogger(__name__)
@@ -131,22 +131,13 @@ def open_scenes(args: argparse.Namespace, split: str, transforms, scene_cfg: dic
                          transforms=transforms, targets=targets, cache=cache)
 
 
-def no_decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on conv / linear weights only, not on norm parameters and biases."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim > 1 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
 def build_optimizer(model: nn.Module, args: argparse.Namespace, *, lr: float, weight_decay: float
                     ) -> torch.optim.Optimizer:
     opt = getattr(args, "opt", None) or "adamw"
     lr = getattr(args, "lr", None) or lr
     wd = getattr(args, "wd", None)
     wd = weight_decay if wd is None else wd
-    groups = no_decay_groups(model, wd)
+    groups = decay_groups(model, wd, getattr(args, "depthwise_wd", None))
     if opt == "adamw":
         return torch.optim.AdamW(groups, lr=lr)
     momentum = getattr(args, "momentum", None) or 0.9

@@ -8,7 +8,10 @@
   lr 0.064 per 1024 images of batch (linear scaling), weight decay 1e-5, lr x0.973 every 2 epochs,
   EMA 0.9999 (V3 paper, section 6.1).
 
-Weight decay skips 1-D parameters (BN affine, biases), as the TF references do.
+Weight decay skips 1-D parameters (BN affine, biases), as the TF references do. ``depthwise_weight_decay`` sets
+the decay of depthwise filters apart (None: the same as every other weight): the V1 paper (section 3.3) puts "very
+little or no weight decay" on them, since each has only k x k parameters, and TF-slim's ``mobilenet_v1_arg_scope``
+leaves them unregularized by default.
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ class Recipe:
     lr: float  # at batch size `lr_batch`; scaled linearly to the actual global batch
     lr_batch: int = 128
     weight_decay: float = 0.0
+    depthwise_weight_decay: float | None = None  # None: weight_decay
     momentum: float = 0.9
     warmup_epochs: float = 1.0
     schedule: str = "cosine"
@@ -53,8 +57,8 @@ class Recipe:
             raise UserError(f"--label-smoothing {self.label_smoothing} must lie in [0, 1)")
         if not 0.0 <= self.ema_decay < 1.0:
             raise UserError(f"--ema-decay {self.ema_decay} must lie in [0, 1); 0 turns EMA off")
-        if self.warmup_epochs < 0 or self.weight_decay < 0:
-            raise UserError("--warmup-epochs and --wd must not be negative")
+        if self.warmup_epochs < 0 or self.weight_decay < 0 or (self.depthwise_weight_decay or 0) < 0:
+            raise UserError("--warmup-epochs, --wd and --depthwise-wd must not be negative")
 
 
 RECIPES = {
@@ -82,14 +86,32 @@ def scaled_lr(recipe: Recipe, global_batch: int) -> float:
     return recipe.lr if recipe.lr_batch == 0 else recipe.lr * global_batch / recipe.lr_batch
 
 
-def build_optimizer(model: nn.Module, recipe: Recipe, global_batch: int) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
+def is_depthwise(module: nn.Module) -> bool:
+    """A convolution with one filter group per input channel (the depthwise half of a separable conv)."""
+    return isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels
+
+
+def decay_groups(model: nn.Module, weight_decay: float, depthwise_weight_decay: float | None = None) -> list[dict]:
+    """Parameter groups of the trainable parameters: conv / linear weights decayed by ``weight_decay``, 1-D
+    parameters (norm affine, biases) not at all, and depthwise filters by ``depthwise_weight_decay`` in a group of
+    their own when it is given (None: they stay with the other weights, so older runs' optimizer states, which
+    have two groups, still load)."""
+    depthwise = ({id(m.weight) for m in model.modules() if is_depthwise(m)}
+                 if depthwise_weight_decay is not None else set())
+    decay, depthwise_decay, no_decay = [], [], []
     for p in model.parameters():
         if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    if not decay and not no_decay:
+            (no_decay if p.ndim <= 1 else depthwise_decay if id(p) in depthwise else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if depthwise_decay:
+        groups.append({"params": depthwise_decay, "weight_decay": depthwise_weight_decay})
+    return groups
+
+
+def build_optimizer(model: nn.Module, recipe: Recipe, global_batch: int) -> torch.optim.Optimizer:
+    groups = decay_groups(model, recipe.weight_decay, recipe.depthwise_weight_decay)
+    if not any(g["params"] for g in groups):
         raise UserError("every parameter is frozen; use a smaller --freeze (e.g. --freeze backbone or none)")
-    groups = [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     lr = scaled_lr(recipe, global_batch)
     if recipe.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=recipe.momentum, nesterov=recipe.momentum > 0)
