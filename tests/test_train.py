@@ -18,7 +18,8 @@ from mobilenets.checkpoint import read_checkpoint
 from mobilenets.cli import main
 from mobilenets.data import loaders
 from mobilenets.errors import UserError
-from mobilenets.train.recipes import Deadline, build_optimizer, build_scheduler, progressive_size, resolve_recipe
+from mobilenets.train.recipes import (Deadline, build_optimizer, build_scheduler, decay_groups, progressive_size,
+                                     resolve_recipe)
 from synthetic_data import write_fashion, write_folder
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -212,6 +213,8 @@ def test_depthwise_weight_decay_group(capsys, data, tmp_path):
     opt.step()
     moved = {id(p) for p in model.parameters() if not torch.equal(p, before[id(p)])}
     assert moved == {id(p) for p in opt.param_groups[0]["params"]}
+    with pytest.raises(UserError, match="--depthwise-wd must not be negative"):  # the dense tasks' path
+        decay_groups(model, 5e-4, -1.0)
     # the CLI: a bad value is one line before any run folder exists
     out = tmp_path / "neg"
     assert main(train_args(data, out, 1, "--depthwise-wd", "-1")) == 2

@@ -89,8 +89,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if args.batch_size < 2:
         raise UserError(f"--batch-size {args.batch_size} must be at least 2 (BatchNorm needs 2 samples)")
     recipe = resolve_recipe(args.recipe, optimizer=args.opt, lr=args.lr, weight_decay=args.wd,
-                            depthwise_weight_decay=args.depthwise_wd, momentum=args.momentum, warmup_epochs=args.warmup_epochs,
-                            label_smoothing=args.label_smoothing, ema_decay=args.ema_decay)
+                            depthwise_weight_decay=args.depthwise_wd, momentum=args.momentum,
+                            warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
+                            ema_decay=args.ema_decay)
     options = {k: v for k, v in (("width_multiplier", args.width), ("dropout", args.dropout),
                                  ("output_stride", args.output_stride), ("norm_layer", args.norm_layer),
                                  ("bn_momentum", args.bn_momentum))

@@ -96,6 +96,8 @@ def decay_groups(model: nn.Module, weight_decay: float, depthwise_weight_decay: 
     parameters (norm affine, biases) not at all, and depthwise filters by ``depthwise_weight_decay`` in a group of
     their own when it is given (None: they stay with the other weights, so older runs' optimizer states, which
     have two groups, still load)."""
+    if weight_decay < 0 or (depthwise_weight_decay or 0) < 0:  # dense tasks reach here without a Recipe's checks
+        raise UserError("--wd and --depthwise-wd must not be negative")
     depthwise = ({id(m.weight) for m in model.modules() if is_depthwise(m)}
                  if depthwise_weight_decay is not None else set())
     decay, depthwise_decay, no_decay = [], [], []
