@@ -99,6 +99,8 @@ def main() -> None:
     p.add_argument("--wd", type=float, default=None, help="the trainer's --wd (default: the recipe's)")
     p.add_argument("--depthwise-wd", type=float, default=None,
                    help="the trainer's --depthwise-wd: weight decay of depthwise filters (default: --wd's)")
+    p.add_argument("--label-smoothing", type=float, default=None,
+                   help="the trainer's --label-smoothing (default: the recipe's, 0.1)")
     p.add_argument("--seed", type=int, default=0, help="the trainer's --seed (a second seed measures the spread)")
     p.add_argument("--progressive-resize", type=int, default=None, metavar="PX",
                    help="the trainer's --progressive-resize: train at PX first, growing to --img-size")
@@ -116,6 +118,7 @@ def main() -> None:
               *(["--wd", f"{args.wd:g}"] if args.wd is not None else []),
               *(["--depthwise-wd", f"{args.depthwise_wd:g}"] if args.depthwise_wd is not None else []),
               *(["--erase", f"{args.erase:g}"] if args.erase is not None else []),
+              *(["--label-smoothing", f"{args.label_smoothing:g}"] if args.label_smoothing is not None else []),
               *(["--progressive-resize", str(args.progressive_resize)] if args.progressive_resize is not None else [])]
 
     epochs = args.epochs
