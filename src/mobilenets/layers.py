@@ -27,6 +27,12 @@ def make_divisible(value: float, divisor: int = 8, min_value: int | None = None)
     return new_value
 
 
+def depthwise_convs(module: nn.Module) -> list[nn.Conv2d]:
+    """The depthwise convolutions inside ``module`` (one filter group per input channel: the first half of a
+    depthwise separable conv), in module order."""
+    return [m for m in module.modules() if isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels]
+
+
 class Act(str, Enum):
     """Activations named in the papers' tables (V3 Table 1/2: RE = ReLU, HS = h-swish)."""
 

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ..layers import depthwise_convs
+
 
 @dataclass(frozen=True)
 class Tap:
@@ -50,17 +52,13 @@ def _stage_path(backbone: nn.Module, reduction: int) -> str:
                      f"{[(i.module, i.reduction) for i in backbone.feature_info]}")
 
 
-def _depthwise_convs(stage: nn.Module) -> list[nn.Conv2d]:
-    return [m for m in stage.modules() if isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels]
-
-
 def _reducing_depthwise(stage: nn.Module) -> nn.Module:
     """The depthwise conv that brings ``stage`` to its reduction: its first strided (or dilated) one.
 
     Usually the stage's first conv, but a stage may start with stride-1 rows of the same width as the strided
     row (MobileNetV3-Small with the reduced tail: 48-channel rows at stride 16, then a 48-channel row of stride 2).
     """
-    convs = _depthwise_convs(stage)
+    convs = depthwise_convs(stage)
     if not convs:
         raise ValueError("stage has no depthwise convolution to tap")
     return next((c for c in convs if c.stride[0] > 1 or c.dilation[0] > 1), convs[0])

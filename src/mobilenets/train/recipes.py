@@ -25,6 +25,7 @@ from torch import nn
 from torch.optim import lr_scheduler
 
 from ..errors import UserError
+from ..layers import depthwise_convs
 
 OPTIMIZERS = ("sgd", "adamw", "rmsprop")
 SCHEDULES = ("cosine", "step")
@@ -57,8 +58,16 @@ class Recipe:
             raise UserError(f"--label-smoothing {self.label_smoothing} must lie in [0, 1)")
         if not 0.0 <= self.ema_decay < 1.0:
             raise UserError(f"--ema-decay {self.ema_decay} must lie in [0, 1); 0 turns EMA off")
-        if self.warmup_epochs < 0 or self.weight_decay < 0 or (self.depthwise_weight_decay or 0) < 0:
-            raise UserError("--warmup-epochs, --wd and --depthwise-wd must not be negative")
+        if self.warmup_epochs < 0:
+            raise UserError("--warmup-epochs must not be negative")
+        check_weight_decay(self.weight_decay, self.depthwise_weight_decay)
+
+
+def check_weight_decay(weight_decay: float, depthwise_weight_decay: float | None) -> None:
+    """The one check of ``--wd`` / ``--depthwise-wd``: a Recipe runs it when built (classification, before the run
+    folder exists) and :func:`decay_groups` again (the dense tasks build no Recipe)."""
+    if weight_decay < 0 or (depthwise_weight_decay or 0) < 0:
+        raise UserError("--wd and --depthwise-wd must not be negative")
 
 
 RECIPES = {
@@ -86,20 +95,13 @@ def scaled_lr(recipe: Recipe, global_batch: int) -> float:
     return recipe.lr if recipe.lr_batch == 0 else recipe.lr * global_batch / recipe.lr_batch
 
 
-def is_depthwise(module: nn.Module) -> bool:
-    """A convolution with one filter group per input channel (the depthwise half of a separable conv)."""
-    return isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels
-
-
 def decay_groups(model: nn.Module, weight_decay: float, depthwise_weight_decay: float | None = None) -> list[dict]:
     """Parameter groups of the trainable parameters: conv / linear weights decayed by ``weight_decay``, 1-D
     parameters (norm affine, biases) not at all, and depthwise filters by ``depthwise_weight_decay`` in a group of
     their own when it is given (None: they stay with the other weights, so older runs' optimizer states, which
     have two groups, still load)."""
-    if weight_decay < 0 or (depthwise_weight_decay or 0) < 0:  # dense tasks reach here without a Recipe's checks
-        raise UserError("--wd and --depthwise-wd must not be negative")
-    depthwise = ({id(m.weight) for m in model.modules() if is_depthwise(m)}
-                 if depthwise_weight_decay is not None else set())
+    check_weight_decay(weight_decay, depthwise_weight_decay)
+    depthwise = {id(m.weight) for m in depthwise_convs(model)} if depthwise_weight_decay is not None else set()
     decay, depthwise_decay, no_decay = [], [], []
     for p in model.parameters():
         if p.requires_grad:
