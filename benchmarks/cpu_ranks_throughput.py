@@ -1,0 +1,73 @@
+"""Training throughput on a small CPU: one process with 2 threads against 2 DDP processes (torchrun, gloo) with
+1 thread each, at the same global batch, in the real trainer on Fashion-MNIST.
+
+Why: on 2 cores much of a MobileNet step is small ops (BatchNorm, ReLU6 and depthwise convs on 4x4-16x16 maps)
+that split poorly across threads; two single-threaded ranks each run whole ops and pay one gradient all-reduce
+per step instead. Which wins is a property of the machine, so it is measured here, not assumed.
+
+Each variant is an ordinary ``mobilenets train`` run over the first ``--images`` training images for 2 epochs;
+the figure is epoch 2's ``train_images_per_s`` from the run's metrics.jsonl (epoch 1 carries the warm-up).
+Variants are interleaved round by round so load from elsewhere hits them alike; medians over rounds.
+
+    .venv/bin/python benchmarks/cpu_ranks_throughput.py            # V1 width 0.75, 64 px, global batch 128
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+
+def train_command(args: argparse.Namespace, ranks: int, out: Path) -> list[str]:
+    common = ["train", "--model", args.model, "--width", str(args.width), "--img-size", str(args.img_size),
+              "--data", "fashion-mnist", "--epochs", "2", "--limit-train", str(args.images), "--limit-val", "512",
+              "--recipe", "sgd", "--augment", "basic", "--no-progress", "--out", str(out),
+              "--batch-size", str(args.batch_size // ranks), "--threads", str(args.cores // ranks)]
+    if ranks == 1:
+        return [sys.executable, "-m", "mobilenets", *common]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks)]
+    return [*torchrun, "-m", "mobilenets", *common]
+
+
+def run_once(args: argparse.Namespace, ranks: int) -> float:
+    out = Path(tempfile.mkdtemp(prefix=f"ranks{ranks}_"))
+    try:
+        env = {**os.environ, "OMP_NUM_THREADS": str(args.cores // ranks)}
+        subprocess.run(train_command(args, ranks, out), check=True, env=env, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.PIPE, text=True)
+        records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        return float(records[-1]["train_images_per_s"])
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="mobilenet_v1")
+    p.add_argument("--width", type=float, default=0.75)
+    p.add_argument("--img-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=128, help="global batch (split across the ranks)")
+    p.add_argument("--images", type=int, default=7680, help="training images per epoch")
+    p.add_argument("--cores", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=2)
+    args = p.parse_args()
+    results: dict[str, list[float]] = {"1 process x 2 threads": [], "2 processes x 1 thread": []}
+    for _ in range(args.rounds):
+        for name, ranks in (("1 process x 2 threads", 1), ("2 processes x 1 thread", 2)):
+            results[name].append(run_once(args, ranks))
+            print(f"{name}: {results[name][-1]:.0f} img/s", flush=True)
+    med = {k: statistics.median(v) for k, v in results.items()}
+    print(json.dumps({"model": args.model, "width": args.width, "img_size": args.img_size,
+                      "global_batch": args.batch_size, "images_per_s_median": {k: round(v) for k, v in med.items()},
+                      "ratio_ddp_over_single": round(med["2 processes x 1 thread"] / med["1 process x 2 threads"], 3),
+                      "rounds": args.rounds}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
