@@ -41,7 +41,7 @@ def main():
     if args.train_limit:
         x_train, y_train = x_train[:args.train_limit], y_train[:args.train_limit]
 
-    def prep(x):  # uint8 (N, 28, 28) -> normalized (N, 1, S, S), as mobilenets.deploy.inputs does
+    def prep(x):  # uint8 (N, 28, 28) -> normalized (N, 1, S, S), as mobilenets.data.samples does
         x = x.unsqueeze(1).float().div_(255)
         x = F.interpolate(x, size=(args.size, args.size), mode="bilinear", antialias=True, align_corners=False)
         return (x - MEAN) / STD

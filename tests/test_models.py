@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import mobilenets
+from mobilenets.model import Location, Select
 from mobilenets import UserError
 from mobilenets.registry import get_entry
 
@@ -47,21 +48,68 @@ def test_every_parameter_receives_a_gradient(name):
 @pytest.mark.parametrize("name", CLASSIFIERS)
 @pytest.mark.parametrize("output_stride", [8, 16, 32])
 def test_feature_info_matches_real_feature_maps(name, output_stride):
+    """Every feature_info entry is the map its module really computes: captured here with hooks on the named
+    module (the input of the block's depthwise conv for an expansion), independently of forward_intermediates."""
     model = mobilenets.create_model(name, output_stride=output_stride).eval()
     size = 96
+    captured, handles = {}, []
+    for i, info in enumerate(model.feature_info):
+        module = model.get_submodule(info.module)
+        if info.location == Location.EXPANSION:
+            handles.append(module.dw.register_forward_pre_hook(lambda m, a, i=i: captured.__setitem__(i, a[0])))
+        else:
+            handles.append(module.register_forward_hook(lambda m, a, out, i=i: captured.__setitem__(i, out)))
+    x = torch.randn(1, 3, size, size)
+    every = list(range(len(model.feature_info)))
     with torch.no_grad():
-        feats = model.forward_intermediates(torch.randn(1, 3, size, size))
-    assert len(feats) == len(model.feature_info)
-    for info, f in zip(model.feature_info, feats):
+        logits = model(x)
+        feats = model.forward_intermediates(x, indices=every)
+    for h in handles:
+        h.remove()
+    assert len(feats) == len(model.feature_info) == len(captured)
+    for i, (info, f) in enumerate(zip(model.feature_info, feats)):
+        assert torch.equal(f, captured[i]), info
         assert f.shape[1] == info.channels
         assert size // f.shape[-1] == info.reduction <= output_stride
-        assert model.get_submodule(info.module) is not None
     assert model.feature_info[-1].reduction == output_stride
     assert [i.reduction for i in model.feature_info] == sorted(i.reduction for i in model.feature_info)
-    # a subset of indices returns just those maps
+    # the default maps are the stage outputs and the final conv, as timm's
     with torch.no_grad():
-        sub = model.forward_intermediates(torch.randn(1, 3, size, size), indices=[1, 2])
-    assert [s.shape[1] for s in sub] == [model.feature_info[1].channels, model.feature_info[2].channels]
+        default = model.forward_intermediates(x)
+    assert [f.shape[1] for f in default] == [i.channels for i in model.feature_info
+                                             if i.location in (Location.STAGE, Location.FINAL)]
+    # features_only: the same maps from a network without pooling, head or classifier
+    torch.manual_seed(0)
+    backbone = mobilenets.create_model(name, output_stride=output_stride, features_only=True, out_indices=[1, 2])
+    assert not hasattr(backbone, "classifier") and not hasattr(backbone, "global_pool")
+    backbone.load_state_dict({k: v for k, v in model.state_dict().items() if k in backbone.state_dict()})
+    with torch.no_grad():
+        sub = backbone.eval()(x)
+    assert [torch.equal(s, feats[i]) for i, s in zip((1, 2), sub)] == [True, True]
+    assert logits.shape == (1, 1000)
+
+
+@pytest.mark.parametrize("name", CLASSIFIERS)
+def test_features_only_builds_nothing_after_the_deepest_map(name):
+    full = mobilenets.create_model(name, features_only=True)
+    assert sum(p.numel() for p in full.parameters()) < sum(
+        p.numel() for p in mobilenets.create_model(name).parameters())
+    stride8 = Select(Location.STAGE, 8)
+    early = mobilenets.create_model(name, features_only=True, out_indices=[stride8])
+    assert early.feature_info[early.out_indices[0]].reduction == 8
+    assert len(early.stages) < len(full.stages) and isinstance(early.final_conv, torch.nn.Identity)
+    with pytest.raises(mobilenets.UserError, match="out_indices"):
+        mobilenets.create_model(name, features_only=True, out_indices=[99])
+    with pytest.raises(mobilenets.UserError, match="features_only"):
+        mobilenets.create_model(name, out_indices=[0])
+
+
+def test_small_inputs_that_leave_a_map_are_accepted():
+    """torchvision and timm run MobileNetV3 on 28x28 Fashion-MNIST images; so do we (issue #20 defect 2)."""
+    model = mobilenets.create_model("mobilenet_v3_small", in_chans=1, num_classes=10).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+        assert model(torch.randn(1, 1, 1, 1)).shape == (1, 10)  # 1x1 in, 1x1 final map
 
 
 def test_output_stride_dilates_instead_of_striding():
@@ -114,8 +162,8 @@ def test_unknown_name_suggests_close_matches():
 
 def test_bad_inputs_name_the_value_and_the_fix():
     model = mobilenets.create_model("mobilenet_v3_small").eval()
-    with pytest.raises(UserError, match=r"smaller than 32x32"):
-        model(torch.randn(1, 3, 31, 64))
+    with pytest.raises(UserError, match=r"no pixels"):
+        model(torch.randn(1, 3, 0, 64))
     with pytest.raises(UserError, match=r"in_chans=1"):
         model(torch.randn(1, 1, 64, 64))
 

@@ -7,6 +7,8 @@ fast CPU deployment.
 """
 from .errors import UserError
 from .registry import create_model, list_models
+from .archs import v1, v2, v3, v4  # noqa: F401,I001  (register the zoo: run their @register_model decorators)
+from . import heads  # noqa: F401  (register the task models)
 from .profile import profile
 from .weights import load_weights
 

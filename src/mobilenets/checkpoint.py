@@ -22,20 +22,14 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .errors import UserError
+from .preprocessing import Preprocessing
 
 FORMAT = "mobilenets"
-VERSION = "1"
-
-
-@dataclass
-class Preprocessing:
-    """How an image becomes the model's input tensor (mirrors torchvision's weight transforms)."""
-
-    input_size: tuple[int, int, int] = (3, 224, 224)  # C, H, W fed to the network
-    resize: int = 256  # shorter side before the centre crop (== input size: no crop)
-    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
-    std: tuple[float, ...] = (0.229, 0.224, 0.225)
-    interpolation: str = "bilinear"
+VERSION = "2"
+# Version 1 (mobilenets 0.1, up to commit 5fac75e) wrapped a task model's backbone in a tap module: its keys
+# read "features.body.<backbone key>" where version 2 has "features.<backbone key>". Classification
+# checkpoints are the same in both versions.
+RENAMED_IN_2 = ("features.body.", "features.")
 
 
 @dataclass
@@ -100,7 +94,19 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], C
     if metadata.get("format") != FORMAT:
         raise UserError(f"{path} is a safetensors file but not a mobilenets checkpoint (no model metadata); "
                         "load foreign weights with mobilenets.load_weights(model, path) instead")
+    version = metadata.get("version", "1")
+    if version not in ("1", VERSION):
+        raise UserError(f"{path} is a version-{version} mobilenets checkpoint, newer than this installation reads "
+                        f"(version {VERSION}); upgrade mobilenets")
+    if version == "1":
+        state = upgrade_state_v1(state)
     return state, CheckpointMeta.from_json(metadata["meta"])
+
+
+def upgrade_state_v1(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Keys of a version-1 state dict (a checkpoint, or the weights in a 0.1 run's state.pt) under version 2."""
+    old, new = RENAMED_IN_2
+    return {new + k[len(old):] if k.startswith(old) else k: v for k, v in state.items()}
 
 
 def load_checkpoint(path: str | os.PathLike, task: str | None = None) -> tuple[nn.Module, CheckpointMeta]:

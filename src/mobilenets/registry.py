@@ -1,6 +1,7 @@
 """Model registry: ``create_model(name, **options)`` and ``list_models()``.
 
-Architectures register a builder with :func:`register_model`; the registry knows nothing about any of them.
+Architectures and task models register a builder with :func:`register_model`; the registry knows nothing about
+any of them (``mobilenets/__init__`` imports the modules that register).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Callable
 from torch import nn
 
 from .errors import UserError
+from .model import BUILD_OPTIONS
 
 
 @dataclass(frozen=True)
@@ -41,20 +43,12 @@ def register_model(name: str, *, task: str = "classify", default_resolution: int
     return wrap
 
 
-def _ensure_loaded() -> None:
-    # Importing the architecture and task modules runs their @register_model decorators.
-    from . import archs  # noqa: F401
-    from . import heads  # noqa: F401
-
-
 def list_models(task: str | None = None) -> list[str]:
     """Names of every registered model, optionally only those of one task."""
-    _ensure_loaded()
     return sorted(n for n, e in _REGISTRY.items() if task is None or e.task == task)
 
 
 def get_entry(name: str) -> ModelEntry:
-    _ensure_loaded()
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, _REGISTRY, n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
@@ -67,7 +61,6 @@ def accepted_options(entry: ModelEntry) -> list[str]:
     params = inspect.signature(entry.builder).parameters
     names = [n for n, p in params.items() if p.kind is p.KEYWORD_ONLY or p.kind is p.POSITIONAL_OR_KEYWORD]
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        from .model import BUILD_OPTIONS
         names += [n for n in BUILD_OPTIONS if n not in names]
     return names
 

@@ -4,6 +4,7 @@ The paper's body uses ReLU; the TF-slim reference (and timm's ``mobilenetv1_100`
 uses ReLU6, which we follow so that imported weights behave identically.
 """
 from ..layers import Act
+from ..model import build
 from ..registry import register_model
 from .spec import Architecture, DSConv, Stem
 
@@ -34,5 +35,4 @@ MOBILENET_V1 = Architecture(
 @register_model("mobilenet_v1", paper=MOBILENET_V1.citation,
                  summary="depthwise separable convs + BN + ReLU6 (Howard et al. 2017)")
 def mobilenet_v1(**options):
-    from ..model import build
     return build(MOBILENET_V1, **options)

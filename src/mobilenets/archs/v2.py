@@ -1,5 +1,6 @@
 """MobileNetV2, Table 2 of arXiv:1801.04381 (rows ``t, c, n, s``)."""
 from ..layers import Act
+from ..model import build
 from ..registry import register_model
 from .spec import Architecture, FinalConv, IRStage, Stem
 
@@ -29,5 +30,4 @@ MOBILENET_V2 = Architecture(
 @register_model("mobilenet_v2", paper=MOBILENET_V2.citation,
                 summary="inverted residuals with linear bottlenecks (Sandler et al. 2018)")
 def mobilenet_v2(**options):
-    from ..model import build
     return build(MOBILENET_V2, **options)

@@ -4,10 +4,13 @@ Options beyond the tables:
 - ``minimal``: the "minimalistic" models of the TF-slim reference (no SE, ReLU everywhere, 3x3 kernels).
 - ``reduced_tail``: section 6.1.1 (detection) -- the channels of the last stage, the final 1x1 conv and the
   head are divided by 2, as torchvision's ``_reduced_tail``.
+- ``fix_stem``: the stem keeps its 16 channels at multipliers below 1 (timm's rule, needed for timm's
+  ``mobilenetv3_small_050`` weights); by default it scales as in the TF reference (8 channels at 0.5 and 0.35).
 """
 from dataclasses import replace
 
 from ..layers import Act
+from ..model import build
 from ..registry import register_model
 from .spec import Architecture, Bneck, FinalConv, HeadFC, Stem
 
@@ -61,7 +64,7 @@ SMALL_FIGURES = {(1.0, 224): (67.4, 56, 2.5), (0.75, 224): (65.4, 44, 2.0), (1.2
 MINIMAL_FIGURES = {"large": {(1.0, 224): (72.3, 209, 3.9)}, "small": {(1.0, 224): (61.9, 65, 2.0)}}
 
 
-def _architecture(size: str, minimal: bool, reduced_tail: bool) -> Architecture:
+def _architecture(size: str, minimal: bool, reduced_tail: bool, fix_stem: bool = False) -> Architecture:
     rows, tail, final, head, figures = {
         "large": (LARGE_ROWS, LARGE_TAIL, 960, 1280, LARGE_FIGURES),
         "small": (SMALL_ROWS, SMALL_TAIL, 576, 1024, SMALL_FIGURES),
@@ -78,7 +81,8 @@ def _architecture(size: str, minimal: bool, reduced_tail: bool) -> Architecture:
     return Architecture(
         name=f"mobilenet_v3_{size}",
         citation=f"Table {1 if size == 'large' else 2} of arXiv:1905.02244",
-        stem=Stem(out=16, act=act),  # 16 at widths 0.75-1 by rounding; 8 at 0.5/0.35 (TF reference)
+        # 16 at widths 0.75-1 by rounding; 8 at 0.5/0.35 (TF reference) unless fix_stem (timm: 16 below 0.75)
+        stem=Stem(out=16, act=act, keep_below_1=fix_stem),
         rows=rows,
         final_conv=FinalConv(out=final, act=act),
         head=HeadFC(out=head, act=act),
@@ -91,13 +95,11 @@ def _architecture(size: str, minimal: bool, reduced_tail: bool) -> Architecture:
 
 @register_model("mobilenet_v3_large", paper="Table 1 of arXiv:1905.02244",
                 summary="NAS-found bnecks with SE and h-swish (Howard et al. 2019), Large")
-def mobilenet_v3_large(*, minimal: bool = False, reduced_tail: bool = False, **options):
-    from ..model import build
-    return build(_architecture("large", minimal, reduced_tail), **options)
+def mobilenet_v3_large(*, minimal: bool = False, reduced_tail: bool = False, fix_stem: bool = False, **options):
+    return build(_architecture("large", minimal, reduced_tail, fix_stem), **options)
 
 
 @register_model("mobilenet_v3_small", paper="Table 2 of arXiv:1905.02244",
                 summary="NAS-found bnecks with SE and h-swish (Howard et al. 2019), Small")
-def mobilenet_v3_small(*, minimal: bool = False, reduced_tail: bool = False, **options):
-    from ..model import build
-    return build(_architecture("small", minimal, reduced_tail), **options)
+def mobilenet_v3_small(*, minimal: bool = False, reduced_tail: bool = False, fix_stem: bool = False, **options):
+    return build(_architecture("small", minimal, reduced_tail, fix_stem), **options)

@@ -17,14 +17,13 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ..checkpoint import Preprocessing
+from ..preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from ..errors import UserError
 from . import fashion_mnist
 from .image_folder import ImageFolderDataset, collate_skip_bad, find_splits
 from .transforms import TensorAugment, folder_transforms, preprocess
 
 FASHION = "fashion-mnist"
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def data_kind(data: str) -> tuple[str, Path | None]:

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import CheckpointMeta
-from .inputs import fashion_mnist_inputs
+from ..data.samples import fashion_mnist_inputs
 
 
 def accuracy(predict, images: np.ndarray, labels: np.ndarray, batch: int = 250) -> float:

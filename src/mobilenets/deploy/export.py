@@ -35,7 +35,7 @@ from torch import nn
 
 from ..checkpoint import CheckpointMeta
 from ..errors import UserError
-from .inputs import sample_inputs
+from ..data.samples import sample_inputs
 
 log = logging.getLogger(__name__)
 

@@ -1,38 +1,37 @@
-"""Zoo backbones for the task heads: build one from the registry, convert torchvision backbone weights."""
+"""Zoo backbones for the task heads: a ``features_only`` build of a classification model, and the maps of
+torchvision's task checkpoints onto it."""
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 
 from torch import nn
 
 from ..errors import UserError
+from ..model import Select
+from ..registry import create_model, get_entry, list_models
 
 
-def build_backbone(name: str, *, width_multiplier: float = 1.0, reduced_tail: bool | None = None,
-                   default_reduced_tail: bool = False, in_chans: int = 3, norm_layer: str | None = None,
-                   output_stride: int = 32, dilation_policy: str | None = None,
-                   final_conv: bool = True) -> nn.Module:
-    """``create_model(name, num_classes=0, ...)`` for a classification model of the zoo.
+def build_backbone(name: str, taps: Sequence[Select], *, width_multiplier: float = 1.0,
+                   reduced_tail: bool | None = None, default_reduced_tail: bool = False, in_chans: int = 3,
+                   norm_layer: str | None = None, output_stride: int = 32,
+                   dilation_policy: str | None = None) -> nn.Module:
+    """``create_model(name, features_only=True, out_indices=taps)`` for a classification model of the zoo: no
+    pooling, head or classifier, and nothing after the deepest tap; ``forward`` returns the tapped maps in the
+    order of ``taps``, their channels are ``channels_of(backbone)``.
 
     ``reduced_tail`` exists for MobileNetV3 only (last stage at half the channels, Table 6 of arXiv:1905.02244);
-    ``None`` means ``default_reduced_tail`` for V3 and off for the others. The pooled classification head is
-    removed: task heads read ``forward_features`` / taps only. ``final_conv=False`` also removes the final 1x1
-    conv (V2's 1280, V3's 960 / 576), so ``forward_features`` ends with the last stage: the feature extractor of
-    DeepLab's MobileNetV2 ("layer_18", 320 channels).
+    ``None`` means ``default_reduced_tail`` for V3 and off for the others.
     """
-    from ..registry import create_model, get_entry, list_models
-
     entry = get_entry(name)
     if entry.task != "classify":
         raise UserError(f"backbone={name!r} is a {entry.task} model; pick a classification backbone: "
                         f"{', '.join(list_models(task='classify'))}")
-    if output_stride not in (8, 16, 32):
-        raise UserError(f"output_stride={output_stride}; use 8, 16 or 32")
     takes_tail = "reduced_tail" in inspect.signature(entry.builder).parameters
     if reduced_tail is None:
         reduced_tail = default_reduced_tail and takes_tail
-    options = dict(num_classes=0, width_multiplier=width_multiplier, in_chans=in_chans,
-                   output_stride=output_stride)
+    options = dict(features_only=True, out_indices=list(taps), width_multiplier=width_multiplier,
+                   in_chans=in_chans, output_stride=output_stride)
     if reduced_tail:
         if not takes_tail:
             raise UserError(f"reduced_tail=True is a MobileNetV3 option, {name!r} has no reduced tail; "
@@ -44,28 +43,12 @@ def build_backbone(name: str, *, width_multiplier: float = 1.0, reduced_tail: bo
         options["norm_layer"] = norm_layer
     if dilation_policy is not None:
         options["dilation_policy"] = dilation_policy
-    backbone = create_model(name, **options)
-    _drop_pooled_head(backbone)
-    if not final_conv:
-        _drop_final_conv(backbone)
-    return backbone
+    return create_model(name, **options)
 
 
-def _drop_final_conv(backbone: nn.Module) -> None:
-    if isinstance(getattr(backbone, "final_conv", None), nn.Identity) or not hasattr(backbone, "final_conv"):
-        return
-    backbone.final_conv = nn.Identity()
-    backbone.feature_info = [f for f in backbone.feature_info if f.module != "final_conv"]
-    backbone.num_features = backbone.feature_info[-1].channels
-
-
-def _drop_pooled_head(backbone: nn.Module) -> None:
-    # Dense heads read forward_features; V3's pooled 1x1 head conv (``head_fc``, 1280 / 1024 wide) is never run,
-    # and leaving it would add 1.2 M parameters that get no gradient and break torchvision's parameter counts.
-    backbone.reset_classifier(0)
-    for name in ("head_fc", "head_act"):
-        if hasattr(backbone, name):
-            setattr(backbone, name, nn.Identity())
+def channels_of(backbone: nn.Module) -> list[int]:
+    """Channels of each map a features_only backbone returns, in order."""
+    return [backbone.feature_info[i].channels for i in backbone.out_indices]
 
 
 def leaf_modules(module: nn.Module, prefix: str) -> list[str]:
@@ -93,13 +76,13 @@ def torchvision_backbone_map(backbone: nn.Module, prefix: str) -> dict[str, str]
 
 
 def torchvision_segmenter_map(model: nn.Module, source_keys, head_renames: dict[str, str]) -> dict[str, str] | None:
-    """Module map of a segmentation model (``features.body`` backbone, ``head`` / ``aux_head``) onto
+    """Module map of a segmentation model (``features`` backbone, ``head`` / ``aux_head``) onto
     torchvision's ``lraspp_*`` / ``deeplabv3_*`` layout (``backbone.N``, ``classifier``, ``aux_classifier``).
     None for checkpoints that are not torchvision's (our own use our names)."""
     if not any(k.startswith("backbone.") for k in source_keys):
         return None
-    mapping = {f"features.body.{ours}": theirs
-               for ours, theirs in torchvision_backbone_map(model.features.body, "backbone").items()}
+    mapping = {f"features.{ours}": theirs
+               for ours, theirs in torchvision_backbone_map(model.features, "backbone").items()}
     heads = [p for name in ("head", "aux_head") if getattr(model, name, None) is not None
              for p in leaf_modules(getattr(model, name), name + ".")]
     mapping.update(rename_prefixes(heads, head_renames))

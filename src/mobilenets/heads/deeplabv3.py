@@ -18,8 +18,10 @@ from torch import Tensor, nn
 
 from ..errors import UserError
 from ..registry import register_model
-from .backbones import build_backbone, torchvision_segmenter_map
-from .taps import BackboneTaps, Tap
+from ..model import LAST, Location, Select
+from .backbones import build_backbone, channels_of, torchvision_segmenter_map
+
+AUX_TAP = Select(Location.BLOCK, 8)  # the FCN aux head's map (torchvision's stage_indices[-4])
 
 PAPER = "DeepLabV3: arXiv:1706.05587; Mobile DeepLabv3: section 6.3 and Table 7 of arXiv:1801.04381"
 
@@ -78,9 +80,10 @@ class DeepLabV3(nn.Module):
         if num_classes < 2:
             raise UserError(f"num_classes={num_classes}: segmentation needs the background plus at least one class")
         self.num_classes = num_classes
-        self.features = BackboneTaps(backbone, [Tap.last()] + ([Tap.stage_entry(8)] if aux_loss else []))
-        self.head = DeepLabHead(self.features.channels[0], num_classes, tuple(atrous_rates), head_conv)
-        self.aux_head = FCNHead(self.features.channels[1], num_classes) if aux_loss else None
+        self.features = backbone  # features_only: [last map] or [last map, aux map]
+        channels = channels_of(backbone)
+        self.head = DeepLabHead(channels[0], num_classes, tuple(atrous_rates), head_conv)
+        self.aux_head = FCNHead(channels[1], num_classes) if aux_loss else None
 
     def forward_with_aux(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         feats = self.features(x)
@@ -120,7 +123,8 @@ def deeplabv3(*, backbone: str = "mobilenet_v3_large", num_classes: int = 21, wi
     of the backbone's final 1x1 conv (DeepLab's MobileNetV2 feature extractor); ``head_conv=False`` drops
     torchvision's 3x3 conv between ASPP and the classifier. All three off is Mobile DeepLabv3 of MobileNetV2.
     """
-    body = build_backbone(backbone, width_multiplier=width_multiplier, reduced_tail=reduced_tail,
+    taps = [LAST if final_conv else Select(Location.STAGE)] + ([AUX_TAP] if aux_loss else [])
+    body = build_backbone(backbone, taps, width_multiplier=width_multiplier, reduced_tail=reduced_tail,
                           in_chans=in_chans, norm_layer=norm_layer, output_stride=output_stride,
-                          dilation_policy=dilation_policy, final_conv=final_conv)
+                          dilation_policy=dilation_policy)
     return DeepLabV3(body, num_classes, tuple(atrous_rates) if aspp else (), aux_loss, head_conv)

@@ -16,8 +16,12 @@ from torch import Tensor, nn
 
 from ..errors import UserError
 from ..registry import register_model
-from .backbones import build_backbone, torchvision_segmenter_map
-from .taps import BackboneTaps, Tap
+from ..model import LAST, Location, Select
+from .backbones import build_backbone, channels_of, torchvision_segmenter_map
+
+# "low": the output of the block that takes the features to stride 8; "high": the last map (Figure 10 of
+# arXiv:1905.02244; torchvision's stage_indices[-4] and [-1]).
+TAPS = (Select(Location.BLOCK, 8), LAST)
 
 PAPER = "LR-ASPP: section 6.4, Figure 10 and Table 7 of arXiv:1905.02244"
 
@@ -50,8 +54,8 @@ class LRASPP(nn.Module):
         if num_classes < 2:
             raise UserError(f"num_classes={num_classes}: segmentation needs the background plus at least one class")
         self.num_classes = num_classes
-        self.features = BackboneTaps(backbone, [Tap.stage_entry(8), Tap.last()])
-        low, high = self.features.channels
+        self.features = backbone  # features_only, returning the TAPS maps
+        low, high = channels_of(backbone)
         self.head = LRASPPHead(low, high, num_classes, inter_channels)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -79,7 +83,7 @@ def lraspp(*, backbone: str = "mobilenet_v3_large", num_classes: int = 21, width
            norm_layer: str | None = None, dilation_policy: str = "torchvision",
            inter_channels: int = 128) -> LRASPP:
     """LR-ASPP on ``backbone``; ``num_classes`` includes the background. ``output_stride`` 16 dilates the last stage."""
-    body = build_backbone(backbone, width_multiplier=width_multiplier, reduced_tail=reduced_tail,
+    body = build_backbone(backbone, TAPS, width_multiplier=width_multiplier, reduced_tail=reduced_tail,
                           in_chans=in_chans, norm_layer=norm_layer, output_stride=output_stride,
                           dilation_policy=dilation_policy)
     return LRASPP(body, num_classes, inter_channels)

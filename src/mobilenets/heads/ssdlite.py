@@ -28,8 +28,12 @@ from torchvision.ops import Conv2dNormActivation, batched_nms, clip_boxes_to_ima
 from ..errors import UserError
 from ..registry import register_model
 from .anchors import BoxCoder, DefaultBoxes, match_anchors
-from .backbones import build_backbone, leaf_modules, rename_prefixes, torchvision_backbone_map
-from .taps import BackboneTaps, Tap
+from ..model import LAST, Location, Select
+from .backbones import build_backbone, channels_of, leaf_modules, rename_prefixes, torchvision_backbone_map
+
+# The two backbone maps SSDLite reads: the expansion of the first stride-32 block (at stride 16) and the last map;
+# MobileNetV1 has no expansion and gives its stride-16 output (conv11 of the SSD-MobileNet reference).
+TAPS = (Select(Location.EXPANSION, 16, fallback=Select(Location.STAGE, 16)), LAST)
 
 PAPER = "SSDLite: section 6.2 of arXiv:1801.04381; Table 6 and section 6.3 of arXiv:1905.02244"
 
@@ -103,8 +107,8 @@ class SSDLite(nn.Module):
         if num_classes < 2:
             raise UserError(f"num_classes={num_classes}: a detector needs the background plus at least one class")
         self.num_classes = num_classes
-        self.features = BackboneTaps(backbone, [Tap.expansion(32), Tap.last()])
-        channels = list(self.features.channels)
+        self.features = backbone  # features_only, returning the TAPS maps
+        channels = channels_of(backbone)
         extras = []
         for c in extra_channels:
             extras.append(ExtraBlock(channels[-1], c))
@@ -128,7 +132,7 @@ class SSDLite(nn.Module):
     # -- network ------------------------------------------------------------------------------------------
     def forward_features(self, x: Tensor) -> list[Tensor]:
         """The six maps the heads read: two backbone taps then one per extra block."""
-        feats = self.features(x)
+        feats = list(self.features(x))
         y = feats[-1]
         for block in self.extras:
             y = block(y)
@@ -207,17 +211,17 @@ class SSDLite(nn.Module):
             return None
         c4 = max(int(k.split(".")[3]) for k in keys if k.startswith("backbone.features.0."))
         mapping = {}
-        for ours, theirs in torchvision_backbone_map(self.features.body, "features").items():
+        for ours, theirs in torchvision_backbone_map(self.features, "features").items():
             _, index, rest = theirs.split(".", 2)  # "features", block index, "block.j.tail" / "0" ...
             i = int(index)
             if i < c4:
-                mapping[f"features.body.{ours}"] = f"backbone.features.0.{i}.{rest}"
+                mapping[f"features.{ours}"] = f"backbone.features.0.{i}.{rest}"
             elif i > c4:
-                mapping[f"features.body.{ours}"] = f"backbone.features.1.{i - c4}.{rest}"
+                mapping[f"features.{ours}"] = f"backbone.features.1.{i - c4}.{rest}"
             else:
                 _, j, *tail = rest.split(".")  # "block", layer index within the block, sub-module
                 where = f"backbone.features.0.{c4}" if j == "0" else f"backbone.features.1.0.{j}"
-                mapping[f"features.body.{ours}"] = ".".join([where, *tail])
+                mapping[f"features.{ours}"] = ".".join([where, *tail])
         paths = leaf_modules(self.extras, "extras.") + leaf_modules(self.cls_head, "cls_head.") \
             + leaf_modules(self.box_head, "box_head.")
         mapping.update(rename_prefixes(paths, {"extras.": "backbone.extra.",
@@ -263,7 +267,7 @@ def ssdlite(*, backbone: str = "mobilenet_v3_large", num_classes: int = 91, widt
     ``reduced_tail`` (V3 only) defaults to True, the paper's detection setting (Table 6 of arXiv:1905.02244) and
     torchvision's when the backbone is not ImageNet-pretrained.
     """
-    body = build_backbone(backbone, width_multiplier=width_multiplier, reduced_tail=reduced_tail,
+    body = build_backbone(backbone, TAPS, width_multiplier=width_multiplier, reduced_tail=reduced_tail,
                           default_reduced_tail=True, in_chans=in_chans, norm_layer=norm_layer, output_stride=32)
     extra = tuple(max(16, int(c * width_multiplier)) for c in (512, 256, 256, 128))
     return SSDLite(body, num_classes, extra_channels=extra, min_ratio=min_ratio, max_ratio=max_ratio,
