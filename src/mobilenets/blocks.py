@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import Act, ConvNormAct, NormFactory, SqueezeExcite
+from .layers import Act, ConvNormAct, LayerScale, MultiQueryAttention, NormFactory, SqueezeExcite
 
 
 class DepthwiseSeparable(nn.Module):
@@ -19,6 +19,7 @@ class DepthwiseSeparable(nn.Module):
         self.dw = ConvNormAct(in_ch, in_ch, kernel, stride, groups=in_ch, dilation=dilation, norm=norm, act=act)
         self.pw = ConvNormAct(in_ch, out_ch, 1, norm=norm, act=act)
         self.out_channels = out_ch
+        self.expansion_channels = None  # no expansion: a head wanting one reads the previous stage's output
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pw(self.dw(x))
@@ -46,7 +47,118 @@ class InvertedResidual(nn.Module):
         self.project = ConvNormAct(expanded, out_ch, 1, norm=norm, act=None)
         self.use_residual = stride == 1 and in_ch == out_ch
         self.out_channels = out_ch
+        self.expansion_channels = expanded
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.project(self.se(self.dw(self.expand(x))))
+        return self.forward_expansion(x)[0]
+
+    def forward_expansion(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(output, expansion)``: the expansion is the input of the depthwise conv, SSDLite's tap."""
+        expansion = self.expand(x)  # (B, expanded, H, W)
+        y = self.dw(expansion)  # (B, expanded, H/stride, W/stride)
+        y = self.se(y)
+        y = self.project(y)  # (B, out, H/stride, W/stride), linear
+        return (x + y if self.use_residual else y), expansion
+
+
+class ConvBlock(ConvNormAct):
+    """A full k x k conv-BN-act used as a block: MobileNetV4-Conv-S's stage 0 and 1 layers. The paper's Table 11
+    calls each pair "FusedIB"; the TF and timm definitions, whose weights exist, build two plain conv-BN-ReLU
+    layers (3x3 stride 2, then 1x1, both with ReLU, no residual), which we follow."""
+
+    expansion_channels = None  # no expansion before its strided conv
+
+
+class FusedInvertedBottleneck(nn.Module):
+    """MobileNetV4's FusedIB (arXiv:2404.10518 section 4; EfficientNetV2's Fused-MBConv): the 1x1 expansion and
+    the depthwise conv of an inverted bottleneck fused into one full conv.
+
+        k x k expansion conv-BN-act   (stride here)
+        1x1 projection conv-BN        (linear)
+        + input                       (when stride is 1 and input and output widths agree)
+    """
+
+    # The strided conv is the expansion itself: there is no expanded map before it for a head to read.
+    expansion_channels = None
+
+    def __init__(self, in_ch: int, out_ch: int, *, expanded: int, kernel: int, stride: int, act: Act,
+                 norm: NormFactory, dilation: int = 1):
+        super().__init__()
+        self.expand = ConvNormAct(in_ch, expanded, kernel, stride, dilation=dilation, norm=norm, act=act)
+        self.project = ConvNormAct(expanded, out_ch, 1, norm=norm, act=None)
+        self.use_residual = stride == 1 and in_ch == out_ch
+        self.out_channels = out_ch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.project(self.expand(x))
         return x + y if self.use_residual else y
+
+
+class UniversalInvertedBottleneck(nn.Module):
+    """MobileNetV4's Universal Inverted Bottleneck (arXiv:2404.10518 section 4, Figure 4):
+
+        start k1 x k1 depthwise conv-BN   (optional; on the narrow input, no activation)
+        1x1 expansion conv-BN-act
+        middle k2 x k2 depthwise conv-BN-act   (optional; on the expanded map)
+        1x1 projection conv-BN            (linear)
+        layer scale                       (hybrids only; also on blocks without a residual)
+        + input                           (when stride is 1 and input and output widths agree)
+
+    Both depthwise convs: "ExtraDW"; middle only: the inverted bottleneck "IB"; start only: "ConvNext"-like;
+    neither: "FFN". The stride goes on the middle depthwise conv when there is one, else on the start one (TF
+    ``middle_dw_downsample``; every strided UIB of the paper's models is ExtraDW).
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, *, expanded: int, start_kernel: int, mid_kernel: int, stride: int,
+                 act: Act, norm: NormFactory, layer_scale: float | None = None, dilation: int = 1):
+        super().__init__()
+        if stride > 1 and not (start_kernel or mid_kernel):
+            raise ValueError("a strided UIB needs a depthwise conv to carry the stride")
+        start_stride = 1 if mid_kernel else stride
+        self.start_dw = (ConvNormAct(in_ch, in_ch, start_kernel, start_stride, groups=in_ch, dilation=dilation,
+                                     norm=norm, act=None) if start_kernel else nn.Identity())
+        self.expand = ConvNormAct(in_ch, expanded, 1, norm=norm, act=act)
+        self.mid_dw = (ConvNormAct(expanded, expanded, mid_kernel, stride, groups=expanded, dilation=dilation,
+                                   norm=norm, act=act) if mid_kernel else nn.Identity())
+        self.project = ConvNormAct(expanded, out_ch, 1, norm=norm, act=None)
+        self.layer_scale = LayerScale(out_ch, layer_scale) if layer_scale else nn.Identity()
+        self.use_residual = stride == 1 and in_ch == out_ch
+        self.out_channels = out_ch
+        # SSDLite's tap (V2 paper section 6.2) is the expanded map entering the strided depthwise conv: the
+        # middle one. Blocks without a middle depthwise conv (ConvNext-like, FFN) have no such map.
+        self.expansion_channels = expanded if mid_kernel else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_expansion(x)[0]
+
+    def forward_expansion(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(output, expansion)``: the expansion is the input of the middle depthwise conv."""
+        expansion = self.expand(self.start_dw(x))  # (B, expanded, H, W)
+        y = self.mid_dw(expansion)  # (B, expanded, H/stride, W/stride)
+        y = self.layer_scale(self.project(y))  # (B, out, H/stride, W/stride), linear
+        return (x + y if self.use_residual else y), expansion
+
+
+class MobileMQA(nn.Module):
+    """MobileNetV4's Mobile MQA block (arXiv:2404.10518 section 5; TF ``MultiHeadSelfAttentionBlock`` with
+    ``use_multi_query``):
+
+        BN (no activation)
+        multi-query attention, keys and values optionally downsampled
+        layer scale
+        + input
+    """
+
+    expansion_channels = None
+
+    def __init__(self, channels: int, *, heads: int, key_dim: int, kv_stride: int, norm: NormFactory,
+                 layer_scale: float | None = None, kv_kernel: int = 3, dilation: int = 1):
+        super().__init__()
+        self.norm = norm(channels)
+        self.attn = MultiQueryAttention(channels, heads=heads, key_dim=key_dim, value_dim=key_dim,
+                                        kv_stride=kv_stride, kv_kernel=kv_kernel, dilation=dilation, norm=norm)
+        self.layer_scale = LayerScale(channels, layer_scale) if layer_scale else nn.Identity()
+        self.out_channels = channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.layer_scale(self.attn(self.norm(x)))

@@ -6,59 +6,115 @@ Width multipliers and dilation (``output_stride``) are applied here, once, for e
   their width for multipliers below 1 (V2 paper section 6.1) and V3's 1280/1024 head is never scaled;
 - a stride-2 block that would take the total stride past ``output_stride`` keeps stride 1 and dilates the
   depthwise convs from there on (DeepLab's atrous trick, V2 paper section 6.3).
+
+The builder also records ``feature_info``: every map a task head may read (stage outputs, the output and the
+expansion of each stage's reducing block, the final conv), with its channels and reduction. ``features_only=True``
+builds the same network without pooling, head or classifier (and without the stages and final conv after the
+last requested map); its ``forward`` returns the requested maps.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import Enum
 
 import torch
 from torch import nn
 
 from .archs.spec import Architecture, Unit
-from .blocks import DepthwiseSeparable, InvertedResidual
+from .blocks import (ConvBlock, DepthwiseSeparable, FusedInvertedBottleneck, InvertedResidual, MobileMQA,
+                     UniversalInvertedBottleneck)
 from .errors import UserError
-from .layers import ConvNormAct, make_divisible, norm_factory
+from .layers import ConvNormAct, PooledConvNorm, make_divisible, norm_factory
 
-MIN_RESOLUTION = 32  # five stride-2 stages need at least 32 pixels to leave a 1x1 map
 OUTPUT_STRIDES = (8, 16, 32)
 DILATION_POLICIES = ("tf", "torchvision")
 
 
+class Location(str, Enum):
+    """Where in the network a feature map is taken."""
+
+    STAGE = "stage"  # output of a stage (``stages.i``): the default features_only maps, timm's
+    BLOCK = "block"  # output of a stage's reducing block (``stages.i.j``, the strided one): torchvision's
+    #                  LR-ASPP "low" and DeepLabV3 aux maps (its ``stage_indices``)
+    EXPANSION = "expansion"  # the reducing block's expansion output, before its strided depthwise conv: where
+    #                          SSDLite attaches (V2 paper section 6.2, V3 paper section 6.3)
+    FINAL = "final"  # output of the final 1x1 conv (V2's 1280, V3's 960 / 576)
+
+
 @dataclass(frozen=True)
 class FeatureInfo:
-    """One feature map a dense-prediction head can tap."""
+    """One feature map a dense-prediction head can read, recorded by the builder."""
 
-    stage: int  # index into feature_info order (== stages index; the final conv comes last)
+    module: str  # the module whose output this is ("stages.3", "stages.3.0", "final_conv"); for EXPANSION the
+    #              block whose expansion it is
     channels: int
-    reduction: int  # input size / feature map size (before dilation takes over)
-    module: str  # module path whose output this is, e.g. "stages.3"
+    reduction: int  # input size / map size (before dilation takes over)
+    location: Location = Location.STAGE
+
+
+@dataclass(frozen=True)
+class Select:
+    """A ``feature_info`` entry named by what it is, for heads written for any backbone: the first entry at
+    ``location`` whose reduction reaches ``reduction`` (None: the deepest entry at ``location``); ``fallback``
+    when the backbone has none (MobileNetV1's blocks have no expansion)."""
+
+    location: Location
+    reduction: int | None = None
+    fallback: "Select | None" = None
+
+    def index(self, info: Sequence[FeatureInfo]) -> int:
+        found = [i for i, f in enumerate(info) if f.location == self.location
+                 and (self.reduction is None or f.reduction >= self.reduction)]
+        if found:
+            return found[-1] if self.reduction is None else found[0]
+        if self.fallback is not None:
+            return self.fallback.index(info)
+        raise UserError(f"this backbone has no {self.location.value} feature map"
+                        f"{'' if self.reduction is None else f' at reduction {self.reduction}'}; its maps are "
+                        + ", ".join(f"{f.module} ({f.location.value}, /{f.reduction})" for f in info))
+
+
+LAST = Select(Location.FINAL, fallback=Select(Location.STAGE))  # the deepest map (forward_features')
 
 
 class MobileNet(nn.Module):
     """Every MobileNet variant. Build it with :func:`mobilenets.create_model`.
 
-    forward(x) = forward_head(forward_features(x)); ``forward_intermediates`` returns the output of each stage
-    listed in ``feature_info``.
+    forward(x) = forward_head(forward_features(x)); ``forward_intermediates`` returns maps listed in
+    ``feature_info``. Built with ``features_only=True`` the model has no pooling, head or classifier and
+    ``forward(x)`` returns the maps of ``out_indices``.
     """
 
+    # What a checkpoint needs to rebuild this exact network (set by create_model; see checkpoint.py).
+    arch_name: str = ""
+    arch_options: dict
+
     def __init__(self, arch: Architecture, *, stem: nn.Module, stages: nn.Sequential, final_conv: nn.Module,
-                 head_fc: nn.Module, head_act: nn.Module, num_features: int, head_hidden_size: int,
-                 num_classes: int, dropout: float, in_chans: int, feature_info: list[FeatureInfo]):
+                 head_fc: nn.Module | None, head_act: nn.Module | None, num_features: int, head_hidden_size: int,
+                 num_classes: int, dropout: float, in_chans: int, feature_info: list[FeatureInfo],
+                 out_indices: tuple[int, ...] | None = None):
         super().__init__()
         self.arch = arch
+        self.arch_options = {}
         self.in_chans = in_chans
         self.stem = stem
         self.stages = stages
         self.final_conv = final_conv
-        self.global_pool = nn.AdaptiveAvgPool2d(1)
-        self.head_fc = head_fc
-        self.head_act = head_act
-        self.dropout = nn.Dropout(dropout)
-        self.num_features = num_features  # channels of forward_features' output
-        self.head_hidden_size = head_hidden_size  # width of the pre-logits vector
-        self.num_classes = num_classes
-        self.classifier = nn.Linear(head_hidden_size, num_classes) if num_classes else nn.Identity()
         self.feature_info = feature_info
+        self.num_features = num_features  # channels of forward_features' output
+        self.features_only = out_indices is not None
+        self.out_indices = out_indices  # features_only: the feature_info entries forward returns
+        if not self.features_only:
+            self.global_pool = nn.AdaptiveAvgPool2d(1)
+            self.head_fc = head_fc
+            self.head_act = head_act
+            self.dropout = nn.Dropout(dropout)
+            self.head_hidden_size = head_hidden_size  # width of the pre-logits vector
+            self.num_classes = num_classes
+            self.classifier = nn.Linear(head_hidden_size, num_classes) if num_classes else nn.Identity()
+        # (stage, block, location) of every entry, so forward_intermediates walks the blocks once
+        self._taps = {_position(f): i for i, f in enumerate(feature_info)}
         _init_weights(self)
 
     # -- the model contract ------------------------------------------------------------------------
@@ -67,9 +123,8 @@ class MobileNet(nn.Module):
             raise UserError(f"expected input of shape (batch, {self.in_chans}, height, width), got "
                             f"{tuple(x.shape)}; build the model with in_chans={x.shape[1] if x.dim() == 4 else '?'}"
                             " or convert the images")
-        if x.shape[-2] < MIN_RESOLUTION or x.shape[-1] < MIN_RESOLUTION:
-            raise UserError(f"input {x.shape[-2]}x{x.shape[-1]} is smaller than {MIN_RESOLUTION}x{MIN_RESOLUTION}; "
-                            "resize the images to at least 32 pixels a side")
+        if x.shape[-2] < 1 or x.shape[-1] < 1:  # padded convs leave >= 1x1 of any non-empty input, as in torchvision
+            raise UserError(f"input {x.shape[-2]}x{x.shape[-1]} has no pixels; pass images of at least 1x1")
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
@@ -82,33 +137,63 @@ class MobileNet(nn.Module):
             return x
         return self.classifier(self.dropout(x))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor):
+        if self.features_only:
+            return self.forward_intermediates(x, self.out_indices)  # list of (B, C_i, H/r_i, W/r_i)
         return self.forward_head(self.forward_features(x))
 
-    def forward_intermediates(self, x: torch.Tensor, indices: list[int] | None = None) -> list[torch.Tensor]:
-        """Feature maps listed in ``feature_info`` (all, or those ``indices``), shallow to deep."""
+    def forward_intermediates(self, x: torch.Tensor, indices: Sequence[int] | None = None) -> list[torch.Tensor]:
+        """The maps of ``feature_info`` entries ``indices`` (default: the stage outputs and the final conv), in
+        the order of ``indices``. One pass; it stops after the deepest requested map."""
         self.check_input(x)
-        wanted = set(range(len(self.feature_info)) if indices is None else indices)
-        last = max(wanted)
-        outs = []
+        if indices is None:
+            indices = [i for i, f in enumerate(self.feature_info) if f.location in (Location.STAGE, Location.FINAL)]
+        wanted = set(indices)
+        bad = [i for i in wanted if not 0 <= i < len(self.feature_info)]
+        if bad:
+            raise UserError(f"feature indices {bad} out of range; this model has {len(self.feature_info)} maps")
+        maps: dict[int, torch.Tensor] = {}
+        taps = self._taps
+
+        def keep(key, value):
+            i = taps.get(key)
+            if i is not None and i in wanted:
+                maps[i] = value
+
         x = self.stem(x)
-        for i, stage in enumerate(self.stages):
-            x = stage(x)
-            if i in wanted:
-                outs.append(x)
-            if i == last:
-                return outs
-        outs.append(self.final_conv(x))
-        return outs
+        for s, stage in enumerate(self.stages):
+            if len(maps) == len(wanted):
+                break
+            for b, block in enumerate(stage):
+                i = taps.get((s, b, Location.EXPANSION))
+                if i is not None and i in wanted:
+                    x, expansion = block.forward_expansion(x)
+                    maps[i] = expansion
+                else:
+                    x = block(x)
+                keep((s, b, Location.BLOCK), x)
+            keep((s, None, Location.STAGE), x)
+        if len(maps) < len(wanted):
+            keep((None, None, Location.FINAL), self.final_conv(x))
+        return [maps[i] for i in indices]
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the classifier by a fresh one with ``num_classes`` outputs (0: none, pre-logits out)."""
+        if self.features_only:
+            raise UserError("a features_only model has no classifier; build it without features_only")
         if num_classes < 0:
             raise UserError(f"num_classes must be >= 0, got {num_classes}")
         self.num_classes = num_classes
         self.classifier = nn.Linear(self.head_hidden_size, num_classes) if num_classes else nn.Identity()
         if num_classes:
             _init_linear(self.classifier)
+
+
+def _position(info: FeatureInfo) -> tuple[int | None, int | None, Location]:
+    parts = info.module.split(".")  # "stages.3", "stages.3.0" or "final_conv", as the builder wrote them
+    stage = int(parts[1]) if parts[0] == "stages" else None
+    block = int(parts[2]) if len(parts) > 2 else None
+    return stage, block, info.location
 
 
 def _init_linear(m: nn.Linear) -> None:
@@ -131,17 +216,22 @@ def _init_weights(model: nn.Module) -> None:
 
 
 BUILD_OPTIONS = ("width_multiplier", "num_classes", "in_chans", "dropout", "output_stride", "norm_layer",
-                 "bn_eps", "bn_momentum", "dilation_policy")
+                 "bn_eps", "bn_momentum", "dilation_policy", "features_only", "out_indices")
 
 
 def build(arch: Architecture, *, width_multiplier: float = 1.0, num_classes: int = 1000, in_chans: int = 3,
           dropout: float | None = None, output_stride: int = 32, norm_layer="batchnorm",
-          bn_eps: float | None = None, bn_momentum: float | None = None, dilation_policy: str = "tf") -> MobileNet:
+          bn_eps: float | None = None, bn_momentum: float | None = None, dilation_policy: str = "tf",
+          features_only: bool = False, out_indices: Sequence[int | Select] | None = None) -> MobileNet:
     """Build ``arch`` at the given width.
 
     dilation_policy: where the first dilated block starts when ``output_stride`` < 32. "tf" (the DeepLab /
     TF-slim reference, and timm): the block that loses its stride keeps dilation 1 and the blocks after it are
     dilated. "torchvision": that block is dilated too (torchvision's ``dilated=True`` backbones).
+
+    features_only: no pooling, head or classifier; ``forward`` returns the maps ``out_indices`` (indices into
+    ``feature_info`` or :class:`Select` queries; default the stage outputs and the final conv, timm's
+    convention). Stages and the final conv after the deepest requested map are not built.
     """
     w = float(width_multiplier)
     if not w > 0:
@@ -154,7 +244,7 @@ def build(arch: Architecture, *, width_multiplier: float = 1.0, num_classes: int
         raise UserError(f"in_chans must be a positive integer (1 for grayscale, 3 for RGB), got {in_chans}")
     if int(num_classes) != num_classes or num_classes < 0:
         raise UserError(f"num_classes must be an integer >= 0 (0: features only), got {num_classes}")
-    dropout = 0.2 if dropout is None else float(dropout)
+    dropout = arch.dropout if dropout is None else float(dropout)
     if not 0.0 <= dropout < 1.0:
         raise UserError(f"dropout must be in [0, 1), got {dropout}")
     norm = norm_factory(norm_layer, arch.bn_eps if bn_eps is None else bn_eps,
@@ -163,16 +253,19 @@ def build(arch: Architecture, *, width_multiplier: float = 1.0, num_classes: int
     def width(ch: int, keep_below_1: bool = False) -> int:
         return make_divisible(ch * (max(w, 1.0) if keep_below_1 else w))
 
-    stem_ch = width(arch.stem.out)
+    stem_ch = width(arch.stem.out, arch.stem.keep_below_1)
     stem = ConvNormAct(in_chans, stem_ch, arch.stem.kernel, arch.stem.stride, norm=norm, act=arch.stem.act)
 
     stages, feature_info = [], []
     current, in_ch = [], stem_ch
     reduction, dilation = arch.stem.stride, 1
+    reducing = None  # (block index, reduction before it) of the current stage's strided block
     units = arch.units()
     for i, unit in enumerate(units):
         out_ch = width(unit.out)
         stride, block_dilation = unit.stride, dilation
+        if stride > 1 and reducing is None:
+            reducing = (len(current), reduction)
         if stride > 1 and reduction * stride > output_stride:
             dilation *= stride  # atrous: keep the resolution, widen the receptive field instead
             stride = 1
@@ -183,37 +276,94 @@ def build(arch: Architecture, *, width_multiplier: float = 1.0, num_classes: int
         current.append(_make_block(unit, in_ch, out_ch, stride, block_dilation, norm))
         in_ch = out_ch
         # A stage ends where the output width changes (the papers' tables group rows this way).
-        if i + 1 == len(units) or units[i + 1].out != unit.out:
-            feature_info.append(FeatureInfo(len(stages), out_ch, reduction, f"stages.{len(stages)}"))
+        # V4's tables number their stages (Unit.stage), and a V4 stage changes width inside (Conv-S stage 1).
+        if i + 1 == len(units) or (units[i + 1].stage != unit.stage if unit.stage is not None
+                                   else units[i + 1].out != unit.out):
+            s = len(stages)
+            if reducing is not None:
+                b, before = reducing
+                expanded = getattr(current[b], "expansion_channels", None)
+                if expanded is not None:
+                    feature_info.append(FeatureInfo(f"stages.{s}.{b}", expanded, before, Location.EXPANSION))
+                if len(current) > 1:  # else the block's output is the stage's
+                    feature_info.append(FeatureInfo(f"stages.{s}.{b}", current[b].out_channels, reduction,
+                                                    Location.BLOCK))
+            feature_info.append(FeatureInfo(f"stages.{s}", out_ch, reduction, Location.STAGE))
             stages.append(nn.Sequential(*current))
-            current = []
+            current, reducing = [], None
 
     final_conv: nn.Module = nn.Identity()
     if arch.final_conv is not None:
         final_ch = width(arch.final_conv.out, arch.final_conv.keep_below_1)
         final_conv = ConvNormAct(in_ch, final_ch, 1, norm=norm, act=arch.final_conv.act)
-        feature_info.append(FeatureInfo(len(stages), final_ch, reduction, "final_conv"))
-        in_ch = final_ch
-    num_features = in_ch
+        feature_info.append(FeatureInfo("final_conv", final_ch, reduction, Location.FINAL))
 
-    head_fc: nn.Module = nn.Identity()
-    head_act: nn.Module = nn.Identity()
-    head_hidden = num_features
-    if arch.head is not None:
-        head_hidden = arch.head.out
-        head_fc = nn.Linear(num_features, head_hidden)  # == a 1x1 conv with bias on the pooled map, no BN
-        head_act = arch.head.act.layer()
+    head_fc: nn.Module | None = nn.Identity()
+    head_act: nn.Module | None = nn.Identity()
+    kept = None
+    if features_only:
+        kept = _resolve_indices(out_indices, feature_info)
+        deepest = feature_info[max(kept)]
+        if deepest.location != Location.FINAL:
+            final_conv = nn.Identity()
+            last_stage = _position(deepest)[0]
+            stages = stages[:last_stage + 1]
+            feature_info = feature_info[:max(i for i, f in enumerate(feature_info)
+                                             if _position(f)[0] == last_stage) + 1]
+        num_features = feature_info[max(kept)].channels
+        head_fc = head_act = None
+        head_hidden = 0
+    else:
+        if out_indices is not None:
+            raise UserError("out_indices needs features_only=True")
+        num_features = feature_info[-1].channels
+        head_hidden = num_features
+        if arch.head is not None:
+            head_hidden = arch.head.out
+            if arch.head.norm:  # V4: 1x1 conv, no bias, then BN
+                head_fc = PooledConvNorm(num_features, head_hidden, norm=norm)
+            else:
+                head_fc = nn.Linear(num_features, head_hidden)  # == a 1x1 conv with bias on the pooled map, no BN
+            head_act = arch.head.act.layer()
 
     return MobileNet(arch, stem=stem, stages=nn.Sequential(*stages), final_conv=final_conv, head_fc=head_fc,
                      head_act=head_act, num_features=num_features, head_hidden_size=head_hidden,
                      num_classes=int(num_classes), dropout=dropout, in_chans=int(in_chans),
-                     feature_info=feature_info)
+                     feature_info=feature_info, out_indices=kept)
+
+
+def _resolve_indices(out_indices, info: list[FeatureInfo]) -> tuple[int, ...]:
+    if out_indices is None:
+        return tuple(i for i, f in enumerate(info) if f.location in (Location.STAGE, Location.FINAL))
+    kept = []
+    for q in out_indices:
+        i = q.index(info) if isinstance(q, Select) else q
+        if not isinstance(i, int) or not 0 <= i < len(info):
+            raise UserError(f"out_indices entry {q!r} is not one of this model's {len(info)} feature maps "
+                            f"(0-{len(info) - 1}, see model.feature_info)")
+        kept.append(i)
+    if len(set(kept)) != len(kept):
+        raise UserError(f"out_indices {list(out_indices)} name one feature map twice")
+    return tuple(kept)
 
 
 def _make_block(unit: Unit, in_ch: int, out_ch: int, stride: int, dilation: int, norm) -> nn.Module:
     if unit.block == "depthwise_separable":
         return DepthwiseSeparable(in_ch, out_ch, stride=stride, dilation=dilation, kernel=unit.kernel,
                                   act=unit.act, norm=norm)
+    if unit.block == "conv":
+        return ConvBlock(in_ch, out_ch, unit.kernel, stride, dilation=dilation, norm=norm, act=unit.act)
+    if unit.block == "fused_ib":
+        return FusedInvertedBottleneck(in_ch, out_ch, expanded=make_divisible(in_ch * unit.expansion),
+                                       kernel=unit.kernel, stride=stride, act=unit.act, norm=norm, dilation=dilation)
+    if unit.block == "uib":
+        return UniversalInvertedBottleneck(in_ch, out_ch, expanded=make_divisible(in_ch * unit.expansion),
+                                           start_kernel=unit.start_kernel, mid_kernel=unit.kernel, stride=stride,
+                                           act=unit.act, norm=norm, layer_scale=unit.layer_scale, dilation=dilation)
+    if unit.block == "mobile_mqa":
+        # heads and key width are not scaled by the width multiplier (timm, TF); the block keeps its width
+        return MobileMQA(in_ch, heads=unit.heads, key_dim=unit.key_dim, kv_stride=unit.kv_stride, norm=norm,
+                         layer_scale=unit.layer_scale, kv_kernel=unit.kernel, dilation=dilation)
     expanded = in_ch if unit.expansion == 1 else make_divisible(in_ch * unit.expansion)
     se_reduced = make_divisible(expanded / 4) if unit.se else None  # V3 section 5.3: 1/4 of the expansion
     return InvertedResidual(in_ch, out_ch, expanded=expanded, kernel=unit.kernel, stride=stride, act=unit.act,
