@@ -39,8 +39,11 @@ class Act(str, Enum):
     RELU = "relu"
     RELU6 = "relu6"
     HSWISH = "hswish"
+    GELU = "gelu"  # MobileNetV4-Hybrid-L (TF and timm definitions; the paper's tables do not say)
 
     def layer(self) -> nn.Module:
+        if self is Act.GELU:
+            return nn.GELU()  # the exact erf form, as timm's Hybrid-L weights were trained with
         # nn.Hardswish is the paper's h-swish, x * ReLU6(x + 3) / 6 (V3 section 5.2); it exports to the
         # native ONNX HardSwish op.
         return {Act.RELU: nn.ReLU, Act.RELU6: nn.ReLU6, Act.HSWISH: nn.Hardswish}[self](inplace=True)
@@ -107,3 +110,85 @@ class SqueezeExcite(nn.Module):
         s = F.adaptive_avg_pool2d(x, 1)  # (B, C, 1, 1)
         s = self.gate(self.fc2(self.act(self.fc1(s))))
         return x * s
+
+
+class LayerScale(nn.Module):
+    """Learnable per-channel scale of a residual branch, initialised small so that each block starts close to
+    the identity (CaiT, arXiv:2103.17239). MobileNetV4's hybrids put one, init 1e-5, on every UIB and Mobile MQA
+    block (TF Model Garden ``MNV4LayerScale``; timm ``layer_scale_init_value``)."""
+
+    def __init__(self, channels: int, init: float):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((channels,), float(init)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma.view(1, -1, 1, 1)
+
+
+class PooledConvNorm(nn.Module):
+    """1x1 conv (no bias) -> norm on a globally pooled map, given and returned as a (B, C) vector: MobileNetV4's
+    post-pooling 1280 layer, which has BN where V3's has a bias (TF ``convbn(1, 1, 1280)``; timm
+    ``head_norm``). The activation follows outside, as for V3's head."""
+
+    def __init__(self, in_ch: int, out_ch: int, *, norm: NormFactory):
+        super().__init__()
+        self.conv = nn.Conv2d(in_ch, out_ch, 1, bias=False)
+        self.bn = norm(out_ch)
+        self.out_channels = out_ch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(x[:, :, None, None])).flatten(1)  # (B, C_in) -> (B, C_out)
+
+
+class DotProductAttention(nn.Module):
+    """softmax(q k^T / sqrt(d)) v. A leaf module of its own so that :func:`mobilenets.profile` counts the two
+    matrix products (``count_macs``), which hooks on convolutions and linear layers would miss.
+
+    Shapes: q (B, heads, N, d); k (B, 1 or heads, M, d); v (B, 1 or heads, M, d_v) -> (B, heads, N, d_v). A single
+    key/value head broadcasts over the query heads: multi-query attention (Shazeer, arXiv:1911.02150).
+    """
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        logits = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5  # (B, heads, N, M)
+        return logits.softmax(dim=-1) @ v
+
+    @staticmethod
+    def count_macs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor) -> int:
+        heads, n, d = q.shape[1:]
+        m, d_v = v.shape[-2:]
+        return heads * n * m * (d + d_v)  # q k^T, then (attention) v; per image
+
+
+class MultiQueryAttention(nn.Module):
+    """MobileNetV4's Mobile MQA (arXiv:2404.10518 section 5, Eq. 2) on a (B, C, H, W) map: ``heads`` query heads
+    of ``key_dim`` channels share one key head and one value head. With ``kv_stride`` > 1, keys and values are
+    computed on a map reduced by a stride-``kv_stride`` 3x3 depthwise conv + BN, one for K and another for V (the
+    paper's SR(X); the TF and timm definitions, whose weights exist, give K and V separate ones). No biases.
+    """
+
+    def __init__(self, channels: int, *, heads: int, key_dim: int, value_dim: int, kv_stride: int = 1,
+                 kv_kernel: int = 3, dilation: int = 1, norm: NormFactory):
+        super().__init__()
+        self.heads, self.key_dim, self.value_dim = heads, key_dim, value_dim
+
+        def downsample() -> nn.Module:
+            if kv_stride == 1:
+                return nn.Identity()
+            return ConvNormAct(channels, channels, kv_kernel, kv_stride, groups=channels, dilation=dilation,
+                               norm=norm, act=None)
+
+        self.query = nn.Conv2d(channels, heads * key_dim, 1, bias=False)
+        self.key_down = downsample()
+        self.key = nn.Conv2d(channels, key_dim, 1, bias=False)
+        self.value_down = downsample()
+        self.value = nn.Conv2d(channels, value_dim, 1, bias=False)
+        self.attend = DotProductAttention()
+        self.output = nn.Conv2d(heads * value_dim, channels, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        q = self.query(x).reshape(b, self.heads, self.key_dim, -1).transpose(-2, -1)  # (B, heads, HW, d)
+        k = self.key(self.key_down(x)).flatten(2).transpose(-2, -1).unsqueeze(1)  # (B, 1, hw, d)
+        v = self.value(self.value_down(x)).flatten(2).transpose(-2, -1).unsqueeze(1)  # (B, 1, hw, d_v)
+        o = self.attend(q, k, v)  # (B, heads, HW, d_v)
+        return self.output(o.transpose(-2, -1).reshape(b, self.heads * self.value_dim, h, w))

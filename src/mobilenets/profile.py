@@ -1,4 +1,5 @@
-"""Per-layer parameters and MACs (multiply-accumulates of conv and linear layers: the papers' "Mult-Adds").
+"""Per-layer parameters and MACs (multiply-accumulates of conv and linear layers and of attention's matrix
+products: the papers' "Mult-Adds").
 
 Counted by running one forward pass with hooks on every leaf module, so the count follows the real output
 shapes (any resolution, dilation, non-square input) rather than a formula that could drift from the code.
@@ -40,7 +41,10 @@ class Profile:
         return "\n".join(lines)
 
 
-def _macs(module: nn.Module, out: torch.Tensor) -> int:
+def _macs(module: nn.Module, inputs: tuple, out: torch.Tensor) -> int:
+    count = getattr(module, "count_macs", None)  # layers without weights that multiply, e.g. attention
+    if count is not None:
+        return count(*inputs, out)
     if isinstance(module, nn.Conv2d):
         k = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
         return out.numel() // out.shape[0] * k  # per image
@@ -62,7 +66,7 @@ def profile(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 224)) 
             if not isinstance(output, torch.Tensor):
                 return
             params = sum(p.numel() for p in module.parameters(recurse=False))
-            macs = _macs(module, output)
+            macs = _macs(module, inputs, output)
             if params or macs:
                 rows.append(LayerRow(name, type(module).__name__, tuple(output.shape[1:]), params, macs))
         return record

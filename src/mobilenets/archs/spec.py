@@ -1,6 +1,6 @@
 """Typed rows for the papers' architecture tables.
 
-Each variant (``v1.py``, ``v2.py``, ``v3.py``) writes its table as a tuple of these rows, one per row of the
+Each variant (``v1.py`` ... ``v4.py``) writes its table as a tuple of these rows, one per row of the
 paper's table. A row knows how to unroll itself into :class:`Unit` s, one per block, at width 1.0; the builder
 in ``model.py`` applies the width multiplier (through ``make_divisible``) and turns strides into dilations.
 """
@@ -15,13 +15,19 @@ from ..layers import Act
 class Unit:
     """One block of the network at width multiplier 1.0."""
 
-    block: str  # "depthwise_separable" (V1) or "inverted_residual" (V2/V3)
+    block: str  # "depthwise_separable" (V1), "inverted_residual" (V2/V3); V4: "conv", "fused_ib", "uib", "mobile_mqa"
     out: int
     stride: int
-    kernel: int = 3
+    kernel: int = 3  # the depthwise kernel after the expansion (V4 UIB: the middle one, 0 = none)
     expansion: float = 1.0  # expanded width / input width (V2's t; V3's exp size / input size)
     se: bool = False
     act: Act = Act.RELU6
+    start_kernel: int = 0  # V4 UIB: the depthwise kernel before the expansion (0 = none)
+    layer_scale: float | None = None  # V4 hybrids: initial value of the per-channel residual scale
+    heads: int = 0  # V4 Mobile MQA: query heads; key width (= value width); key/value downsampling stride
+    key_dim: int = 0
+    kv_stride: int = 1
+    stage: int | None = None  # the paper's stage, for tables that number them (V4); None: by width (see model.py)
 
 
 @dataclass(frozen=True)
@@ -32,6 +38,7 @@ class Stem:
     act: Act
     stride: int = 2
     kernel: int = 3
+    keep_below_1: bool = False  # keep ``out`` at multipliers below 1 (timm's ``fix_stem``; V4's default)
 
 
 @dataclass(frozen=True)
@@ -99,6 +106,7 @@ class HeadFC:
 
     out: int
     act: Act
+    norm: bool = False  # V4: 1x1 conv without bias + BN + act (TF ``convbn(1, 1, 1280)``); V3: with bias, no BN
 
 
 @dataclass(frozen=True)
@@ -117,9 +125,87 @@ class Architecture:
     paper_figures: dict = field(default_factory=dict)  # (width, resolution) -> (top-1, M MACs, M params)
 
     def units(self) -> list[Unit]:
+        """Every block at width 1.0. ``rows`` holds the table's rows, or (V4) one tuple of rows per stage."""
         units, in_ch = [], self.stem.out
-        for row in self.rows:
-            for unit in row.units(in_ch):
-                units.append(unit)
-                in_ch = unit.out
+        for index, group in enumerate(self.rows):
+            stage = index if isinstance(group, tuple) else None
+            for row in group if isinstance(group, tuple) else (group,):
+                for unit in row.units(in_ch):
+                    units.append(unit if stage is None else replace(unit, stage=stage))
+                    in_ch = unit.out
         return units
+
+
+# -- MobileNetV4 (arXiv:2404.10518, Appendix D Tables 11-15) ------------------------------------------------------
+@dataclass(frozen=True)
+class Conv:
+    """A full ``k`` x ``k`` conv-BN-act row (Conv-S's stage 0/1 layers, as the TF/timm definitions build them)."""
+
+    k: int
+    out: int
+    stride: int = 1
+    act: Act = Act.RELU
+
+    def units(self, in_ch: int) -> list[Unit]:
+        return [Unit("conv", self.out, self.stride, self.k, act=self.act)]
+
+
+@dataclass(frozen=True)
+class FusedIB:
+    """A "FusedIB k x k" row: full ``k`` x ``k`` expansion conv to ``e`` x the input width, then 1x1 projection."""
+
+    k: int
+    e: float
+    out: int
+    stride: int
+    act: Act = Act.RELU
+
+    def units(self, in_ch: int) -> list[Unit]:
+        return [Unit("fused_ib", self.out, self.stride, self.k, float(self.e), act=self.act)]
+
+
+@dataclass(frozen=True)
+class UIB:
+    """A Universal Inverted Bottleneck row of Tables 11-15: ``start`` / ``mid`` depthwise kernels (the tables'
+    "start DW" / "middle DW"; 0 = absent), expansion ratio ``e`` of the input width, ``out`` channels, stride of
+    the first of ``n`` repeats. ExtraDW = both kernels, IB = ``mid`` only, ConvNext = ``start`` only, FFN =
+    neither."""
+
+    start: int
+    mid: int
+    e: float
+    out: int
+    stride: int = 1
+    n: int = 1
+    act: Act = Act.RELU
+    layer_scale: float | None = None
+
+    def __post_init__(self):
+        for k in (self.start, self.mid):
+            if k and k % 2 == 0:
+                raise ValueError(f"UIB depthwise kernels must be odd or 0 (absent), got {k}")
+        if self.stride > 1 and not (self.start or self.mid):
+            raise ValueError("a strided UIB row needs a depthwise kernel to carry the stride")
+
+    def units(self, in_ch: int) -> list[Unit]:
+        return [Unit("uib", self.out, self.stride if i == 0 else 1, self.mid, float(self.e), act=self.act,
+                     start_kernel=self.start, layer_scale=self.layer_scale) for i in range(self.n)]
+
+
+@dataclass(frozen=True)
+class MobileMQA:
+    """A "Mobile MQA" row: ``heads`` query heads of ``key_dim`` channels sharing one key and one value head (key
+    width = value width); keys and values on a map downsampled by ``kv_stride`` (a 3x3 depthwise conv). The block
+    keeps its input width ``out``."""
+
+    heads: int
+    key_dim: int
+    out: int
+    kv_stride: int = 1
+    layer_scale: float | None = None
+
+    def units(self, in_ch: int) -> list[Unit]:
+        if in_ch != self.out:
+            raise ValueError(f"a Mobile MQA block keeps its width: input {in_ch}, out {self.out}")
+        return [Unit("mobile_mqa", self.out, 1, 3, heads=self.heads, key_dim=self.key_dim, kv_stride=self.kv_stride,
+                     layer_scale=self.layer_scale)]
