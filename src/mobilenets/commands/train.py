@@ -1,111 +1,109 @@
-"""``mobilenets train | eval | predict | demo``.
+"""``mobilenets train | eval | predict | demo``: every flag of these commands, the typed configs built from them,
+and all their printing. The work is the library's: :func:`mobilenets.train.trainer.fit` with a task of
+:mod:`mobilenets.tasks`, the task's evaluation, and the runners of :mod:`mobilenets.deploy`.
 
-The task-independent options live here; each task module (``mobilenets.train.classify``, ``.detect``,
-``.segment``) adds its own with ``add_arguments(parser, command)`` and does the work in ``train(args)``,
-``evaluate(args)`` and ``predict(args)``. The task is ``--task``, else the checkpoint's ``meta.task``, else
-classify. Task modules are imported only when present, so a missing one costs just that task.
+The task is ``--task``, else the checkpoint's (or the resumed run's), else classify.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
+import logging
 from pathlib import Path
 
+import torch
+
+from ..checkpoint import load_checkpoint
+from ..data.loaders import DataConfig
+from ..data.transforms import AUGMENTATIONS, STRONG_ERASE_P, erase_probability
 from ..errors import UserError
+from ..tasks import TASKS, get_task
+from ..tasks.base import save_png
+from ..train.config import TrainConfig
+from ..train.recipes import PROGRESSIVE_RAMP_END, RECIPES, resolve_recipe
+from ..train.state import read_config
+from ..train.trainer import fit, open_run
 
-TASKS = ("classify", "detect", "segment")
-ENTRY = {"train": "train", "eval": "evaluate", "predict": "predict"}
+log = logging.getLogger(__name__)
 
-
-def _task_module(task: str, required: bool = True):
-    name = f"mobilenets.train.{task}"
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as e:
-        if e.name != name:  # a real missing dependency inside the module: surface it
-            raise
-        if required:
-            raise UserError(f"task {task} is not available in this installation ({name} is missing); "
-                            "use --task classify") from None
-        return None
+BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
+RUNTIME_OPTIONS = ("threads",)  # taken from the resuming command, not from config.json
 
 
-def _checkpoint_task(path: str) -> str:
-    """The task of a checkpoint or of an exported model file (classify when it cannot tell)."""
-    suffix = Path(path).suffix
-    if not Path(path).is_file():
-        return "classify"
-    if suffix == ".safetensors":
-        from ..checkpoint import read_checkpoint
-        return read_checkpoint(path)[1].task
-    if suffix == ".onnx":
-        from ..checkpoint import CheckpointMeta
-        from ..deploy.runtime import onnx_properties
-        from ..deploy.export import META_KEY
-        text = onnx_properties(Path(path)).get(META_KEY)
-        return CheckpointMeta.from_json(text).task if text else "classify"
-    return "classify"
-
-
-def _run_task(run_dir: Path) -> str:
-    config = run_dir / "config.json"
-    return json.loads(config.read_text()).get("task", "classify") if config.is_file() else "classify"
-
-
-def _dispatch(args: argparse.Namespace):
-    task = args.task
-    if task is None:
-        if args.command == "train":
-            task = _run_task(args.resume) if args.resume else "classify"
-        else:
-            task = _checkpoint_task(args.checkpoint)
-    getattr(_task_module(task), ENTRY[args.command])(args)
-    return 0
-
+# -- flags -----------------------------------------------------------------------------------------------------
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", choices=TASKS, default=None,
+    p.add_argument("--task", choices=tuple(TASKS), default=None,
                    help="classify (default for train), detect or segment; eval/predict default to the "
                         "checkpoint's task")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
 
 
 def _train_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="mobilenet_v3_small", help="registry name (mobilenets models)")
-    p.add_argument("--data", default=None, help="fashion-mnist, a folder of its idx files, or an image folder")
+    p.add_argument("--model", default="mobilenet_v3_small",
+                   help="registry name (mobilenets models); for detect/segment a task model or a classification "
+                        "backbone, which gets the task's generic head (SSDLite, LR-ASPP)")
+    p.add_argument("--backbone", default=None,
+                   help="detect/segment: zoo backbone of the task model (default: --model when it is a "
+                        "classification model)")
+    p.add_argument("--data", default=None,
+                   help="classify: fashion-mnist, a folder of its idx files, or an image folder; detect/segment: "
+                        "scenes (default), a COCO folder or a mask folder")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--out", type=Path, default=None, help="run folder for checkpoints, metrics and figures")
     p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
                    help="continue a stopped run from its folder (its config.json; other options are ignored)")
     p.add_argument("--batch-size", type=int, default=128, help="per process")
     p.add_argument("--img-size", type=int, default=None,
-                   help="input resolution (default: 32 for Fashion-MNIST, 224 for image folders)")
+                   help="input resolution (default: 32 for Fashion-MNIST, 224 for image folders, the scene size "
+                        "for scenes, 320 / 512 for detection / segmentation folders)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
                    help="wall-time budget: the cosine schedule decays by whichever of epochs and time runs out "
-                        "first; classification stops before an epoch that would end past it, detection and "
-                        "segmentation at the limit")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader processes for image folders")
-    p.add_argument("--skip-bad", action="store_true", help="skip (and count) unreadable images instead of failing")
+                        "first; training stops when it is reached (mid-epoch), then evaluates")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader processes")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="skip (and count) unreadable images and invalid annotations instead of failing")
     p.add_argument("--limit-train", type=int, default=None, help="use only the first N training images")
     p.add_argument("--limit-val", type=int, default=None, help="use only the first N validation images")
+    d = p.add_argument_group("classification data")
+    d.add_argument("--augment", choices=AUGMENTATIONS, default="basic",
+                   help="none; basic: random crop + flip (default); strong: + random erasing "
+                        "(image folders: + TrivialAugment)")
+    d.add_argument("--erase", type=float, default=None, metavar="P",
+                   help=f"random-erasing probability (default: {STRONG_ERASE_P:g} with --augment strong, else 0)")
+    d.add_argument("--progressive-resize", type=int, default=None, metavar="PX",
+                   help="train at PX pixels first, growing linearly to --img-size by "
+                        f"{PROGRESSIVE_RAMP_END:.0%} of the run (epochs or --time-limit), then at "
+                        "--img-size to the end; evaluation and checkpoints always use --img-size".replace("%", "%%"))
+    d.add_argument("--in-chans", type=int, choices=(1, 3), default=None,
+                   help="input channels (default: 1 for Fashion-MNIST, 3 otherwise)")
+    d.add_argument("--val-fraction", type=float, default=None,
+                   help="share of an image folder without a val/ subfolder held out for validation (default 0.1)")
+    s = p.add_argument_group("detection / segmentation data")
+    s.add_argument("--scenes", type=int, default=None, help="--data scenes: number of training scenes (10000)")
+    s.add_argument("--scene-size", type=int, default=None, help="canvas size of the scenes (default 128)")
+    s.add_argument("--annotations", default=None, help="detect: COCO instances JSON of --data "
+                                                       "(default: DATA/instances.json)")
+    s.add_argument("--val-data", default=None,
+                   help="validation folder (default: the test split of scenes, or DATA/val)")
     m = p.add_argument_group("model")
     m.add_argument("--width", type=float, default=None, help="width multiplier")
     m.add_argument("--dropout", type=float, default=None)
     m.add_argument("--output-stride", type=int, choices=(8, 16, 32), default=None)
     m.add_argument("--bn-momentum", type=float, default=None,
                    help="BN running-statistics momentum (PyTorch convention; short runs want ~0.1)")
-    m.add_argument("--bn-recalibrate", type=int, default=20, metavar="BATCHES",
+    m.add_argument("--bn-recalibrate", type=int, default=None, metavar="BATCHES",
                    help="re-estimate BN statistics of the evaluated weights (EMA or model) on this many training "
-                        "batches before each evaluation (default 20; 0: off)")
+                        "batches before each evaluation (default 20 for classify, 8 for detect/segment; 0: off)")
     m.add_argument("--norm-layer", default=None, help="batchnorm (default), frozenbatchnorm, groupnorm")
     m.add_argument("--weights", default=None, help="start from torchvision, timm or a checkpoint PATH "
                                                   "(the classifier gets a new head for this data)")
     m.add_argument("--freeze", default="none", help="backbone, none or a stage index: frozen weights and BN stats")
     o = p.add_argument_group("recipe")
-    o.add_argument("--recipe", default="default", help="default (AdamW, warm-up + cosine, label smoothing, EMA), "
-                                                      "sgd, or rmsprop (the papers')")
+    o.add_argument("--recipe", default=None, choices=tuple(RECIPES),
+                   help="default (AdamW, warm-up + cosine, label smoothing, EMA; classify's default), sgd, "
+                        "rmsprop (the papers'), dense (detect/segment's default)")
     o.add_argument("--opt", default=None, choices=("sgd", "adamw", "rmsprop"), help="override the recipe's optimizer")
     o.add_argument("--lr", type=float, default=None, help="learning rate at the actual global batch")
     o.add_argument("--wd", type=float, default=None, help="weight decay")
@@ -113,6 +111,7 @@ def _train_options(p: argparse.ArgumentParser) -> None:
                    help="weight decay of depthwise filters (default: --wd's; the V1 paper uses little or none)")
     o.add_argument("--momentum", type=float, default=None)
     o.add_argument("--warmup-epochs", type=float, default=None)
+    o.add_argument("--label-smoothing", type=float, default=None, help="classify: overrides the recipe's (0.1)")
     o.add_argument("--ema-decay", type=float, default=None, help="0 turns EMA off")
     r = p.add_argument_group("runtime")
     r.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -122,28 +121,15 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def _add_task_arguments(p: argparse.ArgumentParser, command: str) -> None:
-    for task in TASKS:
-        module = _task_module(task, required=False)
-        if module is not None:
-            module.add_arguments(p, command)
-
-
-def _run_demo(args: argparse.Namespace):
-    from ..train.demo import run_demo
-    return run_demo(args.out, threads=args.threads, progress=not args.no_progress)
-
-
 def register(subparsers) -> None:
     p = subparsers.add_parser("train", help="train a model (single process, or torchrun for DDP)",
-                              description="Train a MobileNet. Distributed: torchrun --nproc_per_node N -m "
-                                          "mobilenets train ...")
+                              description="Train a MobileNet classifier, detector or segmenter. Distributed: "
+                                          "torchrun --nproc_per_node N -m mobilenets train ...")
     _common(p)
     _train_options(p)
-    _add_task_arguments(p, "train")
-    p.set_defaults(handler=_dispatch)
+    p.set_defaults(handler=train_command)
 
-    p = subparsers.add_parser("eval", help="evaluate a checkpoint: top-1/top-5 and per-class accuracy")
+    p = subparsers.add_parser("eval", help="evaluate a checkpoint: accuracy, COCO mAP or mIoU")
     p.add_argument("checkpoint")
     _common(p)
     p.add_argument("--data", default=None, help="default: the data set the checkpoint was trained on")
@@ -151,23 +137,204 @@ def register(subparsers) -> None:
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--skip-bad", action="store_true", help="skip (and count) unreadable images")
     p.add_argument("--limit-val", type=int, default=None, help="evaluate only the first N images")
+    p.add_argument("--val-fraction", type=float, default=None,
+                   help="classify: the held-out share of an image folder (default: the checkpoint's)")
+    p.add_argument("--scene-size", type=int, default=None, help="scenes: canvas size (default: the checkpoint's)")
+    p.add_argument("--annotations", default=None, help="detect: COCO instances JSON of --data")
+    p.add_argument("--tta", choices=("none", "flip"), default="none",
+                   help="classify: flip averages the class probabilities of each image and its mirror image "
+                        "(reported as such; default none, the single-view figure)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--no-progress", action="store_true")
-    _add_task_arguments(p, "eval")
-    p.set_defaults(handler=_dispatch)
+    p.set_defaults(handler=eval_command)
 
-    p = subparsers.add_parser("predict", help="top-k classes of image files")
-    p.add_argument("checkpoint")
+    p = subparsers.add_parser("predict", help="classes, boxes or masks of image files")
+    p.add_argument("checkpoint", help="a checkpoint or a file written by 'mobilenets export'")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     _common(p)
-    p.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "openvino"), default="torch")
+    p.add_argument("--backend", choices=BACKENDS, default="torch")
+    p.add_argument("--top-k", type=int, default=3, help="classify: classes shown per image (default 3)")
+    p.add_argument("--score-thresh", type=float, default=0.3,
+                   help="detect: list and draw detections scoring at least this (default 0.3)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="detect/segment: folder for the drawn predictions (PNG), default predictions/")
     p.add_argument("--json", action="store_true", help="print the predictions as JSON")
-    _add_task_arguments(p, "predict")
-    p.set_defaults(handler=_dispatch)
+    p.set_defaults(handler=predict_command)
 
     p = subparsers.add_parser("demo", help="train a small MobileNetV3 on Fashion-MNIST in a few minutes")
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(handler=_run_demo)
+    p.set_defaults(handler=demo_command)
+
+
+# -- train -----------------------------------------------------------------------------------------------------
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    task = get_task(args.task or "classify")
+    if args.out is None:
+        raise UserError("train needs --out RUN_DIR (the folder for checkpoints, metrics and figures)")
+    data = args.data or (None if task.name == "classify" else "scenes")
+    if data is None:
+        raise UserError("train needs --data: fashion-mnist or a folder of images with one subfolder per class")
+    if args.epochs < 1:
+        raise UserError(f"--epochs {args.epochs} must be at least 1")
+    if args.batch_size < 2:
+        raise UserError(f"--batch-size {args.batch_size} must be at least 2 (BatchNorm needs 2 samples)")
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads {args.threads} must be at least 1")
+    recipe = resolve_recipe(args.recipe or task.default_recipe, optimizer=args.opt, lr=args.lr, weight_decay=args.wd,
+                            depthwise_weight_decay=args.depthwise_wd, momentum=args.momentum,
+                            warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
+                            ema_decay=args.ema_decay)
+    options = {k: v for k, v in (("width_multiplier", args.width), ("dropout", args.dropout),
+                                 ("output_stride", args.output_stride), ("norm_layer", args.norm_layer),
+                                 ("bn_momentum", args.bn_momentum))
+               if v is not None}
+    erase_probability(args.augment, args.erase)  # a bad --erase fails here, before the run folder is made
+    if args.progressive_resize is not None and not (1 <= args.progressive_resize < (args.img_size or 32)):
+        raise UserError(f"--progressive-resize {args.progressive_resize} must be at least 1 and smaller than "
+                        f"--img-size {args.img_size or 32}; raise --img-size or leave the option out")
+    cfg = DataConfig(data=data, batch_size=args.batch_size, augment=args.augment, erase=args.erase,
+                     seed=args.seed, val_fraction=0.1 if args.val_fraction is None else args.val_fraction,
+                     num_workers=args.workers, skip_bad=args.skip_bad, limit_train=args.limit_train,
+                     limit_val=args.limit_val, scenes=args.scenes, scene_size=args.scene_size,
+                     annotations=args.annotations, val_data=args.val_data)
+    return TrainConfig(model=args.model, data=cfg, recipe=recipe, out=str(args.out), epochs=args.epochs,
+                       model_options=options, img_size=args.img_size, in_chans=args.in_chans, weights=args.weights,
+                       freeze=args.freeze, channels_last=args.channels_last, compile=args.compile,
+                       sync_bn=args.sync_bn, device=args.device, threads=args.threads,
+                       progress=not args.no_progress, time_limit=args.time_limit,
+                       bn_recalibrate=args.bn_recalibrate, progressive_resize=args.progressive_resize,
+                       task=task.name, backbone=args.backbone)
+
+
+def train_command(args: argparse.Namespace) -> int:
+    if args.resume:
+        run = open_run(args.resume, resume=True)
+        if not run.config.is_file():
+            raise UserError(f"{run.root} has no config.json; pass the folder of a run started with --out")
+        cfg = TrainConfig.from_dict(read_config(run.config))
+        if args.task is not None and args.task != cfg.task:
+            raise UserError(f"--resume {run.root} is a {cfg.task} run, not {args.task}")
+        cfg.progress = not args.no_progress
+        for k in RUNTIME_OPTIONS:
+            if getattr(args, k) is not None:
+                setattr(cfg, k, getattr(args, k))
+    else:
+        cfg = config_from_args(args)
+        run = open_run(cfg.out, resume=False)
+    fit(get_task(cfg.task), cfg, run, resume=bool(args.resume))
+    return 0
+
+
+# -- eval ------------------------------------------------------------------------------------------------------
+
+def evaluate_checkpoint(args: argparse.Namespace) -> dict:
+    """The report of ``mobilenets eval``."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, meta = load_checkpoint(args.checkpoint)
+    if args.task is not None and args.task != meta.task:
+        raise UserError(f"{args.checkpoint} is a {meta.task} checkpoint; pass --task {meta.task}")
+    task = get_task(meta.task)
+    trained = meta.extra.get("data", {}) if isinstance(meta.extra, dict) else {}
+    data = args.data or trained.get("data")
+    if data is None:
+        raise UserError(f"{args.checkpoint} does not record its data set; pass --data fashion-mnist or --data DIR")
+    defaults = task.eval_defaults(trained)
+    if args.val_fraction is not None:
+        defaults["val_fraction"] = args.val_fraction
+    cfg = DataConfig(data=data, batch_size=args.batch_size, num_workers=args.workers, skip_bad=args.skip_bad,
+                     limit_val=args.limit_val, scene_size=args.scene_size, annotations=args.annotations, **defaults)
+    val = task.open_eval_data(meta, cfg)
+    device = torch.device("cuda" if args.device == "cuda" else "cpu")
+    model.to(device, memory_format=torch.channels_last)
+    if args.tta == "flip":
+        if not task.resizable_inputs:
+            raise UserError("--tta flip is for classification checkpoints")
+        from ..tasks.classify import FlipAverage
+        model = FlipAverage(model)
+    metrics = task.evaluate(model, val, preprocessing=meta.preprocessing, class_names=meta.class_names,
+                            device=device, channels_last=True, progress=not (args.no_progress or args.json))
+    return {"checkpoint": str(args.checkpoint), "data": data, "task": task.name, "tta": args.tta,
+            **task.report(metrics, meta.class_names)}
+
+
+def eval_command(args: argparse.Namespace) -> int:
+    report = evaluate_checkpoint(args)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"{report['checkpoint']} on {report['data']}" + (" (flip test-time augmentation)"
+                                                          if report["tta"] == "flip" else ""))
+    for line in get_task(report["task"]).report_lines(report):
+        print(line)
+    return 0
+
+
+# -- predict ---------------------------------------------------------------------------------------------------
+
+def predict_images(args: argparse.Namespace) -> list[dict]:
+    """The results of ``mobilenets predict``, drawn into ``--out`` where the task draws."""
+    from ..deploy.runtime import open_runner
+
+    if args.top_k < 1:
+        raise UserError(f"--top-k {args.top_k} must be at least 1")
+    runner = open_runner(args.checkpoint, backend=args.backend, threads=args.threads)
+    meta = runner.meta
+    if meta is None:
+        raise UserError(f"{args.checkpoint} holds no mobilenets metadata; pass a checkpoint or a file written by "
+                        "'mobilenets export'")
+    if args.task is not None and args.task != meta.task:
+        raise UserError(f"{args.checkpoint} holds a {meta.task} model; pass --task {meta.task} or leave it out")
+    task = get_task(meta.task)
+    log.info("running %s on %s", args.checkpoint, runner.backend)
+    out = args.out or Path("predictions")
+    results = []
+    for path in args.images:
+        image, x = task.load(path, meta)
+        outputs = [torch.from_numpy(o) for o in runner.outputs(x.numpy())]
+        result = task.postprocess(outputs, meta, runner.properties, tuple(image.shape[-2:]), top_k=args.top_k,
+                                  score_thresh=args.score_thresh)
+        drawn = task.draw(image, result, meta)
+        entry = {"image": str(path), **{k: v for k, v in result.items() if not isinstance(v, torch.Tensor)}}
+        if drawn is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            target = out / (Path(path).stem + ".png")
+            save_png(drawn, target)
+            entry["drawn"] = str(target)
+        results.append(entry)
+        entry["line"] = task.result_line(result)
+    return results
+
+
+def predict_command(args: argparse.Namespace) -> int:
+    results = predict_images(args)
+    if args.json:
+        print(json.dumps([{k: v for k, v in r.items() if k != "line"} for r in results], indent=2))
+        return 0
+    for r in results:
+        print(f"{r['image']}: {r['line']}" + (f" -> {r['drawn']}" if "drawn" in r else ""))
+    return 0
+
+
+# -- demo ------------------------------------------------------------------------------------------------------
+
+def demo_command(args: argparse.Namespace) -> int:
+    from ..train.demo import run_demo
+
+    report = run_demo(args.out, threads=args.threads, progress=not args.no_progress)
+    print(f"\nrun folder {report['run']}:")
+    for name, size in report["files"]:
+        print(f"  {name}  ({size:,} bytes)")
+    record = report["record"]
+    print(f"\ntest accuracy (10,000 images): top-1 {record['val_top1']:.4f}, top-5 {record['val_top5']:.4f}")
+    print("\npredictions for a few test images (true class in the file name):")
+    predict_command(argparse.Namespace(checkpoint=report["best"], images=report["samples"], top_k=3, backend="torch",
+                                       threads=args.threads, json=False, task=None, score_thresh=0.3, out=None))
+    print(f"\nnext: mobilenets eval {report['best']} --data fashion-mnist ; mobilenets predict {report['best']} "
+          "IMAGE.png")
+    return 0
+

@@ -84,15 +84,18 @@ class TensorBatches:
 
 
 class FolderBatches:
-    """Batches of an image-folder split through a DataLoader; counts files skipped with ``--skip-bad``."""
+    """Batches of a data set through a DataLoader over a DistributedSampler (the same global batches for any
+    number of ranks); counts files skipped with ``--skip-bad``. ``collate`` returns ``(inputs, targets,
+    skipped file names)``: image folders' :func:`collate_skip_bad`, or the dense tasks' collates."""
 
-    def __init__(self, dataset: ImageFolderDataset, class_names: list[str], batch_size: int, *, train: bool,
-                 seed: int = 0, rank: int = 0, world_size: int = 1, num_workers: int = 0):
+    def __init__(self, dataset, class_names: list[str], batch_size: int, *, train: bool,
+                 seed: int = 0, rank: int = 0, world_size: int = 1, num_workers: int = 0,
+                 collate: Callable = collate_skip_bad):
         self.class_names = class_names
         self.sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=seed,
                                           drop_last=train) if train else None
         self.loader = DataLoader(dataset, batch_size=batch_size, sampler=self.sampler, shuffle=False,
-                                 num_workers=num_workers, collate_fn=collate_skip_bad, drop_last=train,
+                                 num_workers=num_workers, collate_fn=collate, drop_last=train,
                                  persistent_workers=num_workers > 0)
         self.num_samples = len(dataset)
         self.bad_files: set[str] = set()
@@ -112,7 +115,7 @@ class FolderBatches:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for x, y, bad in self.loader:
             self.bad_files.update(bad)
-            if len(y):
+            if len(x):
                 yield x, y
 
 
@@ -130,6 +133,11 @@ class DataConfig:
     skip_bad: bool = False
     limit_train: int | None = None  # first N samples only (smoke tests)
     limit_val: int | None = None
+    # detection / segmentation (mobilenets.data.dense)
+    scenes: int | None = None  # --data scenes: training scenes (default 10,000)
+    scene_size: int | None = None  # canvas of the scenes (default 128)
+    annotations: str | None = None  # COCO instances JSON of --data (default DATA/instances.json)
+    val_data: str | None = None  # validation folder when --data has no train/ and val/
 
 
 def _limit(n: int | None, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -1,2 +1,2 @@
-"""Training: recipes, the epoch loop, run-folder state for ``--resume``, DDP, and the task entry points
-(:mod:`.classify`; detection and segmentation live in ``detect`` / ``segment``)."""
+"""Training of every task: the one trainer (:func:`.trainer.fit`), its typed config, recipes, the epoch loop,
+run-folder state for ``--resume``, DDP, EMA and freezing."""

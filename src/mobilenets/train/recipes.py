@@ -3,6 +3,10 @@
 - ``default``: a modern short-budget recipe: AdamW, linear warm-up then cosine decay to zero (stepped every
   iteration), label smoothing 0.1, EMA of the weights with decay warm-up.
 - ``sgd``: the same schedule with SGD + Nesterov momentum.
+- ``dense``: detection and segmentation from scratch on short budgets: AdamW at a fixed lr 3e-3 (not scaled
+  with the batch), weight decay 5e-4, warm-up over 300 steps (at most a tenth of the run), cosine to 1% of the
+  peak, EMA 0.999, and BN momentum 0.1 in every BN layer (V3's TF momentum 0.01 lets the running statistics lag
+  so far behind fast-moving weights that the eval-mode network ignores its input).
 - ``rmsprop``: the papers' recipe as torchvision's reference reproduces it for MobileNetV3 (REFERENCE.md):
   RMSprop (alpha 0.9, momentum 0.9, eps 0.0316 = sqrt of TF's 1e-3 which TF adds *inside* the square root),
   lr 0.064 per 1024 images of batch (linear scaling), weight decay 1e-5, lr x0.973 every 2 epochs,
@@ -46,6 +50,9 @@ class Recipe:
     step_gamma: float = 0.973
     label_smoothing: float = 0.1
     ema_decay: float = 0.0  # 0: no EMA
+    warmup_steps: int | None = None  # a fixed warm-up in steps (at most a tenth of the run); None: warmup_epochs
+    lr_floor: float = 0.0  # the cosine ends at this fraction of the peak learning rate
+    bn_momentum: float | None = None  # training momentum of every BN layer; None: the model's own
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -75,6 +82,8 @@ RECIPES = {
                       ema_decay=0.999),
     "sgd": Recipe("sgd", "sgd", lr=0.1, weight_decay=5e-5, warmup_epochs=1.0, label_smoothing=0.1,
                   ema_decay=0.999),
+    "dense": Recipe("dense", "adamw", lr=3e-3, lr_batch=0, weight_decay=5e-4, warmup_steps=300,
+                    label_smoothing=0.0, ema_decay=0.999, lr_floor=0.01, bn_momentum=0.1),
     "rmsprop": Recipe("rmsprop", "rmsprop", lr=0.064, lr_batch=1024, weight_decay=1e-5, warmup_epochs=0.0,
                       schedule="step", step_epochs=2.0, step_gamma=0.973, label_smoothing=0.0, ema_decay=0.9999),
 }
@@ -88,6 +97,8 @@ def resolve_recipe(name: str, **overrides) -> Recipe:
     changes = {k: v for k, v in overrides.items() if v is not None}
     if "lr" in changes:
         changes["lr_batch"] = 0
+    if "warmup_epochs" in changes:
+        changes["warmup_steps"] = None
     return dataclasses.replace(RECIPES[name], **changes)
 
 
@@ -168,9 +179,12 @@ def build_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_
     """A per-iteration schedule (call ``step()`` after every optimizer step). The cosine schedule follows
     ``deadline`` too (see :func:`warmup_cosine`); the papers' step schedule has no end to follow."""
     total = max(1, steps_per_epoch * epochs)
-    warmup = min(total - 1, round(recipe.warmup_epochs * steps_per_epoch))
+    if recipe.warmup_steps is not None:
+        warmup = min(recipe.warmup_steps, total // 10 + 1)
+    else:
+        warmup = min(total - 1, round(recipe.warmup_epochs * steps_per_epoch))
     if recipe.schedule == "cosine":
-        return warmup_cosine(optimizer, total, warmup, deadline)
+        return warmup_cosine(optimizer, total, warmup, deadline, floor=recipe.lr_floor)
     main = lr_scheduler.StepLR(optimizer, step_size=max(1, round(recipe.step_epochs * steps_per_epoch)),
                                gamma=recipe.step_gamma)
     if warmup <= 0:

@@ -1,0 +1,183 @@
+"""What a task is: the one object that knows what differs between classification, detection and segmentation.
+
+The trainer (:func:`mobilenets.train.trainer.fit`), the exporter and the runners (:mod:`mobilenets.deploy`)
+and the commands take a :class:`Task` and never ask for a task's name. A task owns:
+
+- its data: :meth:`Task.open_data` -> :class:`TaskData` (training batches, validation data, class names,
+  preprocessing, what to record about the data);
+- its model: :meth:`Task.build_model` (a registry model, a classification backbone wrapped in the task's
+  generic head);
+- its loss and training statistics (:meth:`Task.loss`), metric (:meth:`Task.evaluate`, :attr:`Task.metric`
+  picks ``best.safetensors``) and the per-epoch record;
+- its export: the module the exporter writes (:meth:`Task.export_module`, outputs :attr:`Task.outputs`),
+  metadata that travels with it (:meth:`Task.export_properties`) and how an export is compared with eager
+  PyTorch (:meth:`Task.compare`);
+- its results for a person: :meth:`Task.postprocess` of a network's outputs for one image and :meth:`Task.draw`.
+
+Adding a task is one module here plus its head in :mod:`mobilenets.heads`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..checkpoint import CheckpointMeta
+from ..data.loaders import DataConfig
+from ..preprocessing import Preprocessing
+
+
+@dataclass
+class TaskData:
+    """What a task's data gives the trainer. ``train`` iterates ``(inputs, targets)`` batches, has ``len``,
+    ``set_epoch(epoch)`` (per-epoch shuffling, identical on every rank) and ``bad`` (images skipped with
+    --skip-bad); ``val`` is what :meth:`Task.evaluate` reads; ``meta`` goes into the checkpoints."""
+
+    train: Any
+    val: Any
+    class_names: list[str]
+    preprocessing: Preprocessing
+    meta: dict = field(default_factory=dict)
+    num_train: int = 0
+    num_val: int = 0
+
+
+@dataclass
+class Parity:
+    """An exported file against eager PyTorch on the same ``n`` inputs."""
+
+    n: int
+    inputs: str  # "random" or where the inputs came from
+    max_abs_diff: float  # over the outputs the task compares (its units: logits, pixels, ...)
+    agreement: float  # the task's decision agreement: top-1 classes, matched detections, pixels
+    tolerance: float | None  # max_abs_diff must stay at or below it; None: judged on agreement alone (int8)
+    min_agreement: float
+    what: str = "top-1 agreement"
+    passed: bool = field(init=False)
+
+    def __post_init__(self):
+        ok_diff = self.tolerance is None or self.max_abs_diff <= self.tolerance
+        self.passed = bool(ok_diff and self.agreement >= self.min_agreement)
+
+    @property
+    def top1_agreement(self) -> float:  # the name classification reports have always used
+        return self.agreement
+
+    def __str__(self) -> str:
+        tol = f" (tolerance {self.tolerance:.1e})" if self.tolerance is not None else ""
+        return (f"parity vs eager PyTorch on {self.n} {self.inputs} inputs: max |diff| {self.max_abs_diff:.2e}{tol}, "
+                f"{self.what} {self.agreement:.1%} (needs {self.min_agreement:.0%}): "
+                f"{'PASS' if self.passed else 'FAIL'}")
+
+
+class Task:
+    """Base of the three tasks; the methods here are what every task shares."""
+
+    name: ClassVar[str]
+    metric: ClassVar[str]  # the evaluate() key that picks best.safetensors (higher is better)
+    outputs: ClassVar[tuple[str, ...]]  # names of the exported graph's outputs
+    default_recipe: ClassVar[str]
+    default_bn_recalibrate: ClassVar[int]  # training batches that re-estimate BN statistics before evaluation
+    curves: ClassVar[tuple]  # training_curves.png panels (mobilenets.plots.Panels)
+
+    # -- data and model ------------------------------------------------------------------------------------
+    def open_data(self, cfg: DataConfig, *, img_size: int | None, in_chans: int | None, rank: int = 0,
+                  world_size: int = 1) -> TaskData:
+        raise NotImplementedError
+
+    def build_model(self, model: str, *, num_classes: int, in_chans: int, options: dict,
+                    backbone: str | None = None, weights: str | None = None) -> nn.Module:
+        raise NotImplementedError
+
+    # -- training --------------------------------------------------------------------------------------------
+    def loss(self, model: nn.Module, inputs: Tensor, targets, label_smoothing: float = 0.0
+             ) -> tuple[Tensor, dict[str, Tensor], dict[str, float]]:
+        """``(loss to minimise, named loss terms to log, counts to sum over the epoch)`` of one batch."""
+        raise NotImplementedError
+
+    def evaluate(self, model: nn.Module, val: Any, *, preprocessing: Preprocessing, class_names: list[str],
+                 device: torch.device, channels_last: bool = False, progress: bool = False) -> dict:
+        """The task's metrics on validation data (``TaskData.val`` of :meth:`open_data`, or what
+        :meth:`open_eval_data` returns)."""
+        raise NotImplementedError
+
+    resizable_inputs: ClassVar[bool] = False  # --progressive-resize may resize training batches (no targets move)
+
+    def epoch_record(self, epoch: int, step: int, train: dict, metrics: dict, lr: float) -> dict:
+        """The metrics.jsonl record of an epoch from the training statistics and the evaluation."""
+        raise NotImplementedError
+
+    def summary(self, metrics: dict) -> str:
+        """One line of the metrics, for logs."""
+        raise NotImplementedError
+
+    def checkpoint_extra(self, metrics: dict, record: dict) -> dict:
+        """What a checkpoint records about its evaluation."""
+        raise NotImplementedError
+
+    def figures(self, run, history: list[dict], metrics: dict, class_names: list[str], title: str) -> None:
+        """Task-specific figures of the run folder (the trainer draws the curves)."""
+
+    # -- evaluation of a checkpoint ------------------------------------------------------------------------
+    def open_eval_data(self, meta: CheckpointMeta, cfg: DataConfig) -> Any:
+        """Validation data for ``mobilenets eval`` of a checkpoint (default: the data it was trained with)."""
+        raise NotImplementedError
+
+    def report(self, metrics: dict, class_names: list[str]) -> dict:
+        """The JSON report of ``mobilenets eval`` (per-class values named)."""
+        raise NotImplementedError
+
+    def report_lines(self, report: dict) -> list[str]:
+        """The report as lines for a person (commands/ prints them)."""
+        raise NotImplementedError
+
+    # -- export ----------------------------------------------------------------------------------------------
+    def export_module(self, model: nn.Module) -> nn.Module:
+        """What the exporters write: a normalised (N, C, H, W) batch in, :attr:`outputs` out."""
+        return model.eval()
+
+    def export_properties(self, model: nn.Module) -> dict[str, str]:
+        """String metadata written beside the checkpoint metadata (e.g. a detector's NMS settings)."""
+        return {}
+
+    def compare(self, reference: list[np.ndarray], got: list[np.ndarray], *, inputs: str, int8: bool,
+                properties: dict[str, str], tolerance: float | None = None,
+                min_agreement: float | None = None) -> Parity:
+        """An export's outputs ``got`` against eager PyTorch's ``reference`` on the same inputs."""
+        raise NotImplementedError
+
+    def parity_inputs(self, meta: CheckpointMeta, n: int, source: str | None = None, seed: int = 1) -> np.ndarray:
+        """Inputs for the parity check of an export: ``source`` images when given, else what the task knows of
+        the model's data, else seeded noise."""
+        from ..data.samples import sample_inputs
+        return sample_inputs(meta.preprocessing, source, n, split="test", seed=seed)
+
+    # -- results for a person --------------------------------------------------------------------------------
+    def load(self, path: str | Path, meta: CheckpointMeta) -> tuple[Tensor, Tensor]:
+        """``(image, input)``: an image file decoded (float (C, H, W) in [0, 1], for drawing) and the network's
+        (1, C, H, W) input made from it as the checkpoint's preprocessing says."""
+        raise NotImplementedError
+
+    def postprocess(self, outputs: list[Tensor], meta: CheckpointMeta, properties: dict[str, str],
+                    image_size: tuple[int, int], **options) -> dict:
+        """The network's outputs for one image -> a JSON-able result."""
+        raise NotImplementedError
+
+    def draw(self, image: Tensor, result: dict, meta: CheckpointMeta) -> Tensor | None:
+        """The result drawn over the image (uint8 (3, H, W)), or None for tasks that draw nothing."""
+        return None
+
+    def result_line(self, result: dict) -> str:
+        """A result in one line, for a person."""
+        raise NotImplementedError
+
+
+def save_png(image: Tensor, path: Path) -> None:
+    """Write a (3, H, W) uint8 tensor as PNG (Pillow: torchvision.io's encoders are deprecated)."""
+    from PIL import Image
+
+    Image.fromarray(image.permute(1, 2, 0).contiguous().numpy()).save(path)

@@ -1,0 +1,106 @@
+"""What detection and segmentation share: the model (a task model, or a classification backbone wrapped in the
+task's generic head), the data (scenes, or a folder split into train/val) and the checkpoint evaluation data.
+
+Input: every image is stretched to ``--img-size`` squared (default: the scene size; 320 / 512 for folders, the
+torchvision reference models' sizes) and normalised to [-1, 1]; metrics are measured in the original image's
+coordinates.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from ..checkpoint import CheckpointMeta
+from ..data.dense import MEAN, SCENES, STD, model_inputs, open_scenes, scenes_meta, split_folder
+from ..data.loaders import DataConfig, FolderBatches
+from ..data.transforms import decode_image
+from ..errors import UserError
+from ..preprocessing import Preprocessing
+from ..registry import create_model, get_entry
+from ..weights import load_weights
+from .base import Task, TaskData
+
+
+class DenseTask(Task):
+    """A task whose network input is a whole scene: detection and segmentation."""
+
+    generic_model: str  # the registry model a bare classification backbone is wrapped in
+    folder_size: int  # input size for data folders (the reference models')
+    default_recipe = "dense"
+    default_bn_recalibrate = 8
+
+    def open_split(self, cfg: DataConfig, split: str, transforms, class_names: list[str] | None = None,
+                   trained: dict | None = None):
+        """The raw dataset of ``split`` ("train" / "val"); ``trained``: a checkpoint's data record."""
+        raise NotImplementedError
+
+    def collate(self, batch):
+        raise NotImplementedError
+
+    def train_transforms(self, size: int, scenes: bool):
+        raise NotImplementedError
+
+    def class_names_of(self, dataset) -> list[str]:
+        raise NotImplementedError
+
+    def open_data(self, cfg: DataConfig, *, img_size: int | None, in_chans: int | None, rank: int = 0,
+                  world_size: int = 1) -> TaskData:
+        if in_chans not in (None, 3):
+            raise UserError(f"--in-chans {in_chans}: detection and segmentation models read RGB images (3)")
+        scenes = cfg.data == SCENES
+        val = self.open_split(cfg, "val", None)
+        class_names = self.class_names_of(val)
+        size = img_size or (val.config.image_size if scenes else self.folder_size)
+        raw = self.open_split(cfg, "train", self.train_transforms(size, scenes), class_names=class_names)
+        train = FolderBatches(raw, class_names, cfg.batch_size, train=True, seed=cfg.seed, rank=rank,
+                              world_size=world_size, num_workers=cfg.num_workers, collate=self.collate)
+        if len(train) == 0:
+            raise UserError(f"{len(raw)} training images make no full batch of --batch-size {cfg.batch_size} "
+                            f"per process; lower --batch-size")
+        meta = scenes_meta(raw, val, size) if scenes else {
+            "data": str(cfg.data), "train": raw.describe(), "val": val.describe(), "input_size": size,
+            **self.skipped_record(raw)}
+        pre = Preprocessing(input_size=(3, size, size), resize=size, mean=MEAN, std=STD, interpolation="bilinear")
+        return TaskData(train, val, list(class_names), pre, meta=meta, num_train=len(raw), num_val=len(val))
+
+    def skipped_record(self, dataset) -> dict:
+        return {}
+
+    def build_model(self, model: str, *, num_classes: int, in_chans: int, options: dict,
+                    backbone: str | None = None, weights: str | None = None) -> nn.Module:
+        """``model`` when it is a model of this task, else the generic head on the backbone ``backbone or
+        model``; ``weights``: a checkpoint of the same task model (or torchvision's task weights)."""
+        entry = get_entry(model)
+        options = dict(options)
+        if entry.task == "classify":
+            options["backbone"] = backbone or model
+            model = self.generic_model
+        elif entry.task != self.name:
+            raise UserError(f"--model {model} is a {entry.task} model; pass a {self.name} model "
+                            f"(e.g. {self.generic_model}) or a classification backbone")
+        elif backbone is not None:
+            options["backbone"] = backbone
+        built = create_model(model, num_classes=num_classes, **options)
+        if weights in ("torchvision", "timm"):
+            raise UserError(f"--weights {weights} names ImageNet classification weights; for --task {self.name} "
+                            "pass the PATH of a checkpoint of the same model")
+        if weights:
+            load_weights(built, weights)
+        return built
+
+    def open_eval_data(self, meta: CheckpointMeta, cfg: DataConfig):
+        trained = meta.extra.get("data", {}) if isinstance(meta.extra, dict) else {}
+        return self.open_split(cfg, "val", None, class_names=meta.class_names,
+                               trained=trained if cfg.data == SCENES else None)
+
+    def eval_defaults(self, trained: dict) -> dict:
+        return {"seed": trained.get("seed", 0)}
+
+    def load(self, path, meta):
+        image = decode_image(path, 3)
+        return image, model_inputs([image], meta.preprocessing.input_size[-1])
+
+    def open_folder(self, cfg: DataConfig, split: str):
+        return split_folder(cfg, split)[0]
+
+    def scenes(self, cfg: DataConfig, split: str, transforms, targets: str, trained: dict | None):
+        return open_scenes(cfg, split, transforms, targets, trained)

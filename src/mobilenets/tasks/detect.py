@@ -1,0 +1,256 @@
+"""Object detection: the built-in Fashion-MNIST scenes or a COCO folder (images + instances JSON); the detector's
+own loss (SSDLite: multibox); COCO box mAP@[.5:.95] and mAP@.5 from pycocotools, in original image coordinates.
+
+The exported graph ends before non-maximum suppression: ``boxes`` (N, A, 4) decoded ``x1, y1, x2, y2`` in input
+pixels and ``scores`` (N, A, classes) probabilities, class 0 the background. Per image, :func:`postprocess` clips
+the boxes, keeps per class the scores above ``score_thresh`` (top ``topk_candidates``), runs class-wise NMS at
+``nms_thresh`` and keeps the best ``detections_per_img``; those settings travel in the file's metadata
+(:data:`POSTPROCESS_KEY`). Keeping NMS out keeps the graph static and the same in every runtime.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+from torchvision.transforms import v2
+from tqdm import tqdm
+
+from ..data.dense import MEAN, SCENES, STD, model_inputs
+from ..errors import UserError
+from ..heads.ssdlite import postprocess_detections
+from .base import Parity
+from .dense import DenseTask
+
+POSTPROCESS_KEY = "mobilenets.postprocess"  # a detector's NMS settings (JSON) in an exported file's metadata
+NMS_SETTINGS = ("score_thresh", "nms_thresh", "topk_candidates", "detections_per_img")
+
+
+class DecodedDetections(nn.Module):
+    """A detector up to (not including) NMS: ``(boxes, scores)`` for a batch."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.model.decode(self.model(x))
+
+
+def coco_map(gts: list[dict], detections: list[dict], num_classes: int) -> dict:
+    """mAP@[.5:.95], mAP@.5 and per-class AP with pycocotools.
+
+    ``gts[i]``: ``boxes`` (N, 4) XYXY, ``labels``, ``size`` (H, W); ``detections[i]``: ``boxes``, ``scores``,
+    ``labels`` in the same coordinates.
+    """
+    try:
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+    except ImportError as e:
+        raise UserError("detection metrics need pycocotools: pip install 'mobilenets[detection]'") from e
+    images, annotations, results = [], [], []
+    for i, (gt, det) in enumerate(zip(gts, detections)):
+        h, w = gt["size"]
+        images.append({"id": i + 1, "height": int(h), "width": int(w)})
+        for box, label in zip(gt["boxes"].tolist(), gt["labels"].tolist()):
+            bw, bh = box[2] - box[0], box[3] - box[1]
+            annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": int(label),
+                                "bbox": [box[0], box[1], bw, bh], "area": bw * bh, "iscrowd": 0})
+        for box, score, label in zip(det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist()):
+            results.append({"image_id": i + 1, "category_id": int(label), "score": float(score),
+                            "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]]})
+    categories = [{"id": c} for c in range(1, num_classes)]
+    if not annotations or not results:
+        return {"map": 0.0, "map50": 0.0, "per_class_ap": [0.0] * (num_classes - 1)}
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools reports with print()
+        gt = COCO()
+        gt.dataset = {"images": images, "annotations": annotations, "categories": categories}
+        gt.createIndex()
+        dt = gt.loadRes(results)
+        ev = COCOeval(gt, dt, "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    precision = ev.eval["precision"][:, :, :, 0, -1]  # (IoU thresholds, recall, class) at area all, 100 dets
+    per_class = []
+    for k in range(precision.shape[2]):
+        p = precision[:, :, k]
+        per_class.append(float(p[p > -1].mean()) if (p > -1).any() else 0.0)
+    return {"map": float(ev.stats[0]), "map50": float(ev.stats[1]), "per_class_ap": per_class}
+
+
+def collate_train(batch):
+    images = torch.stack([im.as_subclass(Tensor) for im, _ in batch])
+    targets = [{"boxes": t["boxes"].as_subclass(Tensor).float(), "labels": t["labels"]} for _, t in batch]
+    return images, targets, []
+
+
+class Detect(DenseTask):
+    name = "detect"
+    metric = "map"
+    outputs = ("boxes", "scores")
+    generic_model = "ssdlite"
+    folder_size = 320
+    curves = (("loss", "loss", (("loss", "total"), ("loss_box", "box"), ("loss_cls", "class"))),
+              ("val mAP", "mAP", (("map", "mAP@[.5:.95]"), ("map50", "mAP@.5"))))
+
+    # -- data ------------------------------------------------------------------------------------------------
+    def train_transforms(self, size: int, scenes: bool) -> v2.Compose:
+        """Flip and photometric distortion (SSD section 3.6), resize to the model input, drop boxes the resize
+        made degenerate, normalise. Boxes move with the image (transforms.v2 with tv_tensors). The scenes skip
+        the photometric distortion: their colours are random already, and it would double the loading time."""
+        colour = [] if scenes else [v2.RandomPhotometricDistort(p=0.5)]
+        return v2.Compose([v2.RandomHorizontalFlip(), *colour, v2.Resize((size, size), antialias=True),
+                           v2.SanitizeBoundingBoxes(min_size=1), v2.Normalize(MEAN, STD)])
+
+    def collate(self, batch):
+        return collate_train(batch)
+
+    def open_split(self, cfg, split, transforms, class_names=None, trained=None):
+        """Scenes, or a COCO folder (whose JSON names the classes, so ``class_names`` is not needed)."""
+        from ..data.coco import open_coco
+
+        if cfg.data in (None, SCENES):
+            return self.scenes(cfg, split, transforms, "detect", trained)
+        folder = self.open_folder(cfg, split)
+        annotations = cfg.annotations if folder == Path(cfg.data) else None  # the JSON of --data itself
+        return open_coco(folder, annotations, transforms, cfg.skip_bad)
+
+    def class_names_of(self, dataset) -> list[str]:
+        return ["background"] + list(dataset.class_names)
+
+    def skipped_record(self, dataset) -> dict:
+        return {"skipped_annotations": dict(dataset.skipped)}
+
+    # -- training and evaluation ---------------------------------------------------------------------------
+    def loss(self, model, inputs, targets, label_smoothing=0.0):
+        terms = model.loss(model(inputs), targets)
+        named = {"loss_box": terms["bbox_regression"], "loss_cls": terms["classification"]}
+        return named["loss_box"] + named["loss_cls"], named, {}
+
+    @torch.no_grad()
+    def evaluate(self, model, val, *, preprocessing, class_names, device, channels_last=False, progress=False,
+                 batch_size=32):
+        """COCO mAP of ``model`` on raw, untransformed samples, boxes in original coordinates."""
+        dataset, size = val, preprocessing.input_size[-1]
+        model.eval()
+        gts, dets = [], []
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=lambda b: b)
+        start = time.perf_counter()
+        for batch in tqdm(loader, desc="eval", unit="batch", leave=False, disable=not progress):
+            x = model_inputs([im for im, _ in batch], size).to(device)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            preds = model.predict(x)
+            for (im, target), pred in zip(batch, preds):
+                h, w = im.shape[-2:]
+                scale = torch.tensor([w / size, h / size, w / size, h / size])
+                dets.append({"boxes": pred["boxes"].cpu() * scale, "scores": pred["scores"].cpu(),
+                             "labels": pred["labels"].cpu()})
+                gts.append({"boxes": target["boxes"].as_subclass(Tensor), "labels": target["labels"],
+                            "size": (h, w)})
+        seconds = time.perf_counter() - start
+        result = coco_map(gts, dets, model.num_classes)
+        result.update(images=len(gts), objects=int(sum(len(g["labels"]) for g in gts)), eval_seconds=seconds)
+        return result
+
+    def epoch_record(self, epoch, step, train, metrics, lr):
+        return {"epoch": epoch, "step": step, "loss": train["loss"],
+                **{k: train[k] for k in ("loss_box", "loss_cls") if k in train}, "train_img_s": train["images_per_s"],
+                "lr": lr, **{k: v for k, v in metrics.items() if k != "per_class_ap"}}
+
+    def summary(self, metrics: dict) -> str:
+        return f"mAP@[.5:.95] {metrics['map']:.4f}  mAP@.5 {metrics['map50']:.4f}"
+
+    def checkpoint_extra(self, metrics, record):
+        return {"metrics": {**record, "per_class_ap": metrics["per_class_ap"]}, "resize": "stretch to input_size (no crop)"}
+
+    def report(self, metrics: dict, class_names: list[str]) -> dict:
+        return {"map": metrics["map"], "map50": metrics["map50"], "images": metrics["images"],
+                "objects": metrics["objects"], "per_class_ap": dict(zip(class_names[1:], metrics["per_class_ap"]))}
+
+    def report_lines(self, report: dict) -> list[str]:
+        lines = [f"{report['images']} images, {report['objects']} objects",
+                 f"mAP@[.5:.95] {report['map']:.4f}  mAP@.5 {report['map50']:.4f}"]
+        width = max(len(n) for n in report["per_class_ap"])
+        lines += [f"  {n:<{width}}  AP {v:.4f}" for n, v in report["per_class_ap"].items()]
+        return lines
+
+    # -- export ----------------------------------------------------------------------------------------------
+    def export_module(self, model):
+        return DecodedDetections(model).eval()
+
+    def export_properties(self, model):
+        return {POSTPROCESS_KEY: json.dumps({k: getattr(model, k) for k in NMS_SETTINGS})}
+
+    def compare(self, reference, got, *, inputs, int8, properties, tolerance=None, min_agreement=None) -> Parity:
+        """The graph ends before NMS, so its parity is the box / score difference (scores weighted x100, so that
+        0.05 means 0.05 px or 5e-4 probability). NMS is the same code on both sides; the detections after it can
+        differ only where two candidates' scores tie within fp32 noise and swap places (frequent for untrained
+        models), so their agreement is reported but not required (fp32); int8 must keep 50% of them."""
+        boxes, scores = (torch.from_numpy(np.asarray(a)) for a in got)
+        ref_boxes, ref_scores = (torch.from_numpy(np.asarray(a)) for a in reference)
+        settings = json.loads(properties[POSTPROCESS_KEY])
+        matched = total = 0
+        for b, s, rb, rs in zip(boxes, scores, ref_boxes, ref_scores):
+            size = (10 ** 6, 10 ** 6)  # no clipping: compare the boxes as decoded
+            mine = postprocess_detections(b, s, size, **settings)
+            ref = postprocess_detections(rb, rs, size, **settings)
+            confident = ref["scores"] > 0.05  # tiny scores near the threshold may swap order in fp32
+            total += int(confident.sum())
+            for box, label in zip(ref["boxes"][confident], ref["labels"][confident]):
+                same = (mine["labels"] == label) & ((mine["boxes"] - box).abs().amax(-1) < (2.0 if int8 else 0.05))
+                matched += int(same.any())
+        diff = max(float((boxes - ref_boxes).abs().max()), float((scores - ref_scores).abs().max()) * 100)
+        if tolerance is None and not int8:
+            tolerance = 0.05
+        return Parity(n=len(boxes), inputs=inputs, max_abs_diff=diff, agreement=matched / total if total else 1.0,
+                      tolerance=tolerance, min_agreement=min_agreement if min_agreement is not None
+                      else (0.5 if int8 else 0.0), what="confident detections matched")
+
+    def parity_inputs(self, meta, n, source=None, seed=1):
+        return scene_inputs(meta, n) if source is None else super().parity_inputs(meta, n, source, seed)
+
+    # -- results for a person --------------------------------------------------------------------------------
+    def postprocess(self, outputs, meta, properties, image_size, *, score_thresh: float = 0.3, **options):
+        h, w = image_size
+        size = meta.preprocessing.input_size[-1]
+        pred = postprocess_detections(outputs[0][0], outputs[1][0], (size, size),
+                                      **json.loads(properties[POSTPROCESS_KEY]))
+        keep = pred["scores"] >= score_thresh
+        boxes = pred["boxes"][keep] * torch.tensor([w / size, h / size, w / size, h / size])
+        scores, labels = pred["scores"][keep], pred["labels"][keep]
+        names = [meta.class_names[i] if i < len(meta.class_names) else str(i) for i in labels.tolist()]
+        return {"detections": [{"class": n, "label": int(lab), "score": round(float(s), 4),
+                                "box": [round(v, 1) for v in b]}
+                               for n, lab, s, b in zip(names, labels.tolist(), scores.tolist(), boxes.tolist())]}
+
+    def draw(self, image, result, meta):
+        from torchvision.utils import draw_bounding_boxes
+
+        dets = result["detections"]
+        boxes = torch.tensor([d["box"] for d in dets], dtype=torch.float32).reshape(-1, 4)
+        return draw_bounding_boxes((image * 255).round().to(torch.uint8), boxes,
+                                   [f"{d['class']} {d['score']:.2f}" for d in dets], colors="yellow")
+
+    def result_line(self, result: dict) -> str:
+        return ", ".join(f"{d['class']} {d['score']:.2f}" for d in result["detections"]) or "nothing"
+
+
+def scene_inputs(meta, n: int = 4) -> np.ndarray:
+    """Parity inputs of a dense model: test scenes for a model trained on the Fashion-MNIST scenes (real inputs),
+    else seeded noise."""
+    c, h, w = meta.preprocessing.input_size
+    data = meta.extra.get("data", {}) if isinstance(meta.extra, dict) else {}
+    if data.get("data") == SCENES and c == 3:
+        from ..data.scenes import FashionScenes, SceneConfig
+
+        scenes = FashionScenes("test", n, SceneConfig(image_size=data.get("image_size", h)), seed=data.get("seed", 0))
+        return model_inputs([scenes.render(i)[0] for i in range(n)], h).numpy()
+    return torch.randn(n, c, h, w, generator=torch.Generator().manual_seed(0)).numpy()
