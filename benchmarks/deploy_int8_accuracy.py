@@ -14,7 +14,7 @@ import torch
 
 from mobilenets.checkpoint import load_checkpoint
 from mobilenets.deploy import export_model, open_runner
-from mobilenets.deploy.evaluate import accuracy
+from mobilenets.deploy.accuracy import accuracy
 from mobilenets.data.samples import fashion_mnist_inputs
 
 

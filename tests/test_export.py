@@ -12,7 +12,8 @@ import mobilenets
 from mobilenets.checkpoint import CheckpointMeta, Preprocessing, save_checkpoint
 from mobilenets.cli import main
 from mobilenets.deploy import export_model, open_runner
-from mobilenets.deploy.export import META_KEY, OPSET, fold_batchnorm
+from mobilenets.deploy.formats import META_KEY, OPSET
+from mobilenets.deploy.onnx_graph import fold_batchnorm
 
 onnx = pytest.importorskip("onnx")  # the test extra installs it; a bare install skips
 pytest.importorskip("onnxruntime")

@@ -10,7 +10,7 @@ import pytest
 from mobilenets.checkpoint import save_checkpoint
 from mobilenets.cli import main
 from mobilenets.deploy import export_model, open_runner
-from mobilenets.deploy.evaluate import accuracy_report
+from mobilenets.deploy.accuracy import accuracy_report
 from mobilenets.errors import UserError
 
 onnx = pytest.importorskip("onnx")

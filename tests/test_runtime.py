@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import torch
 from mobilenets.checkpoint import save_checkpoint
 from mobilenets.cli import main
 from mobilenets.deploy import export_model, open_runner
-from mobilenets.deploy import runtime as rt
+from mobilenets.deploy import auto
 from mobilenets.errors import UserError
 
 pytest.importorskip("onnx")
@@ -88,21 +89,21 @@ def test_auto_measures_once_then_uses_the_cache(onnx_file, cache, monkeypatch):
         calls.append(backend)
         return {"onnxruntime": 3.0, "openvino": 2.0}[backend]
 
-    monkeypatch.setattr(rt, "probe", fake_probe)
-    monkeypatch.setattr(rt, "installed", lambda b: b in ("torch", "onnxruntime", "openvino"))
-    assert rt.choose_backend(onnx_file, threads=2) == "openvino"
+    monkeypatch.setattr(auto, "probe", fake_probe)
+    monkeypatch.setattr(auto, "installed", lambda b: b in ("torch", "onnxruntime", "openvino"))
+    assert auto.choose_backend(onnx_file, threads=2) == "openvino"
     assert sorted(calls) == ["onnxruntime", "openvino"]
     entry, = json.loads((cache / "backend_choice.json").read_text()).values()
     assert entry["backend"] == "openvino" and entry["median_ms"] == {"onnxruntime": 3.0, "openvino": 2.0}
-    assert rt.choose_backend(onnx_file, threads=2) == "openvino" and len(calls) == 2  # cached
-    assert rt.choose_backend(onnx_file, threads=1) == "openvino" and len(calls) == 4  # another key
+    assert auto.choose_backend(onnx_file, threads=2) == "openvino" and len(calls) == 2  # cached
+    assert auto.choose_backend(onnx_file, threads=1) == "openvino" and len(calls) == 4  # another key
     # Without OpenVINO there is nothing to choose: no measurement, ONNX Runtime.
-    monkeypatch.setattr(rt, "installed", lambda b: b in ("torch", "onnxruntime"))
+    monkeypatch.setattr(auto, "installed", lambda b: b in ("torch", "onnxruntime"))
     assert open_runner(onnx_file, backend="auto").backend == "onnxruntime" and len(calls) == 4
 
 
 def test_probe_measures_in_a_subprocess(onnx_file):
-    ms = rt.probe(onnx_file, "onnxruntime", 1, seconds=0.2)
+    ms = auto.probe(onnx_file, "onnxruntime", 1, seconds=0.2)
     assert 0 < ms < 10_000
 
 
@@ -116,7 +117,7 @@ def test_bad_backend_file_and_missing_runtime(onnx_file, tmp_path, monkeypatch):
         open_runner(tmp_path / "model.tflite")
     with pytest.raises(UserError, match="'torch' cannot run .onnx"):
         open_runner(onnx_file, backend="torch")
-    monkeypatch.setattr(rt, "installed", lambda b: b != "openvino")
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino -> ImportError
     with pytest.raises(UserError, match=r"not installed; install the extra: pip install 'mobilenets\[openvino\]'"):
         open_runner(onnx_file, backend="openvino")
 

@@ -1,5 +1,5 @@
-"""Detection and segmentation checkpoints run on every backend: ``dense.open_network`` gives the same network
-outputs on torch, ONNX Runtime and OpenVINO (through the cached, parity-checked ONNX export), and
+"""Detection and segmentation checkpoints run on every backend: ``open_runner`` gives the same network outputs
+on torch, ONNX Runtime and OpenVINO (through the cached, parity-checked ONNX export), and
 ``mobilenets predict --backend ...`` draws and lists the same predictions."""
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from PIL import Image
 import mobilenets
 from mobilenets.checkpoint import CheckpointMeta, Preprocessing, save_checkpoint
 from mobilenets.cli import main
+from mobilenets.data.dense import MEAN, STD
 from mobilenets.data.scenes import FashionScenes, SceneConfig
-from mobilenets.train import dense
+from mobilenets.deploy import open_runner
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 pytest.importorskip("onnxruntime")
@@ -43,8 +44,8 @@ def checkpoint(folder, task: str, randomize_bn):
             for block in model.cls_head.blocks:
                 block[-1].weight.mul_(30)
     meta = CheckpointMeta(model=name, options=dict(model.arch_options), task=task, class_names=NAMES,
-                          preprocessing=Preprocessing(input_size=(3, SIZE, SIZE), resize=SIZE, mean=dense.MEAN,
-                                                      std=dense.STD, interpolation="bilinear"),
+                          preprocessing=Preprocessing(input_size=(3, SIZE, SIZE), resize=SIZE, mean=MEAN,
+                                                      std=STD, interpolation="bilinear"),
                           extra={"data": {"data": "scenes", "image_size": SIZE, "seed": 0}})
     path = folder / f"{task}.safetensors"
     save_checkpoint(path, model.eval(), meta)
@@ -62,19 +63,21 @@ def image(tmp_path_factory):
 @pytest.mark.parametrize("task", ["detect", "segment"])
 def test_backends_agree(task, tmp_path, cache, randomize_bn, image, capsys):
     path = checkpoint(tmp_path, task, randomize_bn)
-    x = torch.randn(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
-    ref, meta, props = dense.open_network(str(path), task, "torch")
-    expected = ref(x)
-    assert meta.task == task and len(expected) == (2 if task == "detect" else 1)
+    x = torch.randn(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1)).numpy()
+    ref = open_runner(path, "torch")
+    expected = [torch.from_numpy(e) for e in ref.outputs(x)]
+    assert ref.meta.task == task and len(expected) == (2 if task == "detect" else 1)
     for backend in BACKENDS:
-        run, meta, got_props = dense.open_network(str(path), task, backend)
-        got = run(x)
-        assert len(got) == len(expected) and meta.class_names == NAMES
+        runner = open_runner(path, backend)
+        assert runner.backend == backend and runner.path.suffix == ".onnx"  # the cached export
+        got = [torch.from_numpy(g) for g in runner.outputs(x)]
+        assert len(got) == len(expected) and runner.meta.class_names == NAMES
         for g, e in zip(got, expected):
             assert g.shape == e.shape
             torch.testing.assert_close(g, e, atol=2e-3 * max(1.0, float(e.abs().max())), rtol=1e-3)
         if task == "detect":
-            assert json.loads(got_props["mobilenets.postprocess"]) == json.loads(props["mobilenets.postprocess"])
+            assert (json.loads(runner.properties["mobilenets.postprocess"])
+                    == json.loads(ref.properties["mobilenets.postprocess"]))
 
     capsys.readouterr()
     shares = {}

@@ -94,7 +94,7 @@ def cache_dir() -> Path:
     return cache_root() / "weights"
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -118,7 +118,7 @@ def fetch(entry: WeightEntry) -> Path:
             raise UserError(f"could not download {entry.url} ({getattr(e, 'reason', e)}); download it on a "
                             f"machine with internet and pass the file instead: weights='/path/{name}' "
                             f"(CLI: --weights /path/{name})") from e
-    if entry.sha256 and not _sha256(dest).startswith(entry.sha256):
+    if entry.sha256 and not file_sha256(dest).startswith(entry.sha256):
         dest.unlink()
         raise UserError(f"checksum mismatch for {entry.url} (expected sha256 {entry.sha256}...); the corrupt "
                         "download was deleted, try again")

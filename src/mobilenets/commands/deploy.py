@@ -1,6 +1,6 @@
 """``mobilenets export`` and ``mobilenets bench`` (the deploy part of the CLI).
 
-``predict --backend`` lives in commands/train.py and calls :func:`mobilenets.deploy.runtime.open_runner`.
+``predict --backend`` lives in commands/train.py and calls :func:`mobilenets.deploy.open.open_runner`.
 """
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-FORMATS = ("onnx", "exported-program", "openvino")
-SUFFIX = {"onnx": ".onnx", "exported-program": ".pt2", "openvino": ".xml"}
+from ..deploy.formats import FORMATS, SUFFIX
 
 
 def register(subparsers) -> None:
@@ -67,7 +66,7 @@ def _bench():
 
 def export_command(args: argparse.Namespace) -> int:
     from ..deploy.export import export_model
-    from ..deploy.runtime import installed
+    from ..deploy.formats import installed
     from ..deploy.source import load_source
     from ..errors import UserError
 
@@ -80,15 +79,6 @@ def export_command(args: argparse.Namespace) -> int:
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)} must be at least 1")
     model, meta = load_source(args.source, weights=args.weights)
-    if meta.task in ("detect", "segment"):  # task models: fp32 ONNX with the heads' own parity check
-        from ..heads.export import export_onnx
-        if fmt != "onnx" or args.int8:
-            raise UserError(f"{meta.task} models export to fp32 ONNX only; use --format onnx without --int8")
-        out = Path(args.out) if args.out else Path(f"{Path(args.source).stem}.onnx")
-        export_onnx(model, meta, out, dynamic_batch=args.dynamic_batch)  # logs its parity report
-        nms = "; non-maximum suppression runs outside the graph" if meta.task == "detect" else ""
-        print(f"wrote {out} (onnx, fp32, {meta.model}{nms})")
-        return 0
     out = Path(args.out) if args.out else Path(f"{Path(args.source).stem}{'_int8' if args.int8 else ''}{SUFFIX[fmt]}")
     result = export_model(model, meta, out, fmt, dynamic_batch=args.dynamic_batch, batch=args.batch,
                           parity_data=args.data, parity_n=args.parity_samples, int8=args.int8,
@@ -96,10 +86,12 @@ def export_command(args: argparse.Namespace) -> int:
     extra = f" + {out.with_suffix('.bin').name}" if fmt == "openvino" else ""
     print(f"wrote {result.path}{extra} ({fmt}, {result.precision}, {meta.model})")
     print(result.parity)
+    for key, value in result.properties.items():
+        print(f"{key} (stored in the file): {value}")
     if result.details:
         print("quantization: " + ", ".join(f"{k}={v}" for k, v in result.details.items()))
     if args.accuracy:
-        from ..deploy.evaluate import accuracy_report
+        from ..deploy.accuracy import accuracy_report
         print(accuracy_report(model, meta, result.path))
     return 0
 

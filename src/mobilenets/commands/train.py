@@ -16,6 +16,7 @@ import torch
 from ..checkpoint import load_checkpoint
 from ..data.loaders import DataConfig
 from ..data.transforms import AUGMENTATIONS, STRONG_ERASE_P, erase_probability
+from ..deploy.formats import BACKENDS
 from ..errors import UserError
 from ..tasks import TASKS, get_task
 from ..tasks.base import save_png
@@ -26,7 +27,6 @@ from ..train.trainer import fit, open_run
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
 RUNTIME_OPTIONS = ("threads",)  # taken from the resuming command, not from config.json
 
 
@@ -278,7 +278,7 @@ def eval_command(args: argparse.Namespace) -> int:
 
 def predict_images(args: argparse.Namespace) -> list[dict]:
     """The results of ``mobilenets predict``, drawn into ``--out`` where the task draws."""
-    from ..deploy.runtime import open_runner
+    from ..deploy.open import open_runner
 
     if args.top_k < 1:
         raise UserError(f"--top-k {args.top_k} must be at least 1")

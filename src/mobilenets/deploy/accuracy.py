@@ -21,7 +21,8 @@ def accuracy(predict, images: np.ndarray, labels: np.ndarray, batch: int = 250) 
 def accuracy_report(model: nn.Module, meta: CheckpointMeta, exported: Path, *, backend: str | None = None,
                     limit: int | None = None) -> str:
     """One line: eager accuracy, the exported file's accuracy and the change in points."""
-    from .runtime import RUNS_ON, installed, open_runner
+    from .formats import RUNS_ON, installed
+    from .open import open_runner
 
     images, labels, _ = fashion_mnist_inputs(meta.preprocessing, "test", limit=limit)
     model = model.eval()

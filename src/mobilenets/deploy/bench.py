@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from .formats import RUNTIMES, installed, optional_import
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,6 @@ MODELS = ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_sm
 PEERS = {"mobilenet_v1": ("timm", "mobilenetv1_100"), "mobilenet_v2": ("torchvision", "mobilenet_v2"),
          "mobilenet_v3_large": ("torchvision", "mobilenet_v3_large"),
          "mobilenet_v3_small": ("torchvision", "mobilenet_v3_small")}
-RUNTIMES = ("torch", "onnxruntime", "openvino")
 
 
 @dataclass
@@ -154,7 +154,6 @@ def _export_ours(name: str, batch: int, folder: Path, int8: bool, calibration: s
     _export_batch(model, meta, out, "onnx", batch)
     files["fp32"] = str(out)
     if int8:
-        from .runtime import installed
         if installed("openvino") and installed("nncf"):
             xml = folder / f"{name}_b{batch}_int8.xml"
             _export_batch(model, meta, xml, "openvino", batch, int8=True, calibration=calibration)
@@ -230,7 +229,7 @@ def run_bench(models=MODELS, backends=None, batches=(1, 32), threads: int = 2, r
     """Measure every path; ``rounds`` interleaved rounds at batch 1, ``large_batch_rounds`` at larger batches
     (each of their runs is already a long average). int8 and tuned-peer paths are batch-1 figures.
     ``on_block(report)`` receives the report so far after each model and batch (to save partial results)."""
-    from .runtime import cpu_name, installed
+    from .auto import cpu_name
     for value, what in ((threads, "threads"), (rounds, "rounds"), (large_batch_rounds, "large-batch-rounds"),
                         *((b, "batch") for b in batches)):
         if value < 1:
@@ -244,9 +243,8 @@ def run_bench(models=MODELS, backends=None, batches=(1, 32), threads: int = 2, r
     if bad:
         raise UserError(f"unknown backend(s) {', '.join(bad)}; use {', '.join(RUNTIMES)}")
     for b in backends:
-        if not installed(b):
-            from .runtime import require
-            require(b)
+        if b != "torch":
+            optional_import(b, what=f"backend {b!r}")
     if int8 and calibration is None:
         calibration = "fashion-mnist"
     say = progress or (lambda msg: log.info("%s", msg))

@@ -1,43 +1,31 @@
-"""OpenVINO IR (.xml + .bin) writing and metadata; imported only when OpenVINO is used."""
+"""OpenVINO models in and out: an ``openvino.Model`` from an ONNX graph, IR files with their metadata.
+
+Imported only when OpenVINO is used; the metadata keys are :mod:`.formats`'.
+"""
 from __future__ import annotations
 
-import json
-from dataclasses import asdict
 from pathlib import Path
 
-from ..checkpoint import CheckpointMeta
-from .export import META_KEY, PARITY_KEY, PRECISION_KEY, ParityReport, _require, replace_pair, staged
+from .formats import PROPERTY_PREFIX, optional_import
 
 
 def openvino():
-    return _require("openvino", "openvino", "the OpenVINO backend")
+    return optional_import("openvino", "openvino", "the OpenVINO backend")
 
 
 def from_onnx(proto):
     """An ``openvino.Model`` of an ONNX ``ModelProto``."""
-    ov = openvino()
-    return ov.Core().read_model(proto.SerializeToString())
+    return openvino().Core().read_model(proto.SerializeToString())
 
 
-def write_openvino(proto, out: Path, check, *, meta: CheckpointMeta, precision: str) -> ParityReport:
-    return write_ov_model(from_onnx(proto), out, check, meta=meta, precision=precision)
+def save_ir(model, xml: Path, properties: dict[str, str]) -> None:
+    """Write ``model`` as ``xml`` + its .bin with ``properties`` in its ``rt_info``; fp32 weights stay fp32."""
+    for key, value in properties.items():
+        model.set_rt_info(value, [key])
+    openvino().save_model(model, xml, compress_to_fp16=False)  # fp16 weights would change the numbers
 
 
-def write_ov_model(model, out: Path, check, *, meta: CheckpointMeta, precision: str) -> ParityReport:
-    """Save ``model`` as ``out`` (.xml) and its .bin after ``check(runner)`` passed on a temporary copy."""
-    ov = openvino()
-    from .runtime import OpenVinoRunner
-
-    with staged(out) as tmp:
-        model.set_rt_info(meta.to_json(), [META_KEY])
-        model.set_rt_info(precision, [PRECISION_KEY])
-        ov.save_model(model, tmp / "model.xml", compress_to_fp16=False)  # fp16 weights would change the numbers
-        report = check(OpenVinoRunner(tmp / "model.xml"))
-        model.set_rt_info(json.dumps(asdict(report)), [PARITY_KEY])
-        ov.save_model(model, tmp / "model.xml", compress_to_fp16=False)
-        replace_pair(tmp, out)
-    return report
-
-
-def read_rt_info(model, key: str) -> str | None:
-    return model.get_rt_info([key]).astype(str) if model.has_rt_info([key]) else None
+def read_properties(model) -> dict[str, str]:
+    """The ``mobilenets.*`` entries of a model's ``rt_info`` (those :func:`save_ir` wrote)."""
+    info = model.get_rt_info()
+    return {k: info[k].astype(str) for k in info.keys() if k.startswith(PROPERTY_PREFIX)}

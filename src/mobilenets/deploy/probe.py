@@ -1,13 +1,14 @@
 """``python -m mobilenets.deploy.probe PATH BACKEND THREADS SECONDS``: print the median ms of one inference.
 
-Run by ``open_runner(backend="auto")`` in a fresh process per backend, so one runtime's thread pool cannot slow
-down another's measurement.
+Run by :func:`mobilenets.deploy.auto.choose_backend` in a fresh process per backend, so one runtime's thread pool
+cannot slow down another's measurement.
 """
 import sys
 
 import numpy as np
 
-from .runtime import open_runner, time_runner
+from .open import open_runner
+from .runtime import time_runner
 
 
 def main(argv: list[str]) -> None:
@@ -15,7 +16,7 @@ def main(argv: list[str]) -> None:
     runner = open_runner(path, backend=backend, threads=threads)
     shape = runner.meta.preprocessing.input_size if runner.meta else (3, 224, 224)
     x = np.random.default_rng(0).standard_normal((runner.batch or 1, *shape), dtype=np.float32)
-    print(f"{time_runner(runner, x, seconds):.4f}")
+    sys.stdout.write(f"{time_runner(runner, x, seconds):.4f}\n")
 
 
 if __name__ == "__main__":

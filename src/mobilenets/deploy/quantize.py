@@ -9,61 +9,59 @@ machine, see BENCHMARKS.md "Deployment"):
 * ``--format onnx``: ONNX Runtime ``quantize_static`` into QDQ form (per-channel int8 weights, uint8
   activations, min-max calibration). Portable; the fastest int8 path for V1/V2 on an idle machine (V2: 0.43-0.48
   of fp32) but slower than fp32 for V3-Small; the file also runs on OpenVINO.
+
+Both take the fp32 ONNX graph of any task and return the quantized model and the settings used; writing and the
+parity check are the exporter's (:func:`mobilenets.deploy.export.export_model`).
 """
 from __future__ import annotations
 
 import logging
 import os
 import tempfile
-from pathlib import Path
 
 import numpy as np
 
-from ..checkpoint import CheckpointMeta
-from .export import ParityReport, _require
+from .formats import optional_import
 
 log = logging.getLogger(__name__)
 
 
-def quantize(proto, meta: CheckpointMeta, out: Path, fmt: str, calibration: np.ndarray, check
-             ) -> tuple[ParityReport, dict]:
-    """Quantize the fp32 ONNX ``proto`` with ``calibration`` images (N, C, H, W) and write it to ``out``."""
+def calibration_batches(proto, calibration: np.ndarray) -> list[np.ndarray]:
+    """``calibration`` images (N, C, H, W) cut into batches of the graph's fixed batch (8 when dynamic)."""
     dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
-    batch = dim.dim_value if dim.HasField("dim_value") else 8  # the file's fixed batch, or 8 when dynamic
+    batch = dim.dim_value if dim.HasField("dim_value") else 8
     if len(calibration) < batch:
         calibration = np.concatenate([calibration] * (batch // len(calibration) + 1))
-    batches = [calibration[i:i + batch] for i in range(0, len(calibration) - batch + 1, batch)]
-    if fmt == "openvino":
-        return _openvino_nncf(proto, meta, out, batches, check)
-    return _onnxruntime_qdq(proto, meta, out, batches, check)
+    return [calibration[i:i + batch] for i in range(0, len(calibration) - batch + 1, batch)]
 
 
-def _openvino_nncf(proto, meta, out, batches, check):
-    _require("openvino", "openvino", "int8 quantization for OpenVINO")
-    nncf = _require("nncf", "openvino", "int8 quantization for OpenVINO")
-    from .openvino_io import from_onnx, write_ov_model
+def quantize_openvino(proto, calibration: np.ndarray):
+    """``(openvino.Model, settings)``: NNCF int8 of the fp32 ONNX ``proto``."""
+    optional_import("openvino", "openvino", "int8 quantization for OpenVINO")
+    nncf = optional_import("nncf", "openvino", "int8 quantization for OpenVINO")
+    from .openvino_io import from_onnx
 
-    model = from_onnx(proto)
+    batches = calibration_batches(proto, calibration)
     images = sum(len(b) for b in batches)
     # The squeeze-excite rescaling (x * h-sigmoid(s), V3's only Multiply) stays fp32: quantizing it adds a
     # requantization per block and made V3-Large int8 14% slower on the AVX-512 VNNI machine (BENCHMARKS.md).
     settings = {"scheme": "nncf", "preset": "performance (symmetric int8)", "fast_bias_correction": True,
                 "calibration_images": images, "fp32_ops": ["Multiply"]}
     log.info("quantizing with NNCF on %d images", images)
-    quantized = nncf.quantize(model, nncf.Dataset(batches), preset=nncf.QuantizationPreset.PERFORMANCE,
+    quantized = nncf.quantize(from_onnx(proto), nncf.Dataset(batches), preset=nncf.QuantizationPreset.PERFORMANCE,
                               subset_size=len(batches), fast_bias_correction=True,
                               ignored_scope=nncf.IgnoredScope(types=["Multiply"], validate=False))
-    report = write_ov_model(quantized, out, check, meta=meta, precision="int8")
-    return report, settings
+    return quantized, settings
 
 
-def _onnxruntime_qdq(proto, meta, out, batches, check):
-    _require("onnxruntime", "onnx", "int8 quantization for ONNX Runtime")
-    import onnx
+def quantize_onnx(proto, calibration: np.ndarray):
+    """``(onnx.ModelProto, settings)``: ONNX Runtime QDQ int8 of the fp32 ``proto``."""
+    onnx = optional_import("onnx", "onnx", "int8 quantization for ONNX Runtime")
+    optional_import("onnxruntime", "onnx", "int8 quantization for ONNX Runtime")
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
 
-    from .export import write_onnx
+    batches = calibration_batches(proto, calibration)
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -84,5 +82,4 @@ def _onnxruntime_qdq(proto, meta, out, batches, check):
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax)
         quantized = onnx.load(int8)
-    report = write_onnx(quantized, Path(out), check, meta=meta, precision="int8")
-    return report, settings
+    return quantized, settings

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..checkpoint import CheckpointMeta, Preprocessing, load_checkpoint
 from ..errors import UserError
+from ..weights import read_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +61,9 @@ def _first_conv(model: nn.Module) -> nn.Conv2d:
 
 def _load_file(path: Path) -> tuple[nn.Module, CheckpointMeta]:
     if path.suffix == ".safetensors" and _is_mobilenets_checkpoint(path):
-        model, meta = load_checkpoint(path)  # detect/segment checkpoints go to heads.export (commands/deploy.py)
+        model, meta = load_checkpoint(path)
         return model.eval(), meta
-    state = _read_foreign_state(path)
-    return _match_registry(path, state)
+    return _match_registry(path, read_state_dict(path))
 
 
 def _is_mobilenets_checkpoint(path: Path) -> bool:
@@ -75,25 +75,6 @@ def _is_mobilenets_checkpoint(path: Path) -> bool:
     except (SafetensorError, OSError) as e:
         raise UserError(f"{path} is not a readable safetensors file ({e}); pass a mobilenets, torchvision or "
                         "timm MobileNet checkpoint") from e
-
-
-def _read_foreign_state(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle arbitrary objects
-    except Exception as e:  # noqa: BLE001 - any reader failure means "not a checkpoint we can read"
-        raise UserError(f"{path} is not a readable checkpoint ({type(e).__name__}); pass a mobilenets "
-                        "(.safetensors), torchvision or timm MobileNet checkpoint") from e
-    for key in ("state_dict", "model", "model_ema"):  # common training-script wrappers
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f"{path} does not hold a state dict of tensors; pass a mobilenets, torchvision or timm "
-                        "MobileNet checkpoint")
-    return state
 
 
 def _match_registry(path: Path, state: dict[str, torch.Tensor]) -> tuple[nn.Module, CheckpointMeta]:
