@@ -66,9 +66,9 @@ def local_release(tmp_path, monkeypatch, randomize_bn):
     path.parent.mkdir()
     torch.save(ref.state_dict(), path)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    entry = weights.WEIGHTS[("mobilenet_v2", "torchvision")]
+    entry = weights.WEIGHTS[("mobilenet_v2", "torchvision", 1.0)]
     fake = weights.WeightEntry(entry.model, entry.source, path.as_uri(), digest[:8], entry.preprocessing, entry.top1)
-    monkeypatch.setitem(weights.WEIGHTS, ("mobilenet_v2", "torchvision"), fake)
+    monkeypatch.setitem(weights.WEIGHTS, ("mobilenet_v2", "torchvision", 1.0), fake)
     monkeypatch.setenv("MOBILENETS_CACHE", str(tmp_path / "cache"))
     return ref, fake
 
@@ -88,17 +88,17 @@ def test_download_into_cache_with_checksum(local_release, tmp_path):
 def test_checksum_mismatch_deletes_the_file(local_release, monkeypatch, tmp_path):
     _, entry = local_release
     bad = weights.WeightEntry(entry.model, entry.source, entry.url, "deadbeef", entry.preprocessing, entry.top1)
-    monkeypatch.setitem(weights.WEIGHTS, ("mobilenet_v2", "torchvision"), bad)
+    monkeypatch.setitem(weights.WEIGHTS, ("mobilenet_v2", "torchvision", 1.0), bad)
     with pytest.raises(UserError, match="checksum mismatch"):
         mobilenets.create_model("mobilenet_v2", weights="torchvision")
     assert not (tmp_path / "cache" / "weights" / "mobilenet_v2-test.pth").exists()
 
 
 def test_offline_names_the_url_and_the_local_alternative(monkeypatch, tmp_path):
-    entry = weights.WEIGHTS[("mobilenet_v3_small", "torchvision")]
+    entry = weights.WEIGHTS[("mobilenet_v3_small", "torchvision", 1.0)]
     offline = weights.WeightEntry(entry.model, entry.source, "http://127.0.0.1:9/mobilenet_v3_small-047dcff4.pth",
                                   entry.sha256, entry.preprocessing, entry.top1)
-    monkeypatch.setitem(weights.WEIGHTS, ("mobilenet_v3_small", "torchvision"), offline)
+    monkeypatch.setitem(weights.WEIGHTS, ("mobilenet_v3_small", "torchvision", 1.0), offline)
     monkeypatch.setenv("MOBILENETS_CACHE", str(tmp_path))
     with pytest.raises(UserError, match=r"could not download http://127.0.0.1:9/.*weights='/path/"):
         mobilenets.create_model("mobilenet_v3_small", weights="torchvision")
@@ -140,7 +140,51 @@ def test_foreign_safetensors_is_not_a_checkpoint(tmp_path):
 
 
 def test_published_weights_carry_preprocessing_and_imagenet_names():
-    meta = weights.entry_meta(weights.WEIGHTS[("mobilenet_v3_large", "torchvision")])
+    meta = weights.entry_meta(weights.WEIGHTS[("mobilenet_v3_large", "torchvision", 1.0)])
     assert len(meta.class_names) == 1000 and meta.class_names[0] == "tench"
     assert meta.preprocessing.input_size == (3, 224, 224) and meta.preprocessing.resize == 232
     assert all(e.url.startswith("https://") for e in weights.WEIGHTS.values())
+
+
+def test_timm_file_gets_timms_bn_eps(tmp_path, randomize_bn, caplog):
+    """A default V3 has the TF reference's BN eps 1e-3; timm's V3 weights were trained with 1e-5 (loading them
+    unchanged shifted the logits by ~6e-3 without a word)."""
+    timm = pytest.importorskip("timm")
+    ref = randomize_bn(timm.create_model("mobilenetv3_large_100")).eval()
+    save_file(ref.state_dict(), str(tmp_path / "model.safetensors"))
+    ours = mobilenets.create_model("mobilenet_v3_large")
+    assert ours.stem.bn.eps == 1e-3
+    with caplog.at_level("INFO", logger="mobilenets.weights"):
+        mobilenets.load_weights(ours, tmp_path / "model.safetensors")
+    assert "BN eps of" in caplog.text and ours.stem.bn.eps == 1e-5
+    assert _outputs_equal(ours, ref, torch.randn(2, 3, 96, 128))
+    rebuilt = mobilenets.create_model("mobilenet_v3_large", **ours.arch_options)  # what a checkpoint rebuilds
+    assert rebuilt.stem.bn.eps == 1e-5
+    with pytest.raises(UserError, match="built with bn_eps=0.001; build it with bn_eps=1e-05"):
+        mobilenets.load_weights(mobilenets.create_model("mobilenet_v3_large", bn_eps=1e-3), tmp_path / "model.safetensors")
+
+
+def test_timm_v3_small_050_loads_with_timms_stem(tmp_path, monkeypatch, randomize_bn):
+    """timm keeps V3's 16-channel stem at width 0.5, where the TF rule (our default) gives 8."""
+    timm = pytest.importorskip("timm")
+    ref = randomize_bn(timm.create_model("mobilenetv3_small_050")).eval()
+    x = torch.randn(2, 3, 96, 128)
+    default = mobilenets.create_model("mobilenet_v3_small", width_multiplier=0.5)
+    assert default.stem.conv.out_channels == 8
+    with pytest.raises(UserError, match="build the model with fix_stem=True"):
+        mobilenets.load_weights(default, ref.state_dict())
+    ours = mobilenets.create_model("mobilenet_v3_small", width_multiplier=0.5, fix_stem=True)
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in ref.parameters())
+    assert _outputs_equal(mobilenets.load_weights(ours, ref.state_dict()), ref, x)
+    # weights="timm" at width 0.5 picks timm's checkpoint and its stem rule (downloaded from a file:// URL)
+    key = ("mobilenet_v3_small", "timm", 0.5)
+    entry = weights.WEIGHTS[key]
+    path = tmp_path / "timm" / "mobilenetv3_small_050.lamb_in1k" / "model.safetensors"
+    path.parent.mkdir(parents=True)
+    save_file(ref.state_dict(), str(path))
+    monkeypatch.setitem(weights.WEIGHTS, key, weights.WeightEntry(entry.model, entry.source, path.as_uri(), None,
+                                                                  entry.preprocessing, entry.top1, entry.options))
+    monkeypatch.setenv("MOBILENETS_CACHE", str(tmp_path / "cache"))
+    picked = mobilenets.create_model("mobilenet_v3_small", weights="timm", width_multiplier=0.5)
+    assert picked.stem.conv.out_channels == 16 and picked.arch_options["fix_stem"] is True
+    assert _outputs_equal(picked, ref, x) and picked.weights_entry.top1 == 57.918

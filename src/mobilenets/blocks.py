@@ -118,8 +118,9 @@ class UniversalInvertedBottleneck(nn.Module):
         self.start_dw = (ConvNormAct(in_ch, in_ch, start_kernel, start_stride, groups=in_ch, dilation=dilation,
                                      norm=norm, act=None) if start_kernel else nn.Identity())
         self.expand = ConvNormAct(in_ch, expanded, 1, norm=norm, act=act)
-        self.mid_dw = (ConvNormAct(expanded, expanded, mid_kernel, stride, groups=expanded, dilation=dilation,
-                                   norm=norm, act=act) if mid_kernel else nn.Identity())
+        # the middle depthwise conv is ``dw``, as in InvertedResidual: the same place in the block
+        self.dw = (ConvNormAct(expanded, expanded, mid_kernel, stride, groups=expanded, dilation=dilation,
+                               norm=norm, act=act) if mid_kernel else nn.Identity())
         self.project = ConvNormAct(expanded, out_ch, 1, norm=norm, act=None)
         self.layer_scale = LayerScale(out_ch, layer_scale) if layer_scale else nn.Identity()
         self.use_residual = stride == 1 and in_ch == out_ch
@@ -134,7 +135,7 @@ class UniversalInvertedBottleneck(nn.Module):
     def forward_expansion(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(output, expansion)``: the expansion is the input of the middle depthwise conv."""
         expansion = self.expand(self.start_dw(x))  # (B, expanded, H, W)
-        y = self.mid_dw(expansion)  # (B, expanded, H/stride, W/stride)
+        y = self.dw(expansion)  # (B, expanded, H/stride, W/stride)
         y = self.layer_scale(self.project(y))  # (B, out, H/stride, W/stride), linear
         return (x + y if self.use_residual else y), expansion
 

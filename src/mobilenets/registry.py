@@ -84,7 +84,8 @@ def create_model(name: str, *, weights: str | None = None, **options) -> nn.Modu
     else:
         from .weights import create_with_weights
         model = create_with_weights(entry, weights, kwargs)
-    # What a checkpoint needs to rebuild this exact network (see checkpoint.py).
+    # What a checkpoint needs to rebuild this exact network (see checkpoint.py), including the options that
+    # published weights imply (fix_stem, bn_eps: set by create_with_weights / load_weights).
     model.arch_name = name
-    model.arch_options = dict(options)
+    model.arch_options = {**getattr(model, "arch_options", {}), **options}
     return model

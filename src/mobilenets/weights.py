@@ -36,16 +36,43 @@ class WeightEntry:
     url: str
     sha256: str | None  # full digest or its leading hex digits (torchvision puts 8 in the file name)
     preprocessing: Preprocessing
-    top1: float  # ImageNet-1k val accuracy the publisher reports
+    top1: float  # ImageNet-1k val accuracy the publisher reports (at preprocessing.input_size)
     options: dict = field(default_factory=dict)  # architecture options the weights were trained with
+    variant: str = ""  # "" for the source's default checkpoint of the model and width; else weights="timm:VARIANT"
+
+    @property
+    def tag(self) -> str:
+        """What ``create_model(..., weights=TAG)`` names this checkpoint by (with the width it was trained at)."""
+        return f"{self.source}:{self.variant}" if self.variant else self.source
+
+    @property
+    def key(self) -> tuple[str, str, float]:
+        return self.model, self.tag, float(self.options.get("width_multiplier", 1.0))
 
 
 _TV = "https://download.pytorch.org/models/"
 _HF = "https://huggingface.co/timm/{}/resolve/main/model.safetensors"
 _IMAGENET = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+_INCEPTION = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+_TIMM_BN = {"bn_eps": 1e-5, "bn_momentum": 0.1}  # timm's MobileNetV2/V3 (PyTorch's BN defaults)
 
-WEIGHTS: dict[tuple[str, str], WeightEntry] = {
-    (e.model, e.source): e for e in (
+
+def _timm(model: str, hub_name: str, size: int, crop_pct: float, top1: float, *, inception: bool = False,
+          default: bool = True, **options) -> WeightEntry:
+    """A timm checkpoint on the Hugging Face hub, evaluated bicubic at ``size`` px after resizing the shorter
+    side to floor(size / crop_pct) (timm's ``crop_pct``); ``top1`` is timm's results-imagenet.csv figure there.
+    Non-default checkpoints are named by their timm tag: ``weights="timm:e3600_r256_in1k"``."""
+    pre = Preprocessing((3, size, size), int(size / crop_pct), **(_INCEPTION if inception else _IMAGENET),
+                        interpolation="bicubic")
+    return WeightEntry(model, "timm", _HF.format(hub_name), None, pre, top1, options,
+                       variant="" if default else hub_name.split(".", 1)[1])
+
+
+_V4 = "mobilenet_v4_"
+
+# key: (our model, weights tag, width multiplier)
+WEIGHTS: dict[tuple[str, str, float], WeightEntry] = {
+    e.key: e for e in (
         # torchvision's best (IMAGENET1K_V2 where it exists; resize 232 -> crop 224 as its transforms say)
         WeightEntry("mobilenet_v2", "torchvision", _TV + "mobilenet_v2-7ebf99e0.pth", "7ebf99e0",
                     Preprocessing((3, 224, 224), 232, **_IMAGENET), 72.154),
@@ -63,6 +90,35 @@ WEIGHTS: dict[tuple[str, str], WeightEntry] = {
         WeightEntry("mobilenet_v3_large", "timm", _HF.format("mobilenetv3_large_100.ra_in1k"), None,
                     Preprocessing((3, 224, 224), 256, **_IMAGENET, interpolation="bicubic"), 75.77,
                     {"bn_eps": 1e-5, "bn_momentum": 0.1}),
+        _timm("mobilenet_v3_small", "mobilenetv3_small_100.lamb_in1k", 224, 0.875, 67.636, **_TIMM_BN),
+        _timm("mobilenet_v3_small", "mobilenetv3_small_075.lamb_in1k", 224, 0.875, 65.284, width_multiplier=0.75,
+              **_TIMM_BN),
+        # timm keeps V3's 16-channel stem below width 0.75; the TF rule (our default) gives 8
+        _timm("mobilenet_v3_small", "mobilenetv3_small_050.lamb_in1k", 224, 0.875, 57.918, width_multiplier=0.5,
+              fix_stem=True, **_TIMM_BN),
+        # MobileNetV4: trained in timm by R. Wightman (no official weights exist). The first of each model is the
+        # one at the paper's resolution. Left out: the 12k-class in12k checkpoints and timm's anti-aliased
+        # "conv_aa"/"conv_blur" experiments (other architectures).
+        _timm(_V4 + "conv_small", "mobilenetv4_conv_small.e2400_r224_in1k", 224, 0.875, 73.756),
+        _timm(_V4 + "conv_small", "mobilenetv4_conv_small.e1200_r224_in1k", 224, 0.875, 73.450, default=False),
+        _timm(_V4 + "conv_small", "mobilenetv4_conv_small.e3600_r256_in1k", 256, 0.95, 74.534, inception=True,
+              default=False),
+        _timm(_V4 + "conv_small", "mobilenetv4_conv_small_050.e3000_r224_in1k", 224, 0.875, 64.778, inception=True,
+              width_multiplier=0.5),
+        _timm(_V4 + "conv_medium", "mobilenetv4_conv_medium.e500_r256_in1k", 256, 0.95, 79.916),
+        _timm(_V4 + "conv_medium", "mobilenetv4_conv_medium.e500_r224_in1k", 224, 0.95, 79.092, default=False),
+        _timm(_V4 + "conv_medium", "mobilenetv4_conv_medium.e250_r384_in12k_ft_in1k", 384, 0.95, 82.776,
+              default=False),
+        _timm(_V4 + "conv_large", "mobilenetv4_conv_large.e600_r384_in1k", 384, 0.95, 82.974),
+        _timm(_V4 + "conv_large", "mobilenetv4_conv_large.e500_r256_in1k", 256, 0.95, 81.864, default=False),
+        _timm(_V4 + "hybrid_medium", "mobilenetv4_hybrid_medium.ix_e550_r256_in1k", 256, 0.95, 81.478),
+        _timm(_V4 + "hybrid_medium", "mobilenetv4_hybrid_medium.e500_r224_in1k", 224, 0.95, 80.432, default=False),
+        _timm(_V4 + "hybrid_medium", "mobilenetv4_hybrid_medium.ix_e550_r384_in1k", 384, 0.95, 82.952,
+              default=False),
+        _timm(_V4 + "hybrid_medium", "mobilenetv4_hybrid_medium.e200_r256_in12k_ft_in1k", 256, 0.95, 82.360,
+              default=False),
+        _timm(_V4 + "hybrid_large", "mobilenetv4_hybrid_large.ix_e600_r384_in1k", 384, 0.95, 83.996),
+        _timm(_V4 + "hybrid_large", "mobilenetv4_hybrid_large.e600_r384_in1k", 384, 0.95, 83.826, default=False),
     )
 }
 
@@ -79,7 +135,7 @@ def entry_meta(entry: WeightEntry, options: dict | None = None):
     from .checkpoint import CheckpointMeta
     return CheckpointMeta(model=entry.model, options={**entry.options, **(options or {})},
                           class_names=imagenet_class_names(), preprocessing=entry.preprocessing,
-                          extra={"weights": entry.source, "url": entry.url, "imagenet_top1": entry.top1})
+                          extra={"weights": entry.tag, "url": entry.url, "imagenet_top1": entry.top1})
 
 
 def cache_root() -> Path:
@@ -131,15 +187,21 @@ def create_with_weights(entry, weights: str, options: dict) -> nn.Module:
     A ``num_classes`` other than the checkpoint's keeps a fresh classifier; an ``in_chans`` other than 3 adapts
     the stem (see :func:`adapt_stem`).
     """
-    known = WEIGHTS.get((entry.name, weights))
+    width = float(options.get("width_multiplier", 1.0))
+    known = WEIGHTS.get((entry.name, weights, width))
     if known is not None:
         path, opts = fetch(known), {**known.options, **options}
-    elif weights in ("torchvision", "timm"):
-        have = sorted(s for (m, s) in WEIGHTS if m == entry.name)
-        raise UserError(f"{weights} publishes no weights for {entry.name}; available: {', '.join(have) or 'none'}")
+    elif weights.split(":")[0] in ("torchvision", "timm"):
+        source = weights.split(":")[0]
+        named = "" if weights == source else f" named {weights!r}"
+        have = sorted(f"{t} (width_multiplier={w:g})" for (m, t, w) in WEIGHTS if m == entry.name)
+        raise UserError(f"{source} publishes no weights for {entry.name}{named} at width_multiplier={width:g}; "
+                        f"available: {', '.join(have) or 'none'}")
     else:
         path, opts = Path(weights), options
     model = entry.builder(**opts)
+    # the weights' own options (fix_stem, bn_eps, ...) belong to the model's description (checkpoints rebuild it)
+    model.arch_options = dict(opts)
     skip = ("classifier.",) if opts.get("num_classes", 1000) != 1000 else ()
     load_weights(model, path, skip=skip)
     model.weights_entry = known
@@ -215,15 +277,45 @@ def torchvision_module_map(model: nn.Module, prefix: str = "features") -> dict[s
     return m
 
 
+def _timm_v4_block(block: nn.Module, ours: str, theirs: str) -> dict[str, str] | None:
+    """timm's paths of one MobileNetV4 block (``ConvBnAct``, ``EdgeResidual``, ``UniversalInvertedResidual``,
+    ``MobileAttention``); None for other blocks."""
+    from .blocks import ConvBlock, FusedInvertedBottleneck, MobileMQA, UniversalInvertedBottleneck
+    if isinstance(block, ConvBlock):
+        return _conv_bn(ours, f"{theirs}.conv", f"{theirs}.bn1")
+    if isinstance(block, FusedInvertedBottleneck):
+        return {**_conv_bn(f"{ours}.expand", f"{theirs}.conv_exp", f"{theirs}.bn1"),
+                **_conv_bn(f"{ours}.project", f"{theirs}.conv_pwl", f"{theirs}.bn2")}
+    if isinstance(block, UniversalInvertedBottleneck):
+        m = {f"{ours}.layer_scale": f"{theirs}.layer_scale"}
+        for part, name in (("start_dw", "dw_start"), ("expand", "pw_exp"), ("dw", "dw_mid"),
+                           ("project", "pw_proj")):
+            m.update(_conv_bn(f"{ours}.{part}", f"{theirs}.{name}.conv", f"{theirs}.{name}.bn"))
+        return m
+    if isinstance(block, MobileMQA):
+        a, t = f"{ours}.attn", f"{theirs}.attn"
+        return {f"{ours}.norm": f"{theirs}.norm", f"{ours}.layer_scale": f"{theirs}.layer_scale",
+                f"{a}.query": f"{t}.query.proj", f"{a}.key": f"{t}.key.proj", f"{a}.value": f"{t}.value.proj",
+                f"{a}.output": f"{t}.output.proj",
+                **_conv_bn(f"{a}.key_down", f"{t}.key.down_conv", f"{t}.key.norm"),
+                **_conv_bn(f"{a}.value_down", f"{t}.value.down_conv", f"{t}.value.norm")}
+    return None
+
+
 def timm_module_map(model: nn.Module) -> dict[str, str]:
-    """Our module paths -> timm's EfficientNet / MobileNetV3 paths (``conv_stem``, ``blocks.s.b.*``, ...)."""
+    """Our module paths -> timm's EfficientNet / MobileNetV3 / MobileNetV4 paths (``conv_stem``, ``blocks.s.b.*``,
+    ...). Paths of modules the model does not have (e.g. an absent start depthwise conv) match nothing."""
     from .blocks import DepthwiseSeparable
+    from .layers import PooledConvNorm
     m = _conv_bn("stem", "conv_stem", "bn1")
     for s, stage in enumerate(model.stages):
         for b, block in enumerate(stage):
             ours, theirs = f"stages.{s}.{b}", f"blocks.{s}.{b}"
             se = {f"{ours}.se.fc1": f"{theirs}.se.conv_reduce", f"{ours}.se.fc2": f"{theirs}.se.conv_expand"}
-            if isinstance(block, DepthwiseSeparable):
+            v4 = _timm_v4_block(block, ours, theirs)
+            if v4 is not None:
+                m.update(v4)
+            elif isinstance(block, DepthwiseSeparable):
                 m.update(_conv_bn(f"{ours}.dw", f"{theirs}.conv_dw", f"{theirs}.bn1"))
                 m.update(_conv_bn(f"{ours}.pw", f"{theirs}.conv_pw", f"{theirs}.bn2"))
             elif isinstance(block.expand, nn.Identity):  # timm builds t=1 blocks as DepthwiseSeparableConv
@@ -235,9 +327,12 @@ def timm_module_map(model: nn.Module) -> dict[str, str]:
                 m.update(_conv_bn(f"{ours}.dw", f"{theirs}.conv_dw", f"{theirs}.bn2"))
                 m.update(_conv_bn(f"{ours}.project", f"{theirs}.conv_pwl", f"{theirs}.bn3"))
                 m.update(se)
-    if model.arch.head is not None:  # V3: the final 1x1 conv is timm's last block; conv_head is our head_fc
+    if model.arch.head is not None:  # V3/V4: the final 1x1 conv is timm's last block; conv_head is our head_fc
         m.update(_conv_bn("final_conv", f"blocks.{len(model.stages)}.0.conv", f"blocks.{len(model.stages)}.0.bn1"))
-        m["head_fc"] = "conv_head"
+        if isinstance(getattr(model, "head_fc", None), PooledConvNorm):  # V4: conv_head + norm_head
+            m.update(_conv_bn("head_fc", "conv_head", "norm_head"))
+        else:
+            m["head_fc"] = "conv_head"
     elif model.arch.final_conv is not None:  # V2: timm's conv_head + bn2
         m.update(_conv_bn("final_conv", "conv_head", "bn2"))
     m["classifier"] = "classifier"
@@ -323,15 +418,60 @@ def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], *,
     model.load_state_dict({**ours, **new})
 
 
+# timm's MobileNets normalise with PyTorch's BN eps (its tf_ ports use 1e-3, but also TF "same" padding, which no
+# mobilenets model reproduces); V3 here defaults to the TF reference's 1e-3, which shifts the outputs of timm's
+# weights (~6e-3 on the logits with random statistics, more with trained ones).
+TIMM_BN_EPS = 1e-5
+
+
+def _bn_layers(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if hasattr(m, "eps") and getattr(m, "running_var", None) is not None]
+
+
+def _check_timm_bn_eps(model: nn.Module, source: str) -> None:
+    chosen = (getattr(model, "arch_options", None) or {}).get("bn_eps")
+    if chosen is not None and chosen != TIMM_BN_EPS:
+        raise UserError(f"{source} holds timm weights, trained with BN eps {TIMM_BN_EPS:g}, but the model was built "
+                        f"with bn_eps={chosen:g}; build it with bn_eps={TIMM_BN_EPS:g} or without bn_eps")
+
+
+def _fit_timm_bn_eps(model: nn.Module, source: str) -> None:
+    """Give every BN layer timm's eps, and record it in the model's options so that checkpoints keep it."""
+    changed = [m for m in _bn_layers(model) if m.eps != TIMM_BN_EPS]
+    if changed:
+        log.info("%s: timm weights: BN eps of %d layers set from %g to %g, as they were trained", source,
+                 len(changed), changed[0].eps, TIMM_BN_EPS)
+        for m in changed:
+            m.eps = TIMM_BN_EPS
+    if getattr(model, "arch_options", None) is not None and (changed or "bn_eps" in model.arch_options):
+        model.arch_options["bn_eps"] = TIMM_BN_EPS
+
+
 def load_weights(model: nn.Module, source, *, skip: tuple[str, ...] = ()) -> nn.Module:
     """Load a checkpoint saved by torchvision, timm or mobilenets into ``model`` (in place; returned too).
 
     ``source`` is a path (.safetensors, .pth, .pt) or a state dict. Parameter names are mapped automatically;
-    anything that does not fit raises :class:`~mobilenets.errors.UserError` listing every bad key.
+    anything that does not fit raises :class:`~mobilenets.errors.UserError` listing every bad key. A timm file
+    also sets the model's BN eps to timm's 1e-5 (logged), unless the model was built with another ``bn_eps``,
+    which is refused.
     """
     if isinstance(source, dict):
         state, name = source, "state dict"
     else:
         state, name = read_state_dict(source), str(source)
-    load_state_dict_checked(model, state, source=name, module_map=module_map_for(model, state.keys()), skip=skip)
+    timm_file = not hasattr(model, "foreign_module_map") and detect_format(state.keys()) == "timm"
+    if timm_file:
+        _check_timm_bn_eps(model, name)
+    try:
+        load_state_dict_checked(model, state, source=name, module_map=module_map_for(model, state.keys()),
+                                skip=skip)
+    except UserError as e:
+        stem = state.get("conv_stem.weight") if timm_file else None
+        ours = model.state_dict().get("stem.conv.weight")
+        if stem is not None and ours is not None and stem.shape[0] != ours.shape[0]:
+            raise UserError(f"{e}; timm keeps the stem's width below width_multiplier 1 ({stem.shape[0]} channels "
+                            f"here): build the model with fix_stem=True") from None
+        raise
+    if timm_file:
+        _fit_timm_bn_eps(model, name)
     return model
