@@ -99,22 +99,3 @@ def test_cli_coco_folder_bad_annotation(tmp_path, capsys):
     assert main(args + ["--out", str(tmp_path / "r2"), "--skip-bad"]) == 0
     _, meta = read_checkpoint(tmp_path / "r2" / "last.safetensors")
     assert meta.extra["data"]["skipped_annotations"] == {"boxes outside the image": 1}
-
-
-def test_onnx_export_detection_parity(tmp_path):
-    pytest.importorskip("onnxruntime")
-    from mobilenets.checkpoint import CheckpointMeta, Preprocessing
-    from mobilenets.heads.export import export_onnx
-
-    torch.manual_seed(0)
-    model = mobilenets.create_model("ssdlite", backbone="mobilenet_v3_small", num_classes=4, width_multiplier=0.5)
-    meta = CheckpointMeta(model="ssdlite", options={}, task="detect",
-                          preprocessing=Preprocessing(input_size=(3, 96, 96), resize=96, mean=(0.5,) * 3,
-                                                      std=(0.5,) * 3))
-    report = export_onnx(model, meta, tmp_path / "det.onnx")
-    assert report.passed and report.max_abs_diff < 1e-3 and report.agreement >= 0.9
-    import onnx
-    proto = onnx.load(tmp_path / "det.onnx")
-    assert [o.name for o in proto.graph.output] == ["boxes", "scores"]
-    props = {p.key: p.value for p in proto.metadata_props}
-    assert json.loads(props["mobilenets.postprocess"])["nms_thresh"] == model.nms_thresh

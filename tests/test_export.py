@@ -3,6 +3,8 @@ file that fails parity, and the CLI's one-line errors for bad input."""
 from __future__ import annotations
 
 import collections
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -181,3 +183,70 @@ def test_cli_missing_optional_runtime_names_the_extra(tmp_path, capsys, monkeypa
     assert main(["export", "mobilenet_v3_small", "--format", "openvino", "--out", str(tmp_path / "a.xml")]) == 2
     assert "pip install 'mobilenets[openvino]'" in _one_line_error(capsys)
     assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------------------- every task
+def _dense_checkpoint(task: str, folder, size=(96, 96)):
+    torch.manual_seed(0)
+    name = "ssdlite" if task == "detect" else "lraspp"
+    model = mobilenets.create_model(name, backbone="mobilenet_v3_small", num_classes=4, width_multiplier=0.5)
+    meta = CheckpointMeta(model=name, options=dict(model.arch_options), task=task,
+                          class_names=["background", "a", "b", "c"],
+                          preprocessing=Preprocessing(input_size=(3, *size), resize=size[0], mean=(0.5,) * 3,
+                                                      std=(0.5,) * 3))
+    path = folder / f"{task}.safetensors"
+    save_checkpoint(path, model.eval(), meta)
+    return model.eval(), meta, path
+
+
+def test_detector_exports_decoded_boxes_and_scores_with_its_nms_settings(tmp_path):
+    model, meta, _ = _dense_checkpoint("detect", tmp_path)
+    result = export_model(model, meta, tmp_path / "det.onnx")
+    report = result.parity
+    assert report.passed and report.max_abs_diff < 1e-3 and report.agreement >= 0.9
+    proto = onnx.load(tmp_path / "det.onnx")
+    assert [o.name for o in proto.graph.output] == ["boxes", "scores"]  # NMS stays outside the graph
+    props = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(props["mobilenets.postprocess"])["nms_thresh"] == model.nms_thresh
+    assert json.loads(props["mobilenets.parity"])["passed"] and props["mobilenets.precision"] == "fp32"
+
+
+def test_segmenter_exports_logits_at_the_input_size_with_a_dynamic_batch(tmp_path):
+    model, meta, _ = _dense_checkpoint("segment", tmp_path, size=(80, 112))
+    result = export_model(model, meta, tmp_path / "seg.onnx", dynamic_batch=True)
+    assert result.parity.passed and result.parity.agreement == 1.0
+    runner = open_runner(result.path, backend="onnxruntime")
+    assert runner.batch is None
+    x = torch.randn(3, 3, 80, 112)
+    (logits,) = runner.outputs(x.numpy())
+    assert logits.shape == (3, 4, 80, 112)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(logits), model(x), rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("task", ["detect", "segment"])
+def test_dense_checkpoint_runs_the_same_on_torch_and_onnxruntime(task, tmp_path, monkeypatch):
+    """open_runner(ckpt, "torch") runs the task's export module, so its outputs equal the cached export's."""
+    monkeypatch.setenv("MOBILENETS_CACHE", str(tmp_path / "cache"))
+    _, meta, ckpt = _dense_checkpoint(task, tmp_path)
+    eager, exported = open_runner(ckpt, "torch"), open_runner(ckpt, "onnxruntime")
+    assert exported.path.parent == tmp_path / "cache" / "exports" and exported.meta == eager.meta == meta
+    assert json.loads(exported.properties["mobilenets.parity"])["passed"]
+    x = np.random.default_rng(5).standard_normal((2, 3, 96, 96), dtype=np.float32)
+    want, got = eager.outputs(x), exported.outputs(x)
+    assert len(got) == len(want) == (2 if task == "detect" else 1)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, atol=1e-3 * max(1.0, float(np.abs(w).max())), rtol=1e-3)
+    if task == "detect":
+        assert exported.properties["mobilenets.postprocess"] == eager.properties["mobilenets.postprocess"]
+
+
+@pytest.mark.parametrize("task", ["classify", "detect", "segment"])
+def test_checkpoints_of_version_0_1_still_export(task, tmp_path, capsys):
+    """Files written by mobilenets 0.1 (tests/data/v0_1): the CLI exports them with a passing parity check."""
+    ckpt = Path(__file__).parent / "data" / "v0_1" / task / "last.safetensors"
+    out = tmp_path / f"{task}.onnx"
+    assert main(["export", str(ckpt), "--out", str(out), "--parity-samples", "4"]) == 0
+    text = capsys.readouterr().out
+    assert f"wrote {out} (onnx, fp32," in text and "PASS" in text
+    assert open_runner(out, backend="onnxruntime").meta.task == task

@@ -79,23 +79,3 @@ def test_cli_mask_folder_with_a_bad_mask(tmp_path, capsys):
     assert main(args + ["--out", str(tmp_path / "r2"), "--skip-bad"]) == 0
     _, meta = read_checkpoint(tmp_path / "r2" / "last.safetensors")
     assert meta.extra["data"]["skipped_images"] == {"masks whose size does not match the image": 1}
-
-
-def test_onnx_export_segmentation_parity(tmp_path):
-    pytest.importorskip("onnxruntime")
-    from mobilenets.checkpoint import CheckpointMeta, Preprocessing
-    from mobilenets.heads.export import export_onnx
-
-    model = mobilenets.create_model("lraspp", backbone="mobilenet_v3_small", num_classes=3, width_multiplier=0.5)
-    meta = CheckpointMeta(model="lraspp", options={}, task="segment",
-                          preprocessing=Preprocessing(input_size=(3, 80, 112), resize=80, mean=(0.5,) * 3,
-                                                      std=(0.5,) * 3))
-    report = export_onnx(model, meta, tmp_path / "seg.onnx", dynamic_batch=True)
-    assert report.passed and report.agreement == 1.0
-    import onnxruntime as ort
-    session = ort.InferenceSession(str(tmp_path / "seg.onnx"), providers=["CPUExecutionProvider"])
-    x = torch.randn(3, 3, 80, 112)
-    (logits,) = session.run(None, {"input": x.numpy()})
-    assert logits.shape == (3, 3, 80, 112)
-    with torch.no_grad():
-        torch.testing.assert_close(torch.from_numpy(logits), model.eval()(x), rtol=1e-3, atol=1e-4)

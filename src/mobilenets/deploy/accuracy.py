@@ -9,6 +9,9 @@ from torch import nn
 
 from ..checkpoint import CheckpointMeta
 from ..data.samples import fashion_mnist_inputs
+from ..errors import UserError
+from .formats import RUNS_ON, installed
+from .open import open_runner
 
 
 def accuracy(predict, images: np.ndarray, labels: np.ndarray, batch: int = 250) -> float:
@@ -20,19 +23,21 @@ def accuracy(predict, images: np.ndarray, labels: np.ndarray, batch: int = 250) 
 
 def accuracy_report(model: nn.Module, meta: CheckpointMeta, exported: Path, *, backend: str | None = None,
                     limit: int | None = None) -> str:
-    """One line: eager accuracy, the exported file's accuracy and the change in points."""
-    from .formats import RUNS_ON, installed
-    from .open import open_runner
-
+    """One line: eager accuracy, the exported file's accuracy and the change in points (for a classifier: its
+    first output must be (N, classes) logits)."""
     images, labels, _ = fashion_mnist_inputs(meta.preprocessing, "test", limit=limit)
     model = model.eval()
+    backend = backend or next(b for b in RUNS_ON[exported.suffix] if installed(b))
+    runner = open_runner(exported, backend=backend)
+    shape = runner.run(images[:1]).shape
+    if len(shape) != 2:
+        raise UserError(f"--accuracy measures a classifier's Fashion-MNIST top-1, but {exported.name} outputs "
+                        f"{shape} arrays, not (N, classes) logits; drop --accuracy")
 
     def eager(x):
         with torch.inference_mode():
             return model(torch.from_numpy(x)).numpy()
 
-    backend = backend or next(b for b in RUNS_ON[exported.suffix] if installed(b))
-    runner = open_runner(exported, backend=backend)
     base, got = accuracy(eager, images, labels), accuracy(runner.run, images, labels)
     return (f"Fashion-MNIST test accuracy ({len(images)} images): eager PyTorch {base:.2%}, {exported.name} on "
             f"{backend} {got:.2%} ({(got - base) * 100:+.2f} points)")
