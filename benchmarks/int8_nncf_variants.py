@@ -1,16 +1,26 @@
 """A/B of NNCF int8 variants of MobileNetV3-Large (random weights; latency does not depend on the values) on OpenVINO,
-f32 hint, 2 threads, one process, variants interleaved in random order over 40 rounds of 5 runs; median ms and
-ratio to fp32. Chose the scheme of mobilenets.deploy.quantize (the squeeze-excite Multiply kept in fp32).
+f32 hint, 2 threads, one process, variants interleaved in random order over 40 rounds of 5 runs (the package's
+harness, mobilenets.deploy.bench.harness.interleave); median ms and ratio to fp32. Chose the scheme of
+mobilenets.deploy.quantize (the squeeze-excite Multiply kept in fp32).
 
     .venv/bin/python benchmarks/int8_nncf_variants.py
 """
-import time, statistics, numpy as np, torch, nncf, openvino as ov, logging
+import logging
+from functools import partial
+
+import nncf
+import numpy as np
+import onnx
+import openvino as ov
+import torch
+
 logging.disable(logging.WARNING)
 import mobilenets
 from mobilenets.checkpoint import CheckpointMeta, Preprocessing
 from mobilenets.deploy import export_model
+from mobilenets.deploy.bench.harness import interleave, timed
 from mobilenets.deploy.openvino_io import from_onnx
-import onnx
+
 torch.manual_seed(0)
 m = mobilenets.create_model("mobilenet_v3_large").eval()
 meta = CheckpointMeta(model="mobilenet_v3_large", options=m.arch_options, preprocessing=Preprocessing(input_size=(3,224,224)))
@@ -28,14 +38,9 @@ reqs = {k: core.compile_model(v, "CPU", cfg).create_infer_request() for k, v in 
 reqs["fp32 pinned"] = core.compile_model(variants["fp32"], "CPU", {**cfg, "ENABLE_CPU_PINNING": True}).create_infer_request()
 reqs["int8 current pinned"] = core.compile_model(variants["int8 perf (current)"], "CPU", {**cfg, "ENABLE_CPU_PINNING": True}).create_infer_request()
 x = rng.standard_normal((1,3,224,224)).astype(np.float32)
-times = {k: [] for k in reqs}
 for k, rq in reqs.items():
     for _ in range(20): rq.infer({0: x})
-for rnd in range(40):
-    keys = list(reqs); rng.shuffle(keys)
-    for k in keys:
-        for _ in range(5):
-            t = time.perf_counter(); reqs[k].infer({0: x}); times[k].append(time.perf_counter() - t)
-base = statistics.median(times["fp32"])
-for k, v in times.items():
-    print(f"{k:24s} median {1000*statistics.median(v):.2f} ms  ratio/fp32 {statistics.median(v)/base:.3f}")
+timings = interleave({k: timed(partial(rq.infer, {0: x})) for k, rq in reqs.items()}, 40, min_runs=5, max_runs=5)
+base = timings["fp32"].median
+for k, t in timings.items():
+    print(f"{k:24s} median {t.median:.2f} ms  ratio/fp32 {t.median/base:.3f}")

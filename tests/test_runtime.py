@@ -138,7 +138,8 @@ def test_bench_cli_rejects_bad_options(capsys):
 
 
 def test_bench_ratio_is_the_median_of_per_round_ratios():
-    from mobilenets.deploy.bench import BenchReport, PathResult, _ratio, format_table
+    from mobilenets.deploy.bench import BenchReport, PathResult, format_table
+    from mobilenets.deploy.bench.stats import ratio
 
     def row(who, backend, rounds, best):
         med = float(np.median(rounds))
@@ -149,7 +150,7 @@ def test_bench_ratio_is_the_median_of_per_round_ratios():
             row("ours", "onnxruntime", [3.0, 3.0, 3.0], [0.9, 0.9, 0.9]),
             row("peer", "openvino", [2.5, 4.0, 2.5], [1.0, 1.2, 1.0]), row("peer", "torch", [1.0] * 3, [0.1] * 3),
             row("ours int8", "openvino", [1.0, 2.0, 1.0], [0.45, 0.45, 0.45])]
-    q = _ratio(rows)
+    q = ratio(rows)
     # By medians ours is fastest on openvino (2.0); peers' fastest among runtimes is openvino (eager excluded).
     assert q["ours"] == "ours openvino" and q["peer"] == "peer openvino"
     assert q["ratio"] == pytest.approx(0.8) and q["int8_vs_fp32"]["ratio"] == pytest.approx(0.5)
@@ -158,3 +159,36 @@ def test_bench_ratio_is_the_median_of_per_round_ratios():
     assert q["int8_vs_fp32"]["best_ratio"] == pytest.approx(0.5)
     table = format_table(BenchReport("d", "cpu", 2, 100.0, {}, rows, [q]))
     assert "| mobilenet_v2 | 1 | 0.800 (0.80-0.90): ours openvino 2.00 ms / peer openvino 2.50 ms | 0.900 (" in table
+
+
+def test_harness_interleaves_rounds_and_sizes_bursts_from_the_first_round():
+    from mobilenets.deploy.bench import harness
+
+    calls = []
+
+    def path(name, ms):
+        def burst(n):
+            calls.append((name, n))
+            return [ms] * n
+        return burst
+
+    t = harness.interleave({"a": path("a", 10.0), "b": path("b", 1.0)}, rounds=3, burst_ms=50)
+    assert [n for k, n in calls if k == "a"] == [3, 5, 5]  # 3 runs, then about 50 ms of them
+    assert [n for k, n in calls if k == "b"] == [3, 50, 50]  # capped at 50 runs
+    assert all({k for k, _ in calls[i:i + 2]} == {"a", "b"} for i in range(0, 6, 2))  # each path once a round
+    assert t["a"].rounds == [10.0] * 3 and t["b"].best == 1.0 and len(t["b"].times) == 103
+
+
+def test_worker_times_in_its_own_process_and_reports_a_failed_load():
+    import operator
+    import time
+    from functools import partial
+
+    from mobilenets.deploy.bench.harness import Worker
+
+    worker = Worker.start(partial(partial, time.sleep), 0.002)  # load(0.002) -> the callable to time
+    assert worker.ready() is None
+    times = worker.burst(4)
+    worker.stop()
+    assert len(times) == 4 and min(times) >= 2.0
+    assert "TypeError" in Worker.start(operator.neg, "x").ready()

@@ -59,11 +59,6 @@ def register(subparsers) -> None:
     b.set_defaults(handler=bench_command)
 
 
-def _bench():
-    from ..deploy import bench
-    return bench
-
-
 def export_command(args: argparse.Namespace) -> int:
     from ..deploy.export import export_model
     from ..deploy.formats import installed
@@ -97,13 +92,27 @@ def export_command(args: argparse.Namespace) -> int:
 
 
 def bench_command(args: argparse.Namespace) -> int:
-    bench = _bench()
-    report = bench.run_bench(
-        models=bench.parse_list(args.models, "models"),
-        backends=bench.parse_list(args.backends, "backends") if args.backends else None,
-        batches=bench.parse_list(args.batch, "batch", int), threads=args.threads, rounds=args.rounds,
+    from ..deploy.bench import format_table, run_bench
+
+    report = run_bench(
+        models=parse_list(args.models, "models"),
+        backends=parse_list(args.backends, "backends") if args.backends else None,
+        batches=parse_list(args.batch, "batch", int), threads=args.threads, rounds=args.rounds,
         large_batch_rounds=args.large_batch_rounds,
         tuned_peers=args.tuned_peers, int8=args.int8, calibration=args.calibration_data,
         progress=lambda msg: print(msg, file=sys.stderr, flush=True))
-    print(json.dumps(report.to_json(), indent=1) if args.json else bench.format_table(report))
+    print(json.dumps(report.to_json(), indent=1) if args.json else format_table(report))
     return 0
+
+
+def parse_list(text: str, what: str, cast=str) -> list:
+    """A comma-separated flag value as a list (``cast`` each item); one-line UserError when it is not one."""
+    from ..errors import UserError
+
+    try:
+        items = [cast(t.strip()) for t in text.split(",") if t.strip()]
+    except ValueError as e:
+        raise UserError(f"--{what} {text!r} is not a comma-separated list ({e}); e.g. --{what} 1,32") from e
+    if not items:
+        raise UserError(f"--{what} is empty; give a comma-separated list")
+    return items

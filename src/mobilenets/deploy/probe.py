@@ -7,8 +7,8 @@ import sys
 
 import numpy as np
 
+from .bench.harness import median_ms
 from .open import open_runner
-from .runtime import time_runner
 
 
 def main(argv: list[str]) -> None:
@@ -16,7 +16,7 @@ def main(argv: list[str]) -> None:
     runner = open_runner(path, backend=backend, threads=threads)
     shape = runner.meta.preprocessing.input_size if runner.meta else (3, 224, 224)
     x = np.random.default_rng(0).standard_normal((runner.batch or 1, *shape), dtype=np.float32)
-    sys.stdout.write(f"{time_runner(runner, x, seconds):.4f}\n")
+    sys.stdout.write(f"{median_ms(lambda: runner.run(x), seconds):.4f}\n")
 
 
 if __name__ == "__main__":

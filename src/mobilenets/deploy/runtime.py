@@ -9,8 +9,6 @@ Which file runs where, and how a checkpoint becomes a runner, is :func:`mobilene
 from __future__ import annotations
 
 import json
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
@@ -183,15 +181,3 @@ def onnx_properties(path: Path) -> dict[str, str]:
     proto = onnx.load(str(path), load_external_data=False)
     return {p.key: p.value for p in proto.metadata_props}
 
-
-def time_runner(runner: Runner, x: np.ndarray, seconds: float = 1.0, warmup: int = 3, max_runs: int = 200) -> float:
-    """Median ms of ``runner.run(x)`` over about ``seconds`` of runs."""
-    for _ in range(warmup):
-        runner.run(x)
-    times = []
-    end = time.perf_counter() + seconds
-    while len(times) < 5 or (time.perf_counter() < end and len(times) < max_runs):
-        t = time.perf_counter()
-        runner.run(x)
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)

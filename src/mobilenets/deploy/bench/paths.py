@@ -1,0 +1,144 @@
+"""What ``mobilenets bench`` measures: one :class:`PathSpec` per (model, who, backend, batch), the files it
+runs (our exports and the peers') and :func:`load`, which a worker process calls to get the callable to time.
+
+* ``ours``: ``mobilenets.create_model(name)`` exported by :func:`~mobilenets.deploy.export.export_model`
+  (BN folded, GlobalAveragePool, parity-checked) and run by :mod:`~mobilenets.deploy.runtime`'s runners, plus
+  eager PyTorch (batch 1 only: at batch 32 one eager run takes seconds on a busy machine).
+* ``peer``: torchvision's ``mobilenet_v2`` / ``mobilenet_v3_large`` / ``mobilenet_v3_small`` and timm's
+  ``mobilenetv1_100``, exported with plain ``torch.onnx.export`` (its defaults: the dynamo exporter, opset 18)
+  and run with the runtimes' default settings apart from the thread count (and fp32 precision for OpenVINO,
+  whose default on AVX-512 BF16 CPUs is bf16), plus eager PyTorch.
+* ``peer+tuned`` (``tuned_peers=True``): the reference ONNX files run by our runners. Our runner settings are
+  the runtimes' defaults made explicit, so this is an A/A control: its spread against ``peer`` is the noise.
+* ``ours int8`` (``int8=True``): NNCF int8 on OpenVINO and ONNX Runtime QDQ int8 (batch 1).
+
+Random weights: latency does not depend on the values (no sparsity is exploited by these runtimes).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..formats import installed
+
+MODELS = ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small")
+PEERS = {"mobilenet_v1": ("timm", "mobilenetv1_100"), "mobilenet_v2": ("torchvision", "mobilenet_v2"),
+         "mobilenet_v3_large": ("torchvision", "mobilenet_v3_large"),
+         "mobilenet_v3_small": ("torchvision", "mobilenet_v3_small")}
+INPUT_SIZE = (3, 224, 224)  # ImageNet-sized inputs: the models and their peers as published
+
+
+@dataclass
+class PathSpec:
+    """One measured path: what the worker process loads."""
+
+    model: str  # our registry name (the row group)
+    who: str  # "ours", "peer", "peer+tuned", "ours int8"
+    backend: str
+    batch: int
+    threads: int
+    file: str | None = None  # exported file (None: eager torch)
+    source: tuple[str, str] | None = None  # ("mobilenets"|"torchvision"|"timm", name) for eager torch
+    tuned: bool = True
+
+    @property
+    def label(self) -> str:
+        return f"{self.who} {self.backend}"
+
+
+def load(spec: PathSpec):
+    """A callable running one batch for ``spec`` (called in the path's worker process)."""
+    x = np.random.default_rng(0).standard_normal((spec.batch, *INPUT_SIZE), dtype=np.float32)
+    if spec.backend == "torch":
+        import torch
+        torch.set_num_threads(spec.threads)
+        model = build(*spec.source).eval()
+        xt = torch.from_numpy(x)
+
+        def run():
+            with torch.inference_mode():
+                model(xt)
+        return run
+    from ..runtime import OnnxRuntimeRunner, OpenVinoRunner
+    if spec.backend == "onnxruntime":
+        runner = OnnxRuntimeRunner(Path(spec.file), spec.threads, tuned=spec.tuned)
+    else:  # our OpenVINO settings are its defaults plus fp32 and the thread count: nothing to tune
+        runner = OpenVinoRunner(Path(spec.file), spec.threads)
+    return lambda: runner.run(x)
+
+
+def build(library: str, name: str):
+    if library == "mobilenets":
+        from ...registry import create_model
+        return create_model(name)
+    if library == "torchvision":
+        import torchvision
+        return torchvision.models.get_model(name)
+    import timm
+    return timm.create_model(name)
+
+
+def specs(name, batch, threads, backends, folder: Path, tuned_peers, int8, calibration) -> list[PathSpec]:
+    """Every path of one model at one batch size (exporting the files they run into ``folder``)."""
+    out = []
+    onnx_backends = [b for b in backends if b != "torch"]
+    ours = export_ours(name, batch, folder, int8, calibration) if onnx_backends else {}
+    peer = export_peer(name, batch, folder) if onnx_backends else None
+    if "torch" in backends and batch == 1:  # eager at batch 32 takes seconds a run: batch 1 says enough
+        out.append(PathSpec(name, "ours", "torch", batch, threads, source=("mobilenets", name)))
+        out.append(PathSpec(name, "peer", "torch", batch, threads, source=PEERS[name]))
+    for b in onnx_backends:
+        out.append(PathSpec(name, "ours", b, batch, threads, file=ours["fp32"]))
+        out.append(PathSpec(name, "peer", b, batch, threads, file=peer, tuned=False))
+        if tuned_peers:
+            out.append(PathSpec(name, "peer+tuned", b, batch, threads, file=peer))
+        if f"int8 {b}" in ours:
+            out.append(PathSpec(name, "ours int8", b, batch, threads, file=ours[f"int8 {b}"]))
+    return out
+
+
+def export_ours(name: str, batch: int, folder: Path, int8: bool, calibration: str | None) -> dict[str, str]:
+    from ...registry import create_model
+    from ..source import meta_for
+
+    model = create_model(name).eval()
+    meta = meta_for(model, name, {})
+    files = {}
+    out = folder / f"{name}_b{batch}.onnx"
+    _export_batch(model, meta, out, "onnx", batch)
+    files["fp32"] = str(out)
+    if int8:
+        if installed("openvino") and installed("nncf"):
+            xml = folder / f"{name}_b{batch}_int8.xml"
+            _export_batch(model, meta, xml, "openvino", batch, int8=True, calibration=calibration)
+            files["int8 openvino"] = str(xml)
+        if installed("onnxruntime"):
+            qdq = folder / f"{name}_b{batch}_int8.onnx"
+            _export_batch(model, meta, qdq, "onnx", batch, int8=True, calibration=calibration)
+            files["int8 onnxruntime"] = str(qdq)
+    return files
+
+
+def _export_batch(model, meta, out: Path, fmt: str, batch: int, int8: bool = False,
+                  calibration: str | None = None) -> None:
+    """Export at a fixed batch of ``batch`` (a fixed shape lets the runtimes plan every layer ahead). int8
+    parity is reported, not enforced: the random-weight benchmark models have no meaningful top-1."""
+    from ..export import export_model
+    export_model(model, meta, out, fmt, batch=batch, int8=int8, calibration_data=calibration,
+                 min_agreement=0.0 if int8 else None, parity_n=max(batch, 4), calibration_n=max(64, batch * 4))
+
+
+def export_peer(name: str, batch: int, folder: Path) -> str:
+    """The reference model exported the plain way: ``torch.onnx.export`` with its defaults."""
+    import torch
+    library, peer = PEERS[name]
+    model = build(library, peer).eval()
+    out = folder / f"peer_{peer}_b{batch}.onnx"
+    for logger in ("torch.onnx", "onnx_ir", "onnxscript"):
+        logging.getLogger(logger).setLevel(logging.WARNING)
+    torch.onnx.export(model, (torch.zeros(batch, *INPUT_SIZE),), str(out), opset_version=18,
+                      external_data=False, verbose=False)
+    return str(out)

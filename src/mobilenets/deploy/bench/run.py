@@ -1,0 +1,100 @@
+"""``run_bench``: every path of every model and batch size, measured by the harness, into a report."""
+from __future__ import annotations
+
+import logging
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ...errors import UserError
+from ..formats import RUNTIMES, installed, optional_import
+from . import harness, paths
+from .report import BenchReport
+from .stats import path_result, ratio
+
+log = logging.getLogger(__name__)
+
+
+def run_bench(models=paths.MODELS, backends=None, batches=(1, 32), threads: int = 2, rounds: int = 30,
+              large_batch_rounds: int = 10, burst_ms: float = 150.0, tuned_peers: bool = False, int8: bool = False,
+              calibration: str | None = None, workdir: str | None = None, progress=None, on_block=None
+              ) -> BenchReport:
+    """Measure every path; ``rounds`` interleaved rounds at batch 1, ``large_batch_rounds`` at larger batches
+    (each of their runs is already a long average). int8 and tuned-peer paths are batch-1 figures.
+    ``progress(message)`` receives progress lines (default: the log); ``on_block(report)`` receives the report so
+    far after each model and batch (to save partial results)."""
+    from ... import profile
+    from ..auto import cpu_name
+
+    for value, what in ((threads, "threads"), (rounds, "rounds"), (large_batch_rounds, "large-batch-rounds"),
+                        *((b, "batch") for b in batches)):
+        if value < 1:
+            raise UserError(f"--{what} {value} must be at least 1")
+    unknown = [m for m in models if m not in paths.PEERS]
+    if unknown:
+        raise UserError(f"unknown benchmark model(s) {', '.join(unknown)}; use {', '.join(paths.MODELS)}")
+    if backends is None:
+        backends = [b for b in RUNTIMES if installed(b)]
+    bad = [b for b in backends if b not in RUNTIMES]
+    if bad:
+        raise UserError(f"unknown backend(s) {', '.join(bad)}; use {', '.join(RUNTIMES)}")
+    for b in backends:
+        if b != "torch":
+            optional_import(b, what=f"backend {b!r}")
+    if int8 and calibration is None:
+        calibration = "fashion-mnist"
+    say = progress or (lambda msg: log.info("%s", msg))
+    roof = harness.sgemm_roof(threads)
+    say(f"sgemm roof on {threads} threads: {roof:.1f} GFLOP/s")
+    results, ratios = [], []
+    report = BenchReport(date=datetime.now(timezone.utc).isoformat(timespec="minutes"), cpu=cpu_name(),
+                         threads=threads, sgemm_gflops=roof, versions=_versions(), results=results, ratios=ratios)
+    with tempfile.TemporaryDirectory(prefix="mobilenets-bench-", dir=workdir) as tmp:
+        folder = Path(tmp)
+        for name in models:
+            macs = profile(paths.build("mobilenets", name), input_size=paths.INPUT_SIZE).macs
+            for batch in batches:
+                first = batch == 1
+                specs = paths.specs(name, batch, threads, backends, folder, tuned_peers and first, int8 and first,
+                                    calibration)
+                n_rounds = rounds if first else large_batch_rounds
+                say(f"{name} batch {batch}: {len(specs)} paths x {n_rounds} rounds")
+                for spec, timings in measure(specs, n_rounds, burst_ms):
+                    results.append(path_result(spec, timings, macs, roof))
+                q = ratio([r for r in results if r.model == name and r.batch == batch])
+                if q:
+                    ratios.append(q)
+                    say(f"  ours/peers: {q['ratio']:.3f} ({q['ours']} vs {q['peer']})")
+                if on_block:
+                    on_block(report)
+    return report
+
+
+def measure(specs: list[paths.PathSpec], rounds: int, burst_ms: float, gap_s: float = 0.05
+            ) -> list[tuple[paths.PathSpec, harness.Timings]]:
+    """Every path in its own worker process, interleaved; paths whose worker fails to load are skipped."""
+    workers = [harness.Worker.start(paths.load, spec) for spec in specs]  # they load in parallel
+    live = {}
+    for i, (spec, worker) in enumerate(zip(specs, workers)):
+        error = worker.ready()
+        if error:
+            log.warning("skipping %s %s: %s", spec.model, spec.label, error)
+        else:
+            live[i] = worker
+    try:
+        timings = harness.interleave({i: w.burst for i, w in live.items()}, rounds, burst_ms=burst_ms, gap_s=gap_s)
+    finally:
+        for worker in live.values():
+            worker.stop()
+    return [(specs[i], t) for i, t in timings.items()]
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+    out = {}
+    for pkg in ("torch", "torchvision", "timm", "onnxruntime", "openvino", "nncf"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
