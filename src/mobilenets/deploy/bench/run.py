@@ -8,14 +8,15 @@ from pathlib import Path
 
 from ...errors import UserError
 from ..formats import RUNTIMES, installed, optional_import
-from . import harness, paths
+from .harness import Timings, Worker, interleave, sgemm_roof
+from .paths import INPUT_SIZE, MODELS, PEERS, PathSpec, build, load, specs
 from .report import BenchReport
 from .stats import path_result, ratio
 
 log = logging.getLogger(__name__)
 
 
-def run_bench(models=paths.MODELS, backends=None, batches=(1, 32), threads: int = 2, rounds: int = 30,
+def run_bench(models=MODELS, backends=None, batches=(1, 32), threads: int = 2, rounds: int = 30,
               large_batch_rounds: int = 10, burst_ms: float = 150.0, tuned_peers: bool = False, int8: bool = False,
               calibration: str | None = None, workdir: str | None = None, progress=None, on_block=None
               ) -> BenchReport:
@@ -30,9 +31,9 @@ def run_bench(models=paths.MODELS, backends=None, batches=(1, 32), threads: int 
                         *((b, "batch") for b in batches)):
         if value < 1:
             raise UserError(f"--{what} {value} must be at least 1")
-    unknown = [m for m in models if m not in paths.PEERS]
+    unknown = [m for m in models if m not in PEERS]
     if unknown:
-        raise UserError(f"unknown benchmark model(s) {', '.join(unknown)}; use {', '.join(paths.MODELS)}")
+        raise UserError(f"unknown benchmark model(s) {', '.join(unknown)}; use {', '.join(MODELS)}")
     if backends is None:
         backends = [b for b in RUNTIMES if installed(b)]
     bad = [b for b in backends if b not in RUNTIMES]
@@ -44,7 +45,7 @@ def run_bench(models=paths.MODELS, backends=None, batches=(1, 32), threads: int 
     if int8 and calibration is None:
         calibration = "fashion-mnist"
     say = progress or (lambda msg: log.info("%s", msg))
-    roof = harness.sgemm_roof(threads)
+    roof = sgemm_roof(threads)
     say(f"sgemm roof on {threads} threads: {roof:.1f} GFLOP/s")
     results, ratios = [], []
     report = BenchReport(date=datetime.now(timezone.utc).isoformat(timespec="minutes"), cpu=cpu_name(),
@@ -52,14 +53,14 @@ def run_bench(models=paths.MODELS, backends=None, batches=(1, 32), threads: int 
     with tempfile.TemporaryDirectory(prefix="mobilenets-bench-", dir=workdir) as tmp:
         folder = Path(tmp)
         for name in models:
-            macs = profile(paths.build("mobilenets", name), input_size=paths.INPUT_SIZE).macs
+            macs = profile(build("mobilenets", name), input_size=INPUT_SIZE).macs
             for batch in batches:
                 first = batch == 1
-                specs = paths.specs(name, batch, threads, backends, folder, tuned_peers and first, int8 and first,
-                                    calibration)
+                block = specs(name, batch, threads, backends, folder, tuned_peers and first, int8 and first,
+                              calibration)
                 n_rounds = rounds if first else large_batch_rounds
-                say(f"{name} batch {batch}: {len(specs)} paths x {n_rounds} rounds")
-                for spec, timings in measure(specs, n_rounds, burst_ms):
+                say(f"{name} batch {batch}: {len(block)} paths x {n_rounds} rounds")
+                for spec, timings in measure(block, n_rounds, burst_ms):
                     results.append(path_result(spec, timings, macs, roof))
                 q = ratio([r for r in results if r.model == name and r.batch == batch])
                 if q:
@@ -70,23 +71,23 @@ def run_bench(models=paths.MODELS, backends=None, batches=(1, 32), threads: int 
     return report
 
 
-def measure(specs: list[paths.PathSpec], rounds: int, burst_ms: float, gap_s: float = 0.05
-            ) -> list[tuple[paths.PathSpec, harness.Timings]]:
+def measure(paths: list[PathSpec], rounds: int, burst_ms: float, gap_s: float = 0.05
+            ) -> list[tuple[PathSpec, Timings]]:
     """Every path in its own worker process, interleaved; paths whose worker fails to load are skipped."""
-    workers = [harness.Worker.start(paths.load, spec) for spec in specs]  # they load in parallel
+    workers = [Worker.start(load, spec) for spec in paths]  # they load in parallel
     live = {}
-    for i, (spec, worker) in enumerate(zip(specs, workers)):
+    for i, (spec, worker) in enumerate(zip(paths, workers)):
         error = worker.ready()
         if error:
             log.warning("skipping %s %s: %s", spec.model, spec.label, error)
         else:
             live[i] = worker
     try:
-        timings = harness.interleave({i: w.burst for i, w in live.items()}, rounds, burst_ms=burst_ms, gap_s=gap_s)
+        timings = interleave({i: w.burst for i, w in live.items()}, rounds, burst_ms=burst_ms, gap_s=gap_s)
     finally:
         for worker in live.values():
             worker.stop()
-    return [(specs[i], t) for i, t in timings.items()]
+    return [(paths[i], t) for i, t in timings.items()]
 
 
 def _versions() -> dict:
