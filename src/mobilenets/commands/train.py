@@ -288,7 +288,8 @@ def predict_images(args: argparse.Namespace) -> list[dict]:
         raise UserError(f"{args.checkpoint} holds no mobilenets metadata; pass a checkpoint or a file written by "
                         "'mobilenets export'")
     if args.task is not None and args.task != meta.task:
-        raise UserError(f"{args.checkpoint} holds a {meta.task} model; pass --task {meta.task} or leave it out")
+        raise UserError(f"{args.checkpoint} holds a {meta.task} model, not a {args.task} model; pass --task "
+                        f"{meta.task} or leave it out")
     task = get_task(meta.task)
     log.info("running %s on %s", args.checkpoint, runner.backend)
     out = args.out or Path("predictions")
