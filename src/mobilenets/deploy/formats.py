@@ -2,14 +2,14 @@
 
 File formats and the backends that run them:
 
-=====================  ====================  =========================================================
-format                 suffix                backends
-=====================  ====================  =========================================================
-``onnx``               ``.onnx``             onnxruntime, openvino
-``openvino``           ``.xml`` (+ ``.bin``)  openvino (OpenVINO IR, e.g. an NNCF int8 model)
-``exported-program``   ``.pt2``              torch (a ``torch.export`` ExportedProgram)
-(a checkpoint)         ``.safetensors``      torch (eager); onnxruntime / openvino through a cached ONNX export
-=====================  ====================  =========================================================
+======================  ======================  ==================================================================
+format                  suffix                  backends
+======================  ======================  ==================================================================
+``onnx``                ``.onnx``               onnxruntime, openvino
+``openvino``            ``.xml`` (+ ``.bin``)   openvino (OpenVINO IR, e.g. an NNCF int8 model)
+``exported-program``    ``.pt2``                torch (a ``torch.export`` ExportedProgram)
+(a checkpoint)          ``.safetensors``        torch (eager); onnxruntime / openvino through a cached ONNX export
+======================  ======================  ==================================================================
 
 Metadata travels inside every file under the keys below (ONNX ``metadata_props``, OpenVINO ``rt_info``, the
 ExportedProgram's extra files), so a runner knows the model, its classes and preprocessing without the checkpoint.
