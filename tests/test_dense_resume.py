@@ -2,7 +2,6 @@
 an uninterrupted run's with the same seed; a finished or foreign run folder is refused in one line."""
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import pytest
@@ -10,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from mobilenets.cli import main
-from mobilenets.train import detect, segment
+from mobilenets.tasks import get_task
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -28,22 +27,23 @@ def history(out) -> list[dict]:
             for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("module", [detect, segment], ids=["detect", "segment"])
-def test_resume_after_interrupt_matches_uninterrupted(module, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("name", ["detect", "segment"])
+def test_resume_after_interrupt_matches_uninterrupted(name, tmp_path, monkeypatch, capsys):
     straight, broken = tmp_path / "straight", tmp_path / "broken"
-    assert main(args(module.TASK.name, straight)) == 0
+    assert main(args(name, straight)) == 0
 
     calls = []
-    real = module.TASK.losses
+    task = get_task(name)
+    real = task.loss
 
-    def dies_in_epoch_two(model, x, targets):
+    def dies_in_epoch_two(*a, **k):
         calls.append(1)
         if len(calls) == 3:  # 2 steps per epoch: the first step of epoch 2
             raise KeyboardInterrupt
-        return real(model, x, targets)
+        return real(*a, **k)
 
-    monkeypatch.setattr(module, "TASK", dataclasses.replace(module.TASK, losses=dies_in_epoch_two))
-    assert main(args(module.TASK.name, broken)) != 0  # the CLI reports the interrupt
+    monkeypatch.setattr(task, "loss", dies_in_epoch_two)
+    assert main(args(name, broken)) != 0  # the CLI reports the interrupt
     assert "interrupted" in capsys.readouterr().err
     assert [r["epoch"] for r in history(broken)] == [1]
     monkeypatch.undo()
@@ -54,11 +54,9 @@ def test_resume_after_interrupt_matches_uninterrupted(module, tmp_path, monkeypa
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
     capsys.readouterr()
-    assert main(args(module.TASK.name, broken)) == 2  # the folder holds a run: --resume or another --out
+    assert main(args(name, broken)) == 2  # the folder holds a run: --resume or another --out
     err = capsys.readouterr().err
     assert "--resume" in err and len(err.strip().splitlines()) == 1
-    other = "segment" if module is detect else "detect"
-    (tmp_path / "cfg").mkdir()
-    (tmp_path / "cfg" / "config.json").write_text(json.dumps({"task": other}))
-    assert main(["train", "--task", module.TASK.name, "--resume", str(tmp_path / "cfg")]) == 2
-    assert f"is a {other} run" in capsys.readouterr().err
+    other = "segment" if name == "detect" else "detect"
+    assert main(["train", "--task", other, "--resume", str(broken)]) == 2
+    assert f"is a {name} run" in capsys.readouterr().err

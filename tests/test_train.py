@@ -136,7 +136,7 @@ def test_eval_json_and_text(trained, data, capsys):
 
 def test_eval_flip_tta(trained, data, capsys):
     """--tta flip scores the mean probabilities of each image and its mirror, and says so in the report."""
-    from mobilenets.train.loop import FlipAverage
+    from mobilenets.tasks.classify import FlipAverage
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(3))
     x = torch.randn(5, 1, 8, 8)
