@@ -10,7 +10,8 @@ import mobilenets
 from mobilenets.checkpoint import read_checkpoint
 from mobilenets.cli import main
 from mobilenets.data.scenes import FashionScenes, SceneConfig, export_scenes
-from mobilenets.train.detect import coco_map, collate_train, train_transforms
+from mobilenets.tasks import get_task
+from mobilenets.tasks.detect import coco_map, collate_train
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -33,15 +34,15 @@ def test_coco_map_perfect_shifted_and_empty():
 def test_ssdlite_learns_a_batch():
     torch.manual_seed(0)
     scenes = FashionScenes("train", 8, SceneConfig(image_size=64, scale=(1.0, 1.6), max_items=3),
-                           transforms=train_transforms(64), targets="detect")
-    x, targets = collate_train([scenes[i] for i in range(8)])
+                           transforms=get_task("detect").train_transforms(64, scenes=False), targets="detect")
+    x, targets, _ = collate_train([scenes[i] for i in range(8)])
     model = mobilenets.create_model("ssdlite", backbone="mobilenet_v3_small", num_classes=11,
                                     width_multiplier=0.5)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     history = []
     for _ in range(25):
-        losses = model.loss(model(x), targets)
-        loss = losses["bbox_regression"] + losses["classification"]
+        loss, terms, _ = get_task("detect").loss(model, x, targets)  # the loss the trainer minimises
+        assert loss == terms["loss_box"] + terms["loss_cls"]
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -11,7 +11,8 @@ import mobilenets
 from mobilenets.checkpoint import read_checkpoint
 from mobilenets.cli import main
 from mobilenets.data.scenes import FashionScenes, SceneConfig, export_scenes
-from mobilenets.train.segment import collate_train, confusion_metrics, train_transforms
+from mobilenets.tasks import get_task
+from mobilenets.tasks.segment import AUX_WEIGHT, collate_train, confusion_metrics
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -29,14 +30,21 @@ def test_confusion_metrics():
 @pytest.mark.parametrize("name", ["lraspp", "deeplabv3"])
 def test_segmenter_learns_a_batch(name):
     torch.manual_seed(0)
-    scenes = FashionScenes("train", 4, SceneConfig(image_size=64, max_items=3), transforms=train_transforms(64, True),
-                           targets="segment")
-    x, masks = collate_train([scenes[i] for i in range(4)])
-    model = mobilenets.create_model(name, backbone="mobilenet_v3_small", num_classes=11, width_multiplier=0.5)
+    task = get_task("segment")
+    scenes = FashionScenes("train", 4, SceneConfig(image_size=64, max_items=3),
+                           transforms=task.train_transforms(64, scenes=True), targets="segment")
+    x, masks, _ = collate_train([scenes[i] for i in range(4)])
+    model = mobilenets.create_model(name, backbone="mobilenet_v3_small", num_classes=11, width_multiplier=0.5,
+                                    **({"aux_loss": True} if name == "deeplabv3" else {}))
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     history = []
     for _ in range(15):
-        loss = torch.nn.functional.cross_entropy(model.forward_with_aux(x)[0], masks, ignore_index=255)
+        torch.manual_seed(1)  # the same dropout masks in both passes
+        loss, terms, _ = task.loss(model.train(), x, masks)  # the loss the trainer minimises, aux term included
+        torch.manual_seed(1)
+        main_term = torch.nn.functional.cross_entropy(model.forward_with_aux(x)[0], masks, ignore_index=255)
+        assert set(terms) == ({"loss_main", "loss_aux"} if name == "deeplabv3" else {"loss_main"})
+        assert torch.allclose(terms["loss_main"], main_term) and AUX_WEIGHT == 0.5
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
