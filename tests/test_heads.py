@@ -9,6 +9,7 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.models.segmentation import deeplabv3_mobilenet_v3_large, lraspp_mobilenet_v3_large
 
 import mobilenets
+from mobilenets.heads.backbones import channels_of
 from mobilenets.errors import UserError
 from mobilenets.heads.anchors import BoxCoder, DefaultBoxes, match_anchors
 
@@ -175,15 +176,18 @@ def test_box_coder_round_trip_and_matching():
 def test_ssdlite_taps_on_every_backbone(backbone, channels):
     # V2: expansion of the first stride-32 block (section 6.2 of arXiv:1801.04381); V1: conv11 (stride 16);
     # V3-Small with the reduced tail (576 // 2 for the last conv).
-    model = mobilenets.create_model("ssdlite", backbone=backbone, num_classes=5)
-    assert model.features.channels == channels
+    model = mobilenets.create_model("ssdlite", backbone=backbone, num_classes=5).eval()
+    assert channels_of(model.features) == channels
+    with torch.no_grad():  # and the maps really have them, at strides 16 and 32
+        maps = model.features(torch.randn(1, 3, 128, 128))
+    assert [m.shape[1:] for m in maps] == [(channels[0], 8, 8), (channels[1], 4, 4)]
 
 
 def test_reduced_tail_is_v3_only():
     with pytest.raises(UserError, match="reduced_tail"):
         mobilenets.create_model("ssdlite", backbone="mobilenet_v2", reduced_tail=True)
     full = mobilenets.create_model("ssdlite", backbone="mobilenet_v3_large", reduced_tail=False, num_classes=3)
-    assert full.features.channels == [672, 960]
+    assert channels_of(full.features) == [672, 960]
 
 
 @pytest.mark.parametrize("name", ["lraspp", "deeplabv3"])
@@ -223,8 +227,19 @@ def test_aux_head_only_in_training():
     assert model.forward_with_aux(x)[1] is None
 
 
+def test_backbones_hold_no_classifier_head():
+    """Task models build their backbone features_only: no pooling, V3 1x1 head conv or classifier exists (they
+    would be parameters without gradients), and the torchvision task models' counts hold."""
+    for name in ("ssdlite", "lraspp", "deeplabv3"):
+        model = mobilenets.create_model(name, backbone="mobilenet_v3_large", num_classes=3)
+        assert model.features.features_only
+        assert not any(n.startswith(("features.head_fc", "features.classifier")) for n, _ in model.named_parameters())
+    v2 = mobilenets.create_model("deeplabv3_mobilenet_v2")
+    assert isinstance(v2.features.final_conv, torch.nn.Identity)  # reads the 320-channel layer, builds no 1280
+
+
 def test_deepcopy_keeps_taps_separate():
-    # EMA (AveragedModel) deep-copies the model: the copy's hooks must fill the copy's maps.
+    # EMA (AveragedModel) deep-copies the model: the copy computes with its own weights.
     model = mobilenets.create_model("lraspp", backbone="mobilenet_v3_small", num_classes=3).eval()
     twin = copy.deepcopy(model)
     with torch.no_grad():
@@ -233,7 +248,7 @@ def test_deepcopy_keeps_taps_separate():
         x = torch.randn(1, 3, 64, 64)
         a, b = model(x), twin(x)
     assert not torch.allclose(a, b)
-    assert twin.features.taps == model.features.taps
+    assert twin.features.out_indices == model.features.out_indices
 
 
 def test_registry_and_checkpoint_round_trip(tmp_path):
@@ -263,7 +278,7 @@ def test_mobile_deeplabv3_matches_mobilenetv2_paper():
     # Table 7 of arXiv:1801.04381: MobileNetV2 + DeepLabv3 head without ASPP, output stride 16, 21 classes:
     # 2.11 M parameters, 2.75 B MACs at 513x513. DeepLab's MobileNetV2 features end at the 320-channel layer.
     model = mobilenets.create_model("deeplabv3_mobilenet_v2")
-    assert model.features.channels == [320]
+    assert channels_of(model.features) == [320]
     prof = mobilenets.profile(model, input_size=(3, 513, 513))
     assert prof.params == 2_113_557
     assert prof.macs == pytest.approx(2.75e9, rel=0.01)
