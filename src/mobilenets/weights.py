@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import Preprocessing
+from .preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from .errors import UserError
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ class WeightEntry:
 
 _TV = "https://download.pytorch.org/models/"
 _HF = "https://huggingface.co/timm/{}/resolve/main/model.safetensors"
-_IMAGENET = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+_IMAGENET = dict(mean=IMAGENET_MEAN, std=IMAGENET_STD)
 _INCEPTION = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 _TIMM_BN = {"bn_eps": 1e-5, "bn_momentum": 0.1}  # timm's MobileNetV2/V3 (PyTorch's BN defaults)
 

@@ -40,7 +40,6 @@ def cmd_models(args) -> int:
 
 def cmd_summary(args) -> int:
     from ..errors import UserError
-    from ..model import MIN_RESOLUTION
     from ..profile import profile
     from ..registry import create_model, get_entry
 
@@ -51,8 +50,8 @@ def cmd_summary(args) -> int:
     if args.num_classes is not None:
         options["num_classes"] = args.num_classes
     r = args.resolution or entry.default_resolution
-    if r < MIN_RESOLUTION:
-        raise UserError(f"--resolution {r} is below the minimum of {MIN_RESOLUTION} pixels")
+    if r < 1:
+        raise UserError(f"--resolution {r} must be at least 1 pixel")
     model = create_model(args.name, **options)
     p = profile(model, (args.in_chans, r, r))
     print(p.table())
