@@ -69,7 +69,8 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     d = p.add_argument_group("classification data")
     d.add_argument("--augment", choices=AUGMENTATIONS, default="basic",
                    help="none; basic: random crop + flip (default); strong: + random erasing "
-                        "(image folders: + TrivialAugment)")
+                        "(image folders: + TrivialAugment). detect/segment: none turns their flips, crops and "
+                        "photometric distortion off")
     d.add_argument("--erase", type=float, default=None, metavar="P",
                    help=f"random-erasing probability (default: {STRONG_ERASE_P:g} with --augment strong, else 0)")
     d.add_argument("--progressive-resize", type=int, default=None, metavar="PX",

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from ..errors import UserError
 from ..registry import register_model
+from ..layers import norm_factory
 from ..model import LAST, Location, Select
 from .backbones import build_backbone, channels_of, torchvision_segmenter_map
 
@@ -29,10 +30,11 @@ PAPER = "LR-ASPP: section 6.4, Figure 10 and Table 7 of arXiv:1905.02244"
 class LRASPPHead(nn.Module):
     """Figure 10 of arXiv:1905.02244, top to bottom."""
 
-    def __init__(self, low_channels: int, high_channels: int, num_classes: int, inter_channels: int = 128):
+    def __init__(self, low_channels: int, high_channels: int, num_classes: int, inter_channels: int = 128,
+                 norm=nn.BatchNorm2d):
         super().__init__()
         self.cbr = nn.Sequential(nn.Conv2d(high_channels, inter_channels, 1, bias=False),
-                                 nn.BatchNorm2d(inter_channels), nn.ReLU(inplace=True))
+                                 norm(inter_channels), nn.ReLU(inplace=True))
         self.scale = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(high_channels, inter_channels, 1, bias=False),
                                    nn.Sigmoid())
         self.low_classifier = nn.Conv2d(low_channels, num_classes, 1)
@@ -49,14 +51,14 @@ class LRASPP(nn.Module):
 
     task = "segment"
 
-    def __init__(self, backbone: nn.Module, num_classes: int, inter_channels: int = 128):
+    def __init__(self, backbone: nn.Module, num_classes: int, inter_channels: int = 128, norm=nn.BatchNorm2d):
         super().__init__()
         if num_classes < 2:
             raise UserError(f"num_classes={num_classes}: segmentation needs the background plus at least one class")
         self.num_classes = num_classes
         self.features = backbone  # features_only, returning the TAPS maps
         low, high = channels_of(backbone)
-        self.head = LRASPPHead(low, high, num_classes, inter_channels)
+        self.head = LRASPPHead(low, high, num_classes, inter_channels, norm)
 
     def forward(self, x: Tensor) -> Tensor:
         low, high = self.features(x)
@@ -82,8 +84,9 @@ def lraspp(*, backbone: str = "mobilenet_v3_large", num_classes: int = 21, width
            output_stride: int = 16, reduced_tail: bool | None = None, in_chans: int = 3,
            norm_layer: str | None = None, dilation_policy: str = "torchvision",
            inter_channels: int = 128) -> LRASPP:
-    """LR-ASPP on ``backbone``; ``num_classes`` includes the background. ``output_stride`` 16 dilates the last stage."""
+    """LR-ASPP on ``backbone``; ``num_classes`` includes the background. ``output_stride`` 16 dilates the last stage.
+    ``norm_layer`` applies to the head's BN too (torchvision's default BatchNorm2d when not given)."""
     body = build_backbone(backbone, TAPS, width_multiplier=width_multiplier, reduced_tail=reduced_tail,
                           in_chans=in_chans, norm_layer=norm_layer, output_stride=output_stride,
                           dilation_policy=dilation_policy)
-    return LRASPP(body, num_classes, inter_channels)
+    return LRASPP(body, num_classes, inter_channels, norm_factory(norm_layer) if norm_layer else nn.BatchNorm2d)

@@ -36,7 +36,7 @@ class DenseTask(Task):
     def collate(self, batch):
         raise NotImplementedError
 
-    def train_transforms(self, size: int, scenes: bool):
+    def train_transforms(self, size: int, scenes: bool, augment: str = "basic"):
         raise NotImplementedError
 
     def class_names_of(self, dataset) -> list[str]:
@@ -50,7 +50,7 @@ class DenseTask(Task):
         val = self.open_split(cfg, "val", None)
         class_names = self.class_names_of(val)
         size = img_size or (val.config.image_size if scenes else self.folder_size)
-        raw = self.open_split(cfg, "train", self.train_transforms(size, scenes), class_names=class_names)
+        raw = self.open_split(cfg, "train", self.train_transforms(size, scenes, cfg.augment), class_names=class_names)
         train = FolderBatches(raw, class_names, cfg.batch_size, train=True, seed=cfg.seed, rank=rank,
                               world_size=world_size, num_workers=cfg.num_workers, collate=self.collate)
         if len(train) == 0:

@@ -101,12 +101,14 @@ class Detect(DenseTask):
               ("val mAP", "mAP", (("map", "mAP@[.5:.95]"), ("map50", "mAP@.5"))))
 
     # -- data ------------------------------------------------------------------------------------------------
-    def train_transforms(self, size: int, scenes: bool) -> v2.Compose:
+    def train_transforms(self, size: int, scenes: bool, augment: str = "basic") -> v2.Compose:
         """Flip and photometric distortion (SSD section 3.6), resize to the model input, drop boxes the resize
         made degenerate, normalise. Boxes move with the image (transforms.v2 with tv_tensors). The scenes skip
-        the photometric distortion: their colours are random already, and it would double the loading time."""
-        colour = [] if scenes else [v2.RandomPhotometricDistort(p=0.5)]
-        return v2.Compose([v2.RandomHorizontalFlip(), *colour, v2.Resize((size, size), antialias=True),
+        the photometric distortion: their colours are random already, and it would double the loading time.
+        ``augment="none"``: resize and normalise only."""
+        colour = [] if scenes or augment == "none" else [v2.RandomPhotometricDistort(p=0.5)]
+        flip = [] if augment == "none" else [v2.RandomHorizontalFlip()]
+        return v2.Compose([*flip, *colour, v2.Resize((size, size), antialias=True),
                            v2.SanitizeBoundingBoxes(min_size=1), v2.Normalize(MEAN, STD)])
 
     def collate(self, batch):

@@ -66,15 +66,16 @@ class Segment(DenseTask):
               ("val mIoU", "score", (("miou", "mIoU"), ("pixel_acc", "pixel accuracy"))))
 
     # -- data ------------------------------------------------------------------------------------------------
-    def train_transforms(self, size: int, scenes: bool) -> v2.Compose:
+    def train_transforms(self, size: int, scenes: bool, augment: str = "basic") -> v2.Compose:
         """Masks move with the image (transforms.v2 with tv_tensors; masks are resized with nearest neighbour).
         Image folders get random resized crops and photometric distortion; the scenes, random by construction
-        (positions, scales, colours), only flips."""
-        if scenes:
+        (positions, scales, colours), only flips. ``augment="none"``: resize and normalise only."""
+        if scenes or augment == "none":
             steps = [v2.Resize((size, size), antialias=True)]
         else:
             steps = [v2.RandomPhotometricDistort(p=0.5), v2.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True)]
-        return v2.Compose([v2.RandomHorizontalFlip(), *steps, v2.Normalize(MEAN, STD)])
+        flip = [] if augment == "none" else [v2.RandomHorizontalFlip()]
+        return v2.Compose([*flip, *steps, v2.Normalize(MEAN, STD)])
 
     def collate(self, batch):
         return collate_train(batch)
