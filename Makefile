@@ -30,6 +30,8 @@ demo: venv data
 	$(VENV)/bin/mobilenets demo --out runs/demo
 
 test: venv data
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/lint-imports
 	$(VPY) -m pytest -q
 
 bench: venv data  # the minutes-long benchmarks; the hour-long ones are listed in BENCHMARKS.md

@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 
 import mobilenets
 from mobilenets import UserError, weights
-from mobilenets.checkpoint import CheckpointMeta, Preprocessing, load_checkpoint, save_checkpoint
+from mobilenets.checkpoint import CheckpointMeta, Preprocessing, load_checkpoint, save_checkpoint, weights_meta
 
 
 def _outputs_equal(a, b, x):
@@ -140,7 +140,7 @@ def test_foreign_safetensors_is_not_a_checkpoint(tmp_path):
 
 
 def test_published_weights_carry_preprocessing_and_imagenet_names():
-    meta = weights.entry_meta(weights.WEIGHTS[("mobilenet_v3_large", "torchvision", 1.0)])
+    meta = weights_meta(weights.WEIGHTS[("mobilenet_v3_large", "torchvision", 1.0)])
     assert len(meta.class_names) == 1000 and meta.class_names[0] == "tench"
     assert meta.preprocessing.input_size == (3, 224, 224) and meta.preprocessing.resize == 232
     assert all(e.url.startswith("https://") for e in weights.WEIGHTS.values())

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,7 +21,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .errors import UserError
+from .files import atomic_write
 from .preprocessing import Preprocessing
+from .registry import create_model
+from .weights import imagenet_class_names, load_state_dict_checked
 
 FORMAT = "mobilenets"
 VERSION = "2"
@@ -50,24 +52,6 @@ class CheckpointMeta:
         d["preprocessing"] = Preprocessing(**{k: tuple(v) if isinstance(v, list) else v
                                               for k, v in d.get("preprocessing", {}).items()})
         return cls(**d)
-
-
-def atomic_write(path: str | os.PathLike, write) -> None:
-    """Call ``write(tmp_path)`` then move the result onto ``path`` in one step."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create folder {path.parent}: {e.strerror}; choose another --out") from e
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: CheckpointMeta) -> None:
@@ -112,8 +96,6 @@ def upgrade_state_v1(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def load_checkpoint(path: str | os.PathLike, task: str | None = None) -> tuple[nn.Module, CheckpointMeta]:
     """Rebuild the model a checkpoint describes and load its weights (strict). With ``task``, a checkpoint of
     another task is refused."""
-    from .registry import create_model
-    from .weights import load_state_dict_checked
 
     state, meta = read_checkpoint(path)
     if task is not None and meta.task != task:
@@ -122,3 +104,11 @@ def load_checkpoint(path: str | os.PathLike, task: str | None = None) -> tuple[n
     load_state_dict_checked(model, state, source=str(path))
     model.eval()
     return model, meta
+
+
+def weights_meta(entry, options: dict | None = None) -> CheckpointMeta:
+    """The metadata of a model built on published weights (a :class:`~mobilenets.weights.WeightEntry`): ImageNet
+    class names and the publisher's preprocessing, so that ``predict`` names classes as the publisher does."""
+    return CheckpointMeta(model=entry.model, options={**entry.options, **(options or {})},
+                          class_names=imagenet_class_names(), preprocessing=entry.preprocessing,
+                          extra={"weights": entry.tag, "url": entry.url, "imagenet_top1": entry.top1})

@@ -17,15 +17,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from .archs.spec import Architecture, Unit
 from .blocks import (ConvBlock, DepthwiseSeparable, FusedInvertedBottleneck, InvertedResidual, MobileMQA,
                      UniversalInvertedBottleneck)
 from .errors import UserError
 from .layers import ConvNormAct, PooledConvNorm, make_divisible, norm_factory
+
+if TYPE_CHECKING:  # the row types are data the builder reads; archs/ imports this module
+    from .archs.spec import Architecture, Unit
 
 OUTPUT_STRIDES = (8, 16, 32)
 DILATION_POLICIES = ("tf", "torchvision")

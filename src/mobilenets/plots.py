@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import atomic_write
+from .files import atomic_write
 
 
 def _pyplot():

@@ -14,6 +14,7 @@ from torch import nn
 
 from .errors import UserError
 from .model import BUILD_OPTIONS
+from .weights import create_with_weights
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,6 @@ def create_model(name: str, *, weights: str | None = None, **options) -> nn.Modu
     if weights is None:
         model = entry.builder(**kwargs)
     else:
-        from .weights import create_with_weights
         model = create_with_weights(entry, weights, kwargs)
     # What a checkpoint needs to rebuild this exact network (see checkpoint.py), including the options that
     # published weights imply (fix_stem, bn_eps: set by create_with_weights / load_weights).

@@ -16,8 +16,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from .blocks import ConvBlock, DepthwiseSeparable, FusedInvertedBottleneck, MobileMQA, UniversalInvertedBottleneck
 from .errors import UserError
+from .layers import PooledConvNorm
+from .preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -129,15 +131,6 @@ def imagenet_class_names() -> list[str]:
     return list(MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"])
 
 
-def entry_meta(entry: WeightEntry, options: dict | None = None):
-    """A :class:`~mobilenets.checkpoint.CheckpointMeta` describing a model built on published weights, so that
-    ``predict`` can print ImageNet class names with the publisher's preprocessing."""
-    from .checkpoint import CheckpointMeta
-    return CheckpointMeta(model=entry.model, options={**entry.options, **(options or {})},
-                          class_names=imagenet_class_names(), preprocessing=entry.preprocessing,
-                          extra={"weights": entry.tag, "url": entry.url, "imagenet_top1": entry.top1})
-
-
 def cache_root() -> Path:
     """Where mobilenets caches downloads and derived files: $MOBILENETS_CACHE, else $XDG_CACHE_HOME/mobilenets,
     else ~/.cache/mobilenets."""
@@ -242,7 +235,6 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 # ---------------------------------------------------------------------------------------------------------------
 def _block_parts(block: nn.Module) -> list[str]:
     """Our sub-modules of one block, in forward order, that hold weights."""
-    from .blocks import DepthwiseSeparable
     if isinstance(block, DepthwiseSeparable):
         return ["dw", "pw"]
     return [p for p in ("expand", "dw", "se", "project") if not isinstance(getattr(block, p), nn.Identity)]
@@ -280,7 +272,6 @@ def torchvision_module_map(model: nn.Module, prefix: str = "features") -> dict[s
 def _timm_v4_block(block: nn.Module, ours: str, theirs: str) -> dict[str, str] | None:
     """timm's paths of one MobileNetV4 block (``ConvBnAct``, ``EdgeResidual``, ``UniversalInvertedResidual``,
     ``MobileAttention``); None for other blocks."""
-    from .blocks import ConvBlock, FusedInvertedBottleneck, MobileMQA, UniversalInvertedBottleneck
     if isinstance(block, ConvBlock):
         return _conv_bn(ours, f"{theirs}.conv", f"{theirs}.bn1")
     if isinstance(block, FusedInvertedBottleneck):
@@ -305,8 +296,6 @@ def _timm_v4_block(block: nn.Module, ours: str, theirs: str) -> dict[str, str] |
 def timm_module_map(model: nn.Module) -> dict[str, str]:
     """Our module paths -> timm's EfficientNet / MobileNetV3 / MobileNetV4 paths (``conv_stem``, ``blocks.s.b.*``,
     ...). Paths of modules the model does not have (e.g. an absent start depthwise conv) match nothing."""
-    from .blocks import DepthwiseSeparable
-    from .layers import PooledConvNorm
     m = _conv_bn("stem", "conv_stem", "bn1")
     for s, stage in enumerate(model.stages):
         for b, block in enumerate(stage):

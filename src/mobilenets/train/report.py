@@ -6,7 +6,7 @@ import io
 import json
 from pathlib import Path
 
-from ..checkpoint import atomic_write
+from ..files import atomic_write
 
 
 def write_metrics(jsonl: Path, csv_path: Path, history: list[dict]) -> None:

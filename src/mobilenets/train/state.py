@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import atomic_write
+from ..files import atomic_write
 from ..errors import UserError
 
 
