@@ -1,6 +1,8 @@
 """Detection / segmentation benchmark on the built-in Fashion-MNIST scenes: train a task model under a time budget
 with the CLI, then measure it on the 1,000 test scenes (COCO mAP@[.5:.95] / mAP@.5, or mIoU / pixel accuracy),
-with its parameters, MACs and CPU latency (batch 1, one thread, forward + post-processing).
+with its parameters, MACs and CPU latency (batch 1, one thread, forward + post-processing; median of 30 runs
+through the package's timing harness, mobilenets.deploy.bench.harness). Training is ``mobilenets train``, the
+test figures are the task's own evaluation (``get_task(...).evaluate``, as ``mobilenets eval`` runs it).
 
     .venv/bin/python benchmarks/dense_scenes.py --task detect --backbone mobilenet_v3_small --minutes 60 \\
         --scenes 30000 --out runs/bench/detect_v3s
@@ -25,28 +27,26 @@ import torch
 import mobilenets
 from mobilenets.checkpoint import load_checkpoint
 from mobilenets.cli import main as cli
+from mobilenets.data.dense import model_inputs
 from mobilenets.data.scenes import FashionScenes, SceneConfig
-from mobilenets.train import detect, segment
-from mobilenets.train.dense import model_inputs
+from mobilenets.deploy.bench.harness import interleave, timed
+from mobilenets.tasks import get_task
 
-TASKS = {"detect": (detect.TASK, 320), "segment": (segment.TASK, 512)}  # task, the reference models' input size
+REFERENCE_SIZE = {"detect": 320, "segment": 512}  # the torchvision reference models' input size
 
 
-def latency_ms(fn, x: torch.Tensor, rounds: int = 30) -> float:
+def latency_ms(fn, x: torch.Tensor, runs: int = 30, warmup: int = 5) -> float:
+    """Median ms of ``fn(x)`` over ``runs`` runs (6 rounds of 5 through the harness)."""
     with torch.no_grad():
-        for _ in range(5):
+        for _ in range(warmup):
             fn(x)
-        times = []
-        for _ in range(rounds):
-            start = time.perf_counter()
-            fn(x)
-            times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+        rounds = max(1, runs // 5)
+        return interleave({0: timed(lambda: fn(x))}, rounds, min_runs=5, max_runs=5)[0].median
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", choices=tuple(TASKS), required=True)
+    p.add_argument("--task", choices=tuple(REFERENCE_SIZE), required=True)
     p.add_argument("--model", default=None, help="task model (default: ssdlite / lraspp)")
     p.add_argument("--backbone", default="mobilenet_v3_small")
     p.add_argument("--width", type=float, default=None)
@@ -59,10 +59,11 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=0,
                    help="scene-rendering processes (0: render in the trainer once and keep the scenes in memory)")
     p.add_argument("--val-scenes", type=int, default=300, help="scenes evaluated after each epoch")
+    p.add_argument("--test-scenes", type=int, default=1000, help="test scenes of the final measurement")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--skip-train", action="store_true", help="only measure OUT/run")
     args = p.parse_args()
-    task, reference_size = TASKS[args.task]
+    task, reference_size = get_task(args.task), REFERENCE_SIZE[args.task]
 
     run = args.out / "run"
     train_cmd = ["train", "--task", args.task, "--data", "scenes", "--model", args.model or task.generic_model,
@@ -82,22 +83,24 @@ def main() -> int:
     torch.set_num_threads(1)
     model, meta = load_checkpoint(run / "best.safetensors", task=args.task)
     size = meta.preprocessing.input_size[-1]
-    test = FashionScenes("test", 1000, SceneConfig(image_size=args.scene_size), seed=meta.extra["data"]["seed"],
-                         targets=args.task)
-    metrics = task.evaluate(model, test, size)
+    test = FashionScenes("test", args.test_scenes, SceneConfig(image_size=args.scene_size),
+                         seed=meta.extra["data"]["seed"], targets=args.task)
+    metrics = task.evaluate(model, test, preprocessing=meta.preprocessing, class_names=meta.class_names,
+                            device=torch.device("cpu"))
+    report = task.report(metrics, meta.class_names)  # per-class figures named: per_class_ap / per_class_iou
     prof = mobilenets.profile(model, input_size=(3, size, size))
     prof_ref = mobilenets.profile(model, input_size=(3, reference_size, reference_size))
     x = model_inputs([test.render(0)[0]], size)
     latency = latency_ms(model.predict if args.task == "detect" else (lambda t: model(t).argmax(1)), x)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     headline = ("map", "map50") if args.task == "detect" else ("miou", "pixel_acc")
-    names = meta.class_names[1:] if args.task == "detect" else meta.class_names
+    per_class = "per_class_ap" if args.task == "detect" else "per_class_iou"
     result = {
         "command": "mobilenets " + " ".join(train_cmd),
         "benchmark": " ".join([".venv/bin/python", "benchmarks/dense_scenes.py", *sys.argv[1:]]),
         "model": meta.model, "options": meta.options, "input_size": size,
         **{k: metrics[k] for k in headline}, "test_scenes": metrics["images"],
-        task.per_class: dict(zip(names, metrics[task.per_class])),
+        per_class: report[per_class],
         "params": prof.params, "macs": prof.macs, f"macs_{reference_size}": prof_ref.macs,
         "latency_ms_1_thread": latency,
         "epochs": records[-1]["epoch"], "steps": records[-1]["step"], "train_minutes": train_minutes,
