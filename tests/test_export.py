@@ -224,6 +224,18 @@ def test_segmenter_exports_logits_at_the_input_size_with_a_dynamic_batch(tmp_pat
         torch.testing.assert_close(torch.from_numpy(logits), model(x), rtol=1e-3, atol=1e-4)
 
 
+def test_detector_int8_goes_through_the_same_exporter(tmp_path):
+    """ONNX Runtime QDQ int8 of a detector: the task judges it (confident detections kept), the NMS settings
+    travel with it."""
+    model, meta, _ = _dense_checkpoint("detect", tmp_path)
+    result = export_model(model, meta, tmp_path / "det_int8.onnx", int8=True, calibration_data="fashion-mnist",
+                          calibration_n=16, parity_n=4)
+    assert result.precision == "int8" and result.details["scheme"] == "onnxruntime-qdq" and result.parity.passed
+    runner = open_runner(result.path, backend="onnxruntime")
+    assert runner.properties["mobilenets.precision"] == "int8" and "mobilenets.postprocess" in runner.properties
+    assert [o.shape[-1] for o in runner.outputs(np.zeros((1, 3, 96, 96), np.float32))] == [4, 4]  # boxes, scores
+
+
 @pytest.mark.parametrize("task", ["detect", "segment"])
 def test_dense_checkpoint_runs_the_same_on_torch_and_onnxruntime(task, tmp_path, monkeypatch):
     """open_runner(ckpt, "torch") runs the task's export module, so its outputs equal the cached export's."""
