@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from .errors import UserError
@@ -26,13 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name != name:  # a real missing dependency inside the module: surface it
-                raise
-            continue
-        module.register(sub)
+        importlib.import_module(name).register(sub)
     return parser
 
 
@@ -46,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mobilenets {args.command}: error: {e}", file=sys.stderr)
     except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
         print(f"mobilenets {args.command}: error: {e.strerror}: {e.filename}", file=sys.stderr)
+    except BrokenPipeError:  # `mobilenets models | head`: the reader left; nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print(f"mobilenets {args.command}: interrupted", file=sys.stderr)
         return 130
