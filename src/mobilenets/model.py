@@ -59,18 +59,25 @@ class FeatureInfo:
 @dataclass(frozen=True)
 class Select:
     """A ``feature_info`` entry named by what it is, for heads written for any backbone: the first entry at
-    ``location`` whose reduction reaches ``reduction`` (None: the deepest entry at ``location``); ``fallback``
+    ``location`` whose reduction reaches ``reduction`` (with ``deepest``: the last one whose reduction is at most
+    ``reduction``, i.e. the deepest map at that stride; None: the deepest entry at ``location``); ``fallback``
     when the backbone has none (MobileNetV1's blocks have no expansion)."""
 
     location: Location
     reduction: int | None = None
     fallback: "Select | None" = None
+    deepest: bool = False
 
     def index(self, info: Sequence[FeatureInfo]) -> int:
-        found = [i for i, f in enumerate(info) if f.location == self.location
-                 and (self.reduction is None or f.reduction >= self.reduction)]
+        at = [i for i, f in enumerate(info) if f.location == self.location]
+        if self.reduction is None:
+            found = at[-1:]
+        elif self.deepest:
+            found = [i for i in at if info[i].reduction <= self.reduction][-1:]
+        else:
+            found = [i for i in at if info[i].reduction >= self.reduction][:1]
         if found:
-            return found[-1] if self.reduction is None else found[0]
+            return found[0]
         if self.fallback is not None:
             return self.fallback.index(info)
         raise UserError(f"this backbone has no {self.location.value} feature map"
