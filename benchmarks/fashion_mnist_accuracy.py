@@ -19,7 +19,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -39,15 +38,19 @@ def probe_images_per_s(args: argparse.Namespace) -> tuple[float, float]:
     import mobilenets
     from mobilenets.data.loaders import default_preprocessing
     from mobilenets.data.transforms import TensorAugment
+    from mobilenets.tasks import get_task
+    from mobilenets.train.loop import TrainingStep
     from mobilenets.train.recipes import build_optimizer, resolve_recipe
     torch.set_num_threads(args.threads)
     model = mobilenets.create_model(args.model, num_classes=10, in_chans=1, output_stride=args.output_stride,
                                     width_multiplier=args.width)
     model.to(memory_format=torch.channels_last)
     # the run's own optimizer (SGD and AdamW steps differ in cost), built the way the trainer builds it
-    recipe = resolve_recipe(args.recipe, lr=args.lr, weight_decay=args.wd, depthwise_weight_decay=args.depthwise_wd)
+    recipe = resolve_recipe(args.recipe, lr=args.lr, weight_decay=args.wd, depthwise_weight_decay=args.depthwise_wd,
+                            label_smoothing=args.label_smoothing)
     opt = build_optimizer(model, recipe, args.batch_size)
-    step = torch.compile(model) if args.compile else model
+    step = TrainingStep(get_task("classify"), model, recipe.label_smoothing)  # the trainer's step, loss included
+    step = torch.compile(step) if args.compile else step
     pre = default_preprocessing("fashion-mnist", args.img_size, 1)
     augment = TensorAugment(pre, args.augment, (28, 28), erase=args.erase)  # the trainer's own per-batch augmentation
     raw = torch.randint(0, 256, (args.batch_size, 1, 28, 28), dtype=torch.uint8)
@@ -56,7 +59,7 @@ def probe_images_per_s(args: argparse.Namespace) -> tuple[float, float]:
         if i == 5:
             t = time.perf_counter()
         x = augment(raw).contiguous(memory_format=torch.channels_last)
-        loss = torch.nn.functional.cross_entropy(step(x), y)
+        loss, _, _ = step(x, y)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -68,16 +71,6 @@ def probe_images_per_s(args: argparse.Namespace) -> tuple[float, float]:
         for _ in range(20):
             model(x)
     return train_rate, 20 * args.batch_size / (time.perf_counter() - t)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
-    except OSError:
-        pass
-    return platform.machine()
 
 
 def main() -> None:
@@ -144,7 +137,9 @@ def main() -> None:
         [sys.executable, "-m", "mobilenets", "eval", f"{args.out}/last.safetensors", "--data", "fashion-mnist",
          "--json", "--threads", str(args.threads), "--tta", tta], check=True, capture_output=True, text=True).stdout)
         for tta in ("none", "flip"))
-    result = {"date": datetime.now(timezone.utc).isoformat(timespec="minutes"), "machine": cpu_name(),
+    from mobilenets.deploy.auto import cpu_name  # the package's CPU name, as mobilenets bench records it
+    result = {"date": datetime.now(timezone.utc).isoformat(timespec="minutes"),
+              "machine": f"{cpu_name()} ({os.cpu_count()} cores)",
               "torch": torch.__version__, "threads": args.threads, "epochs": epochs,
               "epochs_run": len(Path(args.out, "metrics.jsonl").read_text().splitlines()),
               "wall_minutes": round(wall / 60, 1),
