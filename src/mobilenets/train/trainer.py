@@ -72,8 +72,8 @@ def _fit(task: Task, cfg: TrainConfig, run: RunFiles, world: distributed.World, 
     recipe = cfg.recipe
     seed_epoch(cfg.data.seed, -1)  # model initialisation (identical on every rank)
     model = task.build_model(cfg.model, num_classes=len(data.class_names), in_chans=data.preprocessing.input_size[0],
-                             options=cfg.model_options, backbone=cfg.backbone,
-                             weights=None if resume else cfg.weights)
+                             options=cfg.model_options, backbone=cfg.backbone, weights=cfg.weights)
+    # (with --resume too: published weights may set build options, e.g. timm's BN eps, that the state needs)
     if recipe.bn_momentum is not None:
         _set_bn_momentum(model, recipe.bn_momentum)
     frozen = freeze(model, cfg.freeze)
