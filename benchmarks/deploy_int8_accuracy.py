@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 
 from mobilenets.checkpoint import load_checkpoint
+from mobilenets.data.samples import fashion_mnist_inputs
 from mobilenets.deploy import export_model, open_runner
 from mobilenets.deploy.accuracy import accuracy
-from mobilenets.data.samples import fashion_mnist_inputs
 
 
 def main():

@@ -10,8 +10,7 @@ import torch
 
 from mobilenets.checkpoint import save_checkpoint
 from mobilenets.cli import main
-from mobilenets.deploy import export_model, open_runner
-from mobilenets.deploy import auto
+from mobilenets.deploy import auto, export_model, open_runner
 from mobilenets.errors import UserError
 
 pytest.importorskip("onnx")

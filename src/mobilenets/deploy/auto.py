@@ -16,8 +16,8 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..checkpoint import atomic_write
 from ..errors import UserError
+from ..files import atomic_write
 from ..weights import cache_root, file_sha256
 from .export import cached_onnx
 from .formats import EXTRA, RUNS_ON, installed

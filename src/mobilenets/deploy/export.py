@@ -34,8 +34,19 @@ from ..errors import UserError
 from ..tasks import get_task
 from ..tasks.base import Parity
 from ..weights import cache_root, file_sha256
-from .formats import (EP_META_FILE, EP_PROPERTIES_FILE, FORMATS, META_KEY, PARITY_KEY, PRECISION_KEY, SUFFIX,
-                      move_into_place, onnx_runtimes, optional_import, staged)
+from .formats import (
+    EP_META_FILE,
+    EP_PROPERTIES_FILE,
+    FORMATS,
+    META_KEY,
+    PARITY_KEY,
+    PRECISION_KEY,
+    SUFFIX,
+    move_into_place,
+    onnx_runtimes,
+    optional_import,
+    staged,
+)
 from .onnx_graph import fold_batchnorm, set_properties, to_onnx
 from .runtime import RUNNERS, Runner, TorchRunner
 

@@ -58,8 +58,13 @@ def quantize_onnx(proto, calibration: np.ndarray):
     """``(onnx.ModelProto, settings)``: ONNX Runtime QDQ int8 of the fp32 ``proto``."""
     onnx = optional_import("onnx", "onnx", "int8 quantization for ONNX Runtime")
     optional_import("onnxruntime", "onnx", "int8 quantization for ONNX Runtime")
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     batches = calibration_batches(proto, calibration)
 

@@ -39,7 +39,7 @@ def format_table(report: BenchReport) -> str:
                          f"{b['ours_ms']:.2f} ms / {b['peer']} {b['peer_ms']:.2f} ms") if b.get("ratio") else "-"
             i8_text = f"{i8['ratio']:.2f} ({i8['path']})" if i8 else "-"
             i8_best = f"{i8['best_ratio']:.2f} ({i8['best_path']}, {i8['best_ms']:.2f} ms)" if i8 else "-"
-            lines.append(f"| {q['model']} | {q['batch']} | {q['ratio']:.3f} ({q['ratio_p25']:.2f}-{q['ratio_p75']:.2f}): "
-                         f"{q['ours']} {q['ours_ms']:.2f} ms / {q['peer']} {q['peer_ms']:.2f} ms | {best_text} "
-                         f"| {i8_text} | {i8_best} |")
+            lines.append(f"| {q['model']} | {q['batch']} | {q['ratio']:.3f} "
+                         f"({q['ratio_p25']:.2f}-{q['ratio_p75']:.2f}): {q['ours']} {q['ours_ms']:.2f} ms / "
+                         f"{q['peer']} {q['peer_ms']:.2f} ms | {best_text} | {i8_text} | {i8_best} |")
     return "\n".join(lines)
