@@ -7,7 +7,9 @@ per step instead. Which wins is a property of the machine, so it is measured her
 
 Each variant is an ordinary ``mobilenets train`` run over the first ``--images`` training images for 2 epochs;
 the figure is epoch 2's ``train_images_per_s`` from the run's metrics.jsonl (epoch 1 carries the warm-up).
-Variants are interleaved round by round so load from elsewhere hits them alike; medians over rounds.
+Variants are interleaved round by round, in a new random order each round, by the package's timing harness
+(mobilenets.deploy.bench.harness.interleave, one run per variant and round), so load from elsewhere hits them
+alike; medians over rounds.
 
     .venv/bin/python benchmarks/cpu_ranks_throughput.py            # V1 width 0.75, 64 px, global batch 128
 """
@@ -20,7 +22,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from functools import partial
 from pathlib import Path
+
+from mobilenets.deploy.bench.harness import interleave
 
 
 def train_command(args: argparse.Namespace, ranks: int, out: Path) -> list[str]:
@@ -59,10 +64,14 @@ def main() -> None:
                 "split both")
     names = {ranks: f"{ranks} process(es) x {args.cores // ranks} thread(s)" for ranks in (1, 2)}
     results: dict[int, list[float]] = {ranks: [] for ranks in names}
-    for _ in range(args.rounds):
-        for ranks, name in names.items():
-            results[ranks].append(run_once(args, ranks))
-            print(f"{name}: {results[ranks][-1]:.0f} img/s", flush=True)
+
+    def burst(ranks: int, n: int) -> list[float]:  # the harness times in ms: ms per training image
+        rates = [run_once(args, ranks) for _ in range(n)]
+        results[ranks] += rates
+        print(f"{names[ranks]}: " + ", ".join(f"{r:.0f}" for r in rates) + " img/s", flush=True)
+        return [1e3 / r for r in rates]
+
+    interleave({ranks: partial(burst, ranks) for ranks in names}, args.rounds, min_runs=1, max_runs=1)
     med = {ranks: statistics.median(v) for ranks, v in results.items()}
     print(json.dumps({"model": args.model, "width": args.width, "img_size": args.img_size,
                       "global_batch": args.batch_size,
