@@ -23,7 +23,7 @@ def test_summary_minimal(capsys):
 def test_bad_input_is_one_line_and_exit_2(capsys):
     for argv, fragment in ((["summary", "mobilenet_v9"], "unknown model"),
                            (["summary", "mobilenet_v2", "--width-multiplier", "0"], "width_multiplier must be > 0"),
-                           (["summary", "mobilenet_v2", "--resolution", "16"], "below the minimum")):
+                           (["summary", "mobilenet_v2", "--resolution", "0"], "at least 1 pixel")):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert fragment in err and err.count("\n") == 1 and "Traceback" not in err
