@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/zoo_params_macs.py            # prints a Markdown table
 """
+import argparse
+
 from mobilenets import create_model, profile
 from mobilenets.archs import v1, v2, v3
 
@@ -14,6 +16,7 @@ ROWS = ([("mobilenet_v1", {}, k, v) for k, v in v1.MOBILENET_V1.paper_figures.it
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     print("| model | width | resolution | params (M) | paper params (M) | MACs (M) | paper MACs (M) | MACs error |")
     print("|---|---|---|---|---|---|---|---|")
     for name, opts, (w, r), (_, macs, params) in ROWS:
