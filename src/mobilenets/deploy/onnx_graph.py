@@ -86,8 +86,11 @@ def to_onnx(fused: nn.Module, input_size: tuple[int, ...], outputs: tuple[str, .
     proto = onnx.load_from_string(buffer.getvalue())
     global_pool(proto)
     drop_identities(proto)
-    ops = {n.op_type for n in proto.graph.node}
-    assert "BatchNormalization" not in ops, "BN survived folding"
+    # Every BN after a conv is folded into it; a BN that follows no conv (Mobile MQA's pre-norm in the V4 hybrids)
+    # stays a BatchNormalization node, which every runtime runs.
+    producer = {out: n.op_type for n in proto.graph.node for out in n.output}
+    assert not any(n.op_type == "BatchNormalization" and producer.get(n.input[0]) == "Conv"
+                   for n in proto.graph.node), "a conv's BN survived folding"
     onnx.checker.check_model(proto)
     return proto
 
