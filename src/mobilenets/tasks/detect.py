@@ -1,11 +1,13 @@
 """Object detection: the built-in Fashion-MNIST scenes or a COCO folder (images + instances JSON); the detector's
-own loss (SSDLite: multibox); COCO box mAP@[.5:.95] and mAP@.5 from pycocotools, in original image coordinates.
+own loss (SSDLite: multibox; YOLO: CIoU + DFL + BCE against task-aligned targets); COCO box mAP@[.5:.95] and
+mAP@.5 from pycocotools, in original image coordinates.
 
 The exported graph ends before non-maximum suppression: ``boxes`` (N, A, 4) decoded ``x1, y1, x2, y2`` in input
-pixels and ``scores`` (N, A, classes) probabilities, class 0 the background. Per image, :func:`postprocess` clips
-the boxes, keeps per class the scores above ``score_thresh`` (top ``topk_candidates``), runs class-wise NMS at
-``nms_thresh`` and keeps the best ``detections_per_img``; those settings travel in the file's metadata
-(:data:`POSTPROCESS_KEY`). Keeping NMS out keeps the graph static and the same in every runtime.
+pixels and ``scores`` (N, A, classes) probabilities, class 0 the background (all 0 for a detector that predicts no
+background, as YOLO). Per image, :func:`postprocess` clips the boxes, keeps per class the scores above
+``score_thresh`` (top ``topk_candidates``), runs class-wise NMS at ``nms_thresh`` and keeps the best
+``detections_per_img``; those settings travel in the file's metadata (:data:`POSTPROCESS_KEY`). Keeping NMS out
+keeps the graph static and the same in every runtime.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from .dense import DenseTask
 
 POSTPROCESS_KEY = "mobilenets.postprocess"  # a detector's NMS settings (JSON) in an exported file's metadata
 NMS_SETTINGS = ("score_thresh", "nms_thresh", "topk_candidates", "detections_per_img")
+TERM_NAMES = {"bbox_regression": "box", "classification": "cls"}  # torchvision's loss names -> the logged ones
 
 
 class DecodedDetections(nn.Module):
@@ -97,7 +100,7 @@ class Detect(DenseTask):
     outputs = ("boxes", "scores")
     generic_model = "ssdlite"
     folder_size = 320
-    curves = (("loss", "loss", (("loss", "total"), ("loss_box", "box"), ("loss_cls", "class"))),
+    curves = (("loss", "loss", (("loss", "total"), ("loss_box", "box"), ("loss_dfl", "DFL"), ("loss_cls", "class"))),
               ("val mAP", "mAP", (("map", "mAP@[.5:.95]"), ("map50", "mAP@.5"))))
 
     # -- data ------------------------------------------------------------------------------------------------
@@ -132,9 +135,11 @@ class Detect(DenseTask):
 
     # -- training and evaluation ---------------------------------------------------------------------------
     def loss(self, model, inputs, targets, label_smoothing=0.0):
+        """The sum of the terms the detector's ``loss`` returns, each logged as ``loss_<term>`` (torchvision's
+        ``bbox_regression`` / ``classification`` as ``loss_box`` / ``loss_cls``; YOLO adds ``loss_dfl``)."""
         terms = model.loss(model(inputs), targets)
-        named = {"loss_box": terms["bbox_regression"], "loss_cls": terms["classification"]}
-        return named["loss_box"] + named["loss_cls"], named, {}
+        named = {f"loss_{TERM_NAMES.get(k, k)}": v for k, v in terms.items()}
+        return sum(named.values()), named, {}
 
     @torch.no_grad()
     def evaluate(self, model, val, *, preprocessing, class_names, device, channels_last=False, progress=False,
@@ -164,14 +169,15 @@ class Detect(DenseTask):
 
     def epoch_record(self, epoch, step, train, metrics, lr):
         return {"epoch": epoch, "step": step, "loss": train["loss"],
-                **{k: train[k] for k in ("loss_box", "loss_cls") if k in train}, "train_img_s": train["images_per_s"],
+                **{k: v for k, v in train.items() if k.startswith("loss_")}, "train_img_s": train["images_per_s"],
                 "lr": lr, **{k: v for k, v in metrics.items() if k != "per_class_ap"}}
 
     def summary(self, metrics: dict) -> str:
         return f"mAP@[.5:.95] {metrics['map']:.4f}  mAP@.5 {metrics['map50']:.4f}"
 
     def checkpoint_extra(self, metrics, record):
-        return {"metrics": {**record, "per_class_ap": metrics["per_class_ap"]}, "resize": "stretch to input_size (no crop)"}
+        return {"metrics": {**record, "per_class_ap": metrics["per_class_ap"]},
+                "resize": "stretch to input_size (no crop)"}
 
     def report(self, metrics: dict, class_names: list[str]) -> dict:
         return {"map": metrics["map"], "map50": metrics["map50"], "images": metrics["images"],
