@@ -2,7 +2,7 @@
 
 Importing this package registers the task models (``mobilenets.list_models(task="detect" | "segment")``).
 """
-from . import deeplabv3, lraspp, ssdlite  # noqa: F401  (run the @register_model decorators)
+from . import deeplabv3, lraspp, ssdlite, yolo  # noqa: F401  (run the @register_model decorators)
 from .deeplabv3 import DeepLabV3
 from .lraspp import LRASPP
 from .ssdlite import SSDLite
