@@ -1,0 +1,259 @@
+"""The YOLOv8-style detector: the task-aligned assigner on hand-computed cases, DFL, the loss on real batches (and on
+images without objects), export parity, the CLI round trip and the profile."""
+import json
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+import mobilenets
+from mobilenets.checkpoint import CheckpointMeta, read_checkpoint
+from mobilenets.cli import main
+from mobilenets.data.scenes import FashionScenes, SceneConfig
+from mobilenets.errors import UserError
+from mobilenets.heads.yolo import TaskAlignedAssigner, dfl_targets, distances_to_boxes, expected_distance, grid_points
+from mobilenets.preprocessing import Preprocessing
+from mobilenets.tasks import get_task
+from mobilenets.tasks.detect import collate_train
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _scene_batch(n=8, size=64):
+    scenes = FashionScenes("train", n, SceneConfig(image_size=size, scale=(1.0, 1.6), max_items=3),
+                           transforms=get_task("detect").train_transforms(size, scenes=False), targets="detect")
+    return collate_train([scenes[i] for i in range(n)])[:2]
+
+
+def _small_yolo(**options):
+    torch.manual_seed(0)
+    return mobilenets.create_model("yolo", backbone="mobilenet_v3_small", num_classes=11, width_multiplier=0.5,
+                                   **options)
+
+
+# ------------------------------------------------------------------------------------------- assigner
+def test_grid_points_are_cell_centres_row_major_per_level():
+    points, strides = grid_points([(2, 3), (1, 2)], (8, 16))
+    assert points.tolist() == [[4, 4], [12, 4], [20, 4], [4, 12], [12, 12], [20, 12], [8, 8], [24, 8]]
+    assert strides.tolist() == [8] * 6 + [16] * 2
+
+
+def test_assigner_on_a_hand_made_case():
+    """A 4x4 grid at stride 8 (32 px). GT1 [0,0,16,16] (class 0) holds points 0, 1, 4, 5; GT2 [8,8,24,24] (class 1)
+    holds 5, 6, 9, 10. Predicted boxes are squares, so CIoU's aspect term is 0 and CIoU = IoU - centre distance^2 /
+    enclosing diagonal^2, computed here by hand. With top-k 2: GT1 takes {0, 5}, GT2 {10, 5}; point 5 overlaps GT1
+    more and stays with it. Image 2 has no boxes (padding)."""
+    points, _ = grid_points([(4, 4)], (8,))
+    scores = torch.full((2, 16, 2), 0.25)  # s ** 0.5 = 0.5 unless set
+    pred = torch.tensor([28.0, 28.0, 30.0, 30.0]).repeat(2, 16, 1)
+    pred[0, 0], scores[0, 0, 0] = torch.tensor([0.0, 0, 16, 16]), 0.81  # = GT1
+    pred[0, 1], scores[0, 1, 0] = torch.tensor([4.0, 4, 12, 12]), 0.64  # concentric with GT1, IoU 64/256
+    pred[0, 4] = torch.tensor([5.0, 5, 11, 11])  # IoU 36/256
+    pred[0, 5], scores[0, 5, 0], scores[0, 5, 1] = torch.tensor([6.0, 6, 16, 16]), 0.64, 0.81
+    pred[0, 6] = pred[0, 9] = torch.tensor([14.0, 14, 18, 18])  # concentric with GT2, IoU 16/256
+    pred[0, 10], scores[0, 10, 1] = torch.tensor([9.0, 9, 23, 23]), 0.49  # IoU 196/256
+    gt_boxes = torch.tensor([[[0.0, 0, 16, 16], [8, 8, 24, 24]], [[0, 0, 0, 0], [0, 0, 0, 0]]])
+    gt_labels = torch.tensor([[0, 1], [0, 0]])
+    valid = torch.tensor([[True, True], [False, False]])
+
+    boxes, target, fg, which = TaskAlignedAssigner(topk=2)(scores, pred, points, gt_labels, gt_boxes, valid)
+
+    # by hand: point 5's CIoU with GT1: IoU 100/256, centres (11,11)-(8,8), enclosing [0,0,16,16]
+    ciou5_gt1 = 100 / 256 - 18 / 512
+    align5_gt1 = 0.64 ** 0.5 * ciou5_gt1 ** 6  # 0.0016 > point 1's 0.8 * 0.25**6: 5 is GT1's 2nd
+    ciou5_gt2 = 64 / 292 - 50 / 648  # 0.142 < 0.355: point 5 stays with GT1
+    assert 0.9 * ciou5_gt2 ** 6 > 0.5 * (16 / 256) ** 6  # ... though it is GT2's 2nd choice
+    assert fg[0].nonzero().flatten().tolist() == [0, 5, 10] and not fg[1].any()
+    assert which[0, [0, 5, 10]].tolist() == [0, 0, 1]
+    assert boxes[0, 5].tolist() == [0, 0, 16, 16] and boxes[0, 10].tolist() == [8, 8, 24, 24]
+    expected = torch.zeros(2, 16, 2)
+    expected[0, 0, 0] = 1.0  # GT1's best point: its alignment 0.9 is the max, its IoU 1.0 the best
+    expected[0, 5, 0] = align5_gt1 / 0.9  # scaled by GT1's best IoU, 1
+    expected[0, 10, 1] = 196 / 256  # GT2's only positive: asked for GT2's best IoU
+    torch.testing.assert_close(target, expected, rtol=1e-4, atol=1e-7)
+
+
+def test_assigner_without_objects_and_with_a_zero_area_box():
+    points, _ = grid_points([(4, 4)], (8,))
+    scores, pred = torch.full((1, 16, 3), 0.5), torch.tensor([0.0, 0, 32, 32]).repeat(1, 16, 1)
+    assigner = TaskAlignedAssigner()
+    empty = assigner(scores, pred, points, torch.zeros(1, 0, dtype=torch.long), torch.zeros(1, 0, 4),
+                     torch.zeros(1, 0, dtype=torch.bool))
+    assert not empty[2].any() and empty[1].abs().sum() == 0
+    # a zero-width box through the centres of points 1, 5, 9 has no point strictly inside: no positives, no NaN
+    boxes, target, fg, _ = assigner(scores, pred, points, torch.tensor([[2]]), torch.tensor([[[12.0, 0, 12, 32]]]),
+                                    torch.tensor([[True]]))
+    assert not fg.any() and torch.isfinite(target).all() and target.abs().sum() == 0
+
+
+# ----------------------------------------------------------------------------------------------- DFL
+def test_dfl_targets_round_trip_and_clamp():
+    d = torch.tensor([0.0, 0.3, 1.0, 7.25, 14.5, 14.99, 15.0, 22.0, -1.0])
+    t = dfl_targets(d, 16)
+    assert t.shape == (9, 16)
+    torch.testing.assert_close(t.sum(-1), torch.ones(9))
+    assert ((t > 0).sum(-1) <= 2).all()  # two neighbouring bins at most
+    torch.testing.assert_close(t[3, 7:9], torch.tensor([0.75, 0.25]))
+    # the expectation gives back the distance, clamped at reg_max - 1 (minus the 0.01 margin) and 0
+    torch.testing.assert_close(expected_distance(t), d.clamp(0, 14.99), rtol=0, atol=1e-5)
+    # decoding works on logits: a softmax of the targets' logs is the targets
+    torch.testing.assert_close(expected_distance(torch.log(t + 1e-12).softmax(-1)), d.clamp(0, 14.99), atol=1e-4,
+                               rtol=0)
+    points = torch.tensor([[10.0, 20.0]])
+    assert distances_to_boxes(points, torch.tensor([[1.0, 2, 3, 4]])).tolist() == [[9, 18, 13, 24]]
+
+
+# ---------------------------------------------------------------------------------------------- loss
+def test_yolo_learns_a_batch():
+    x, targets = _scene_batch()
+    model = _small_yolo()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    history = []
+    for _ in range(25):
+        loss, terms, _ = get_task("detect").loss(model, x, targets)  # the loss the trainer minimises
+        assert set(terms) == {"loss_box", "loss_dfl", "loss_cls"}
+        assert loss == terms["loss_box"] + terms["loss_dfl"] + terms["loss_cls"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        history.append(loss.item())
+    assert all(torch.isfinite(torch.tensor(history)))
+    assert history[-1] < 0.4 * history[0]
+
+
+def test_images_without_objects_give_a_finite_loss_and_a_gradient():
+    model = _small_yolo()
+    x = torch.randn(2, 3, 64, 64)
+    nothing = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
+    loss, terms, _ = get_task("detect").loss(model, x, [nothing, nothing])
+    assert torch.isfinite(loss) and terms["loss_box"] == 0 and terms["loss_dfl"] == 0 and terms["loss_cls"] > 0
+    loss.backward()
+    grads = [p.grad for p in model.head.cls_branches.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads) and any(g.abs().sum() > 0 for g in grads)
+    # one empty image next to one with a box, and a zero-area box: finite, and the box terms train
+    model.zero_grad()
+    some = {"boxes": torch.tensor([[8.0, 8.0, 40.0, 48.0], [20.0, 20.0, 20.0, 30.0]]), "labels": torch.tensor([3, 4])}
+    loss, terms, _ = get_task("detect").loss(model, x, [nothing, some])
+    loss.backward()
+    assert torch.isfinite(loss) and terms["loss_box"] > 0 and terms["loss_dfl"] > 0
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_class_ids_out_of_range_are_refused_in_one_line():
+    model = _small_yolo()
+    bad = {"boxes": torch.tensor([[8.0, 8.0, 40.0, 48.0]]), "labels": torch.tensor([11])}
+    with pytest.raises(UserError, match=r"class id 11 is outside 1\.\.10 .*num_classes"):
+        get_task("detect").loss(model, torch.randn(1, 3, 64, 64), [bad])
+    with pytest.raises(UserError, match="class id 0 is outside"):  # 0 is the background, never an object
+        get_task("detect").loss(model, torch.randn(1, 3, 64, 64), [{**bad, "labels": torch.tensor([0])}])
+
+
+# ------------------------------------------------------------------------------------ model and export
+@pytest.mark.parametrize("name", ["yolo_mobilenet_v3_small", "yolo_mobilenet_v3_large", "yolo_mobilenet_v2",
+                                  "yolo_mobilenet_v1", "yolo_mobilenet_v4_conv_small"])
+def test_variants_decode_static_shapes_at_any_size(name):
+    model = mobilenets.create_model(name, num_classes=4, width_multiplier=0.35 if "v1" in name else 0.5).eval()
+    x = torch.randn(1, 3, 100, 76)  # odd maps: 13x10, 7x5, 4x3
+    with torch.no_grad():
+        boxes, scores = model.decode(model(x))
+    a = 13 * 10 + 7 * 5 + 4 * 3
+    assert boxes.shape == (1, a, 4) and scores.shape == (1, a, 4)
+    assert (scores[..., 0] == 0).all() and ((scores[..., 1:] > 0) & (scores[..., 1:] < 1)).all()
+    assert [len(p) for p in model.predict(x)[0].values()] == [len(model.predict(x)[0]["labels"])] * 3
+
+
+def test_export_parity(tmp_path):
+    """ONNX of the decoded graph against eager PyTorch. The class biases are raised so that most scores pass
+    0.05 and the matched-detection agreement compares hundreds of boxes, not the prior's empty set; an untrained
+    head's near-equal boxes and scores swap places in NMS within fp32 noise, so it is not 100%."""
+    from mobilenets.deploy.export import export_model
+
+    model = _small_yolo().eval()
+    with torch.no_grad():
+        for branch in model.head.cls_branches:
+            branch[-1].bias.zero_()
+    meta = CheckpointMeta(model="yolo", options=dict(model.arch_options), task="detect",
+                          class_names=["background"] + [str(i) for i in range(10)],
+                          preprocessing=Preprocessing(input_size=(3, 96, 96), resize=96, mean=(0.5,) * 3,
+                                                      std=(0.5,) * 3))
+    result = export_model(model, meta, tmp_path / "yolo.onnx", "onnx", parity_n=4)
+    assert result.parity.passed and result.parity.max_abs_diff < 1e-3 and result.parity.agreement > 0.5
+    settings = json.loads(result.properties["mobilenets.postprocess"])
+    assert settings == {"score_thresh": 0.001, "nms_thresh": 0.7, "topk_candidates": 300, "detections_per_img": 300}
+
+
+def test_cli_train_eval_predict_export(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--task", "detect", "--model", "yolo", "--backbone", "mobilenet_v3_small", "--width", "0.5",
+                 "--data", "scenes", "--scenes", "16", "--limit-val", "4", "--scene-size", "64", "--epochs", "1",
+                 "--batch-size", "8", "--out", str(out), "--no-progress", "--threads", "1"]) == 0
+    _, meta = read_checkpoint(out / "best.safetensors")
+    assert meta.model == "yolo" and meta.options["backbone"] == "mobilenet_v3_small" and len(meta.class_names) == 11
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert {"loss_box", "loss_dfl", "loss_cls"} <= set(record) and record["images"] == 4
+
+    capsys.readouterr()
+    assert main(["eval", str(out / "best.safetensors"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["images"] == 4 and 0.0 <= report["map"] <= 1.0
+
+    image = tmp_path / "scene.png"
+    scene = FashionScenes("test", 1, SceneConfig(image_size=64)).render(0)[0]
+    Image.fromarray((scene * 255).byte().permute(1, 2, 0).numpy()).save(image)
+    found = {}
+    for backend in ("torch", "onnxruntime"):  # onnxruntime: a cached, parity-checked export, NMS outside
+        assert main(["predict", str(out / "best.safetensors"), str(image), "--out", str(tmp_path / backend),
+                     "--score-thresh", "0.0", "--backend", backend, "--json", "--threads", "1"]) == 0
+        found[backend] = json.loads(capsys.readouterr().out)[0]["detections"]
+        assert (tmp_path / backend / "scene.png").is_file() and found[backend]
+    confident = [d for d in found["torch"] if d["score"] > 0.05]
+    for d in confident:
+        assert any(e["label"] == d["label"] and max(abs(a - b) for a, b in zip(e["box"], d["box"])) < 0.2
+                   for e in found["onnxruntime"])
+
+    assert main(["export", str(out / "best.safetensors"), "--format", "onnx", "--out", str(tmp_path / "y.onnx")]) == 0
+    text = capsys.readouterr().out
+    assert (tmp_path / "y.onnx").is_file() and "PASS" in text and '"nms_thresh": 0.7' in text
+
+
+def test_resume_after_interrupt_matches_uninterrupted(tmp_path, monkeypatch, capsys):
+    def train(out):
+        return main(["train", "--task", "detect", "--model", "yolo", "--backbone", "mobilenet_v3_small", "--width",
+                     "0.5", "--data", "scenes", "--scenes", "16", "--limit-val", "4", "--scene-size", "64", "--epochs",
+                     "2", "--batch-size", "8", "--seed", "3", "--out", str(out), "--no-progress", "--threads", "1"])
+
+    def history(out):
+        return [{k: v for k, v in json.loads(line).items() if k not in ("train_img_s", "eval_seconds")}
+                for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    assert train(straight) == 0
+    task, calls = get_task("detect"), []
+    real = task.loss
+
+    def dies_in_epoch_two(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:  # 2 steps per epoch: the first step of epoch 2
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(task, "loss", dies_in_epoch_two)
+    assert train(broken) != 0 and "interrupted" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(broken), "--no-progress", "--threads", "1"]) == 0
+    assert history(broken) == history(straight) and len(history(straight)) == 2
+    a, b = load_file(straight / "last.safetensors"), load_file(broken / "last.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_profile_and_summary(capsys):
+    model = mobilenets.create_model("yolo_mobilenet_v3_small", num_classes=11)
+    p = mobilenets.profile(model, (3, 128, 128))
+    assert p.params == sum(q.numel() for q in model.parameters())
+    parts = {r.name.split(".")[0] for r in p.rows}
+    assert parts == {"features", "neck", "head"}
+    assert 18e6 < p.macs < 30e6  # the backbone alone is 14 M at 128 px
+    assert main(["summary", "yolo_mobilenet_v3_small", "--resolution", "128", "--num-classes", "11"]) == 0
+    text = capsys.readouterr().out
+    assert "neck.laterals.0" in text and f"{p.params / 1e6:.3f} M params" in text
