@@ -14,11 +14,16 @@ from mobilenets.cli import main
 from mobilenets.data import fashion_mnist
 from mobilenets.data.image_folder import ImageFolderDataset, collate_skip_bad, find_splits
 from mobilenets.data.loaders import DataConfig, build_eval, build_train_val, default_preprocessing
-from mobilenets.data.transforms import (TensorAugment, decode_image, folder_transforms, load_image, preprocess,
-                                       random_crop_flip)
+from mobilenets.data.transforms import (
+    TensorAugment,
+    decode_image,
+    folder_transforms,
+    load_image,
+    preprocess,
+    random_crop_flip,
+)
 from mobilenets.errors import UserError
 from synthetic_data import idx_bytes, synthetic_images, write_fashion, write_folder
-
 
 # -- Fashion-MNIST idx files ---------------------------------------------------------------------------------
 
@@ -171,7 +176,7 @@ def test_random_crop_flip_is_a_per_image_window_of_the_padded_image():
                    if torch.equal(o, _window(p, top, left, 7, 6, flip))]
         assert len(windows) == 1
         drawn.add(windows[0])
-    assert {(t, l) for t, l, _ in drawn} == {(t, l) for t in range(5) for l in range(5)}
+    assert {(t, c) for t, c, _ in drawn} == {(t, c) for t in range(5) for c in range(5)}
     assert {f for _, _, f in drawn} == {False, True}
     with pytest.raises(UserError, match="cannot crop 12x6"):
         random_crop_flip(images, (12, 6), pad=2)

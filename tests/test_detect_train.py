@@ -13,7 +13,6 @@ from mobilenets.data.scenes import FashionScenes, SceneConfig, export_scenes
 from mobilenets.tasks import get_task
 from mobilenets.tasks.detect import coco_map, collate_train
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

@@ -9,10 +9,9 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.models.segmentation import deeplabv3_mobilenet_v3_large, lraspp_mobilenet_v3_large
 
 import mobilenets
-from mobilenets.heads.backbones import channels_of
 from mobilenets.errors import UserError
 from mobilenets.heads.anchors import BoxCoder, DefaultBoxes, match_anchors
-
+from mobilenets.heads.backbones import channels_of
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 import mobilenets
-from mobilenets.model import Location, Select
 from mobilenets import UserError
+from mobilenets.model import Location, Select
 from mobilenets.registry import get_entry
 
 CLASSIFIERS = mobilenets.list_models("classify")
@@ -117,7 +117,8 @@ def test_output_stride_dilates_instead_of_striding():
     dilations = [m.dilation[0] for m in model.stages[-1].modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1]
     assert dilations == [1, 2, 2]  # TF/DeepLab policy: the block that loses its stride is not dilated yet
     tv = mobilenets.create_model("mobilenet_v3_large", output_stride=16, dilation_policy="torchvision")
-    assert [m.dilation[0] for m in tv.stages[-1].modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1] == [2, 2, 2]
+    depthwise = [m for m in tv.stages[-1].modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1]
+    assert [m.dilation[0] for m in depthwise] == [2, 2, 2]
 
 
 @pytest.mark.parametrize("name", CLASSIFIERS)

@@ -34,9 +34,11 @@ TIMM_WIDTHS = [
     for w, t in ((0.35, "mobilenetv2_035"), (0.5, "mobilenetv2_050"), (0.75, "mobilenetv2_075"),
                  (1.0, "mobilenetv2_100"), (1.4, "mobilenetv2_140"))
 ] + [
-    ("mobilenet_v3_large", {"width_multiplier": 0.75, "bn_eps": 1e-5}, lambda: timm.create_model("mobilenetv3_large_075")),
+    ("mobilenet_v3_large", {"width_multiplier": 0.75, "bn_eps": 1e-5},
+     lambda: timm.create_model("mobilenetv3_large_075")),
     ("mobilenet_v3_large", {"bn_eps": 1e-5}, lambda: timm.create_model("mobilenetv3_large_100")),
-    ("mobilenet_v3_small", {"width_multiplier": 0.75, "bn_eps": 1e-5}, lambda: timm.create_model("mobilenetv3_small_075")),
+    ("mobilenet_v3_small", {"width_multiplier": 0.75, "bn_eps": 1e-5},
+     lambda: timm.create_model("mobilenetv3_small_075")),
     ("mobilenet_v3_small", {"bn_eps": 1e-5}, lambda: timm.create_model("mobilenetv3_small_100")),
 ]
 
@@ -100,8 +102,9 @@ KNOWN_DEVIATIONS = {("mobilenet_v3_small", (0.35, 224)): (0.06, 0.08)}  # relati
 @pytest.mark.parametrize("name, options, key, figures", PAPER_MACS,
                          ids=[f"{n}{'-min' if o else ''}-{k[0]}x{k[1]}" for n, o, k, _ in PAPER_MACS])
 def test_macs_match_the_papers(name, options, key, figures):
-    (width, resolution), (_, paper_macs, paper_params) = key, figures
-    p = mobilenets.profile(mobilenets.create_model(name, width_multiplier=width, **options), (3, resolution, resolution))
+    (width, resolution), (_, paper_macs, _) = key, figures
+    model = mobilenets.create_model(name, width_multiplier=width, **options)
+    p = mobilenets.profile(model, (3, resolution, resolution))
     error = p.macs / 1e6 / paper_macs - 1
     if (name, key) in KNOWN_DEVIATIONS:
         lo, hi = KNOWN_DEVIATIONS[(name, key)]

@@ -14,7 +14,6 @@ from mobilenets.data.masks import SegmentationFolder
 from mobilenets.data.scenes import FashionScenes, SceneConfig, export_scenes
 from mobilenets.errors import UserError
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

@@ -14,7 +14,6 @@ from mobilenets.data.scenes import FashionScenes, SceneConfig, export_scenes
 from mobilenets.tasks import get_task
 from mobilenets.tasks.segment import AUX_WEIGHT, collate_train, confusion_metrics
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

@@ -18,8 +18,14 @@ from mobilenets.checkpoint import read_checkpoint
 from mobilenets.cli import main
 from mobilenets.data import loaders
 from mobilenets.errors import UserError
-from mobilenets.train.recipes import (Deadline, build_optimizer, build_scheduler, decay_groups, progressive_size,
-                                     resolve_recipe)
+from mobilenets.train.recipes import (
+    Deadline,
+    build_optimizer,
+    build_scheduler,
+    decay_groups,
+    progressive_size,
+    resolve_recipe,
+)
 from synthetic_data import write_fashion, write_folder
 
 SRC = Path(__file__).resolve().parents[1] / "src"

@@ -177,9 +177,8 @@ def test_output_stride_equals_timm_dilated_features(name, tname, options, output
 def test_onnx_export_with_parity(tmp_path):
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
-    from test_export import small_model
-
     from mobilenets.deploy import export_model
+    from test_export import small_model
     model, meta = small_model("mobilenet_v4_conv_small")
     assert export_model(model, meta, tmp_path / "v4.onnx", "onnx").parity.passed
 
@@ -188,9 +187,8 @@ def test_onnx_export_of_a_hybrid(tmp_path):
     """Mobile MQA's pre-norm follows no conv, so it stays a BatchNormalization node; the export keeps parity."""
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
-    from test_export import small_model
-
     from mobilenets.deploy import export_model
+    from test_export import small_model
     model, meta = small_model("mobilenet_v4_hybrid_medium")
     assert export_model(model, meta, tmp_path / "v4h.onnx", "onnx").parity.passed
 
@@ -230,7 +228,8 @@ def test_every_v4_checkpoint_has_its_own_preprocessing():
     large = weights.WEIGHTS[("mobilenet_v4_hybrid_large", "timm", 1.0)]
     assert (large.preprocessing.input_size, large.preprocessing.resize) == ((3, 384, 384), 404)
     assert "ix_e600_r384_in1k" in large.url and large.top1 == 83.996
-    with pytest.raises(UserError, match=r"no weights for mobilenet_v4_conv_small named 'timm:e9' .*timm:e1200_r224_in1k"):
+    with pytest.raises(UserError,
+                       match=r"no weights for mobilenet_v4_conv_small named 'timm:e9' .*timm:e1200_r224_in1k"):
         mobilenets.create_model("mobilenet_v4_conv_small", weights="timm:e9")
     with pytest.raises(UserError, match="at width_multiplier=0.75"):
         mobilenets.create_model("mobilenet_v4_conv_small", weights="timm", width_multiplier=0.75)

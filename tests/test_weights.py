@@ -161,7 +161,8 @@ def test_timm_file_gets_timms_bn_eps(tmp_path, randomize_bn, caplog):
     rebuilt = mobilenets.create_model("mobilenet_v3_large", **ours.arch_options)  # what a checkpoint rebuilds
     assert rebuilt.stem.bn.eps == 1e-5
     with pytest.raises(UserError, match="built with bn_eps=0.001; build it with bn_eps=1e-05"):
-        mobilenets.load_weights(mobilenets.create_model("mobilenet_v3_large", bn_eps=1e-3), tmp_path / "model.safetensors")
+        model = mobilenets.create_model("mobilenet_v3_large", bn_eps=1e-3)
+        mobilenets.load_weights(model, tmp_path / "model.safetensors")
 
 
 def test_timm_v3_small_050_loads_with_timms_stem(tmp_path, monkeypatch, randomize_bn):

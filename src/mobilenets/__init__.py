@@ -5,11 +5,11 @@ fast CPU deployment.
     >>> model = mobilenets.create_model("mobilenet_v3_small", num_classes=10, in_chans=1)
     >>> mobilenets.profile(model, input_size=(1, 224, 224)).macs
 """
-from .errors import UserError
-from .registry import create_model, list_models
-from .archs import v1, v2, v3, v4  # noqa: F401,I001  (register the zoo: run their @register_model decorators)
 from . import heads  # noqa: F401  (register the task models)
+from .archs import v1, v2, v3, v4  # noqa: F401,I001  (register the zoo: run their @register_model decorators)
+from .errors import UserError
 from .profile import profile
+from .registry import create_model, list_models
 from .weights import load_weights
 
 __all__ = ["create_model", "list_models", "load_weights", "profile", "UserError"]

@@ -22,8 +22,14 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from .blocks import (ConvBlock, DepthwiseSeparable, FusedInvertedBottleneck, InvertedResidual, MobileMQA,
-                     UniversalInvertedBottleneck)
+from .blocks import (
+    ConvBlock,
+    DepthwiseSeparable,
+    FusedInvertedBottleneck,
+    InvertedResidual,
+    MobileMQA,
+    UniversalInvertedBottleneck,
+)
 from .errors import UserError
 from .layers import ConvNormAct, PooledConvNorm, make_divisible, norm_factory
 

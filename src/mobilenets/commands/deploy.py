@@ -42,10 +42,13 @@ def register(subparsers) -> None:
         "bench", help="latency/throughput of our models and the reference models on every backend",
         description="Each path (model x backend) in its own process, measured in interleaved rounds.")
     b.add_argument("--models", default="mobilenet_v1,mobilenet_v2,mobilenet_v3_large,mobilenet_v3_small",
-                   help="comma-separated (default: all four)")
+                   help="comma-separated (default: V1-V3, the four); also mobilenet_v2_140 (width 1.4) and the "
+                        "mobilenet_v4_* models, each against timm's same model")
     b.add_argument("--backends", default=None, help="comma-separated from torch,onnxruntime,openvino "
                                                     "(default: every installed one)")
     b.add_argument("--batch", default="1,32", help="comma-separated batch sizes (default 1,32)")
+    b.add_argument("--resolution", type=int, default=None, metavar="PX",
+                   help="input size for every model (default: each model's native one, e.g. 256 for V4 Conv-M)")
     b.add_argument("--threads", type=int, default=2, help="threads per runtime (default 2)")
     b.add_argument("--rounds", type=int, default=30, help="interleaved rounds per path at batch 1 (default 30)")
     b.add_argument("--large-batch-rounds", type=int, default=10,
@@ -98,7 +101,7 @@ def bench_command(args: argparse.Namespace) -> int:
         models=parse_list(args.models, "models"),
         backends=parse_list(args.backends, "backends") if args.backends else None,
         batches=parse_list(args.batch, "batch", int), threads=args.threads, rounds=args.rounds,
-        large_batch_rounds=args.large_batch_rounds,
+        large_batch_rounds=args.large_batch_rounds, resolution=args.resolution,
         tuned_peers=args.tuned_peers, int8=args.int8, calibration=args.calibration_data,
         progress=lambda msg: print(msg, file=sys.stderr, flush=True))
     print(json.dumps(report.to_json(), indent=1) if args.json else format_table(report))

@@ -15,7 +15,6 @@ import torch
 
 from ..checkpoint import load_checkpoint
 from ..data.loaders import DataConfig
-from ..deploy.formats import BACKENDS
 from ..data.transforms import AUGMENTATIONS, STRONG_ERASE_P, erase_probability
 from ..deploy.formats import BACKENDS
 from ..errors import UserError

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ..preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from ..errors import UserError
+from ..preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from . import fashion_mnist
 from .image_folder import ImageFolderDataset, collate_skip_bad, find_splits
 from .transforms import TensorAugment, folder_transforms, preprocess

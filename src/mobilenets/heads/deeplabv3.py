@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import UserError
-from ..registry import register_model
 from ..model import LAST, Location, Select
+from ..registry import register_model
 from .backbones import build_backbone, channels_of, torchvision_segmenter_map
 
 AUX_TAP = Select(Location.BLOCK, 8)  # the FCN aux head's map (torchvision's stage_indices[-4])

@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import UserError
-from ..registry import register_model
 from ..layers import norm_factory
 from ..model import LAST, Location, Select
+from ..registry import register_model
 from .backbones import build_backbone, channels_of, torchvision_segmenter_map
 
 # "low": the output of the block that takes the features to stride 8; "high": the last map (Figure 10 of

@@ -26,9 +26,9 @@ from torch import Tensor, nn
 from torchvision.ops import Conv2dNormActivation, batched_nms, clip_boxes_to_image
 
 from ..errors import UserError
+from ..model import LAST, Location, Select
 from ..registry import register_model
 from .anchors import BoxCoder, DefaultBoxes, match_anchors
-from ..model import LAST, Location, Select
 from .backbones import build_backbone, channels_of, leaf_modules, rename_prefixes, torchvision_backbone_map
 
 # The two backbone maps SSDLite reads: the expansion of the first stride-32 block (at stride 16) and the last map;

@@ -125,7 +125,8 @@ class Classify(Task):
                 "skipped_images": batches.bad}
 
     def epoch_record(self, epoch, step, train, metrics, lr):
-        return {"epoch": epoch, "train_loss": train["loss"], "train_acc": train.get("correct", 0) / max(train["seen"], 1),
+        return {"epoch": epoch, "train_loss": train["loss"],
+                "train_acc": train.get("correct", 0) / max(train["seen"], 1),
                 "train_images_per_s": train["images_per_s"], "train_seconds": train["seconds"],
                 **({"train_size": train["size"]} if train.get("size") else {}),
                 "val_loss": metrics["loss"], "val_top1": metrics["top1"], "val_top5": metrics["top5"], "lr": lr,

@@ -140,7 +140,8 @@ class Segment(DenseTask):
         return f"mIoU {metrics['miou']:.4f}  pixel accuracy {metrics['pixel_acc']:.4f}"
 
     def checkpoint_extra(self, metrics, record):
-        return {"metrics": {**record, "per_class_iou": metrics["per_class_iou"]}, "resize": "stretch to input_size (no crop)"}
+        return {"metrics": {**record, "per_class_iou": metrics["per_class_iou"]},
+                "resize": "stretch to input_size (no crop)"}
 
     def report(self, metrics: dict, class_names: list[str]) -> dict:
         return {"miou": metrics["miou"], "pixel_acc": metrics["pixel_acc"], "images": metrics["images"],

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from ..files import atomic_write
 from ..errors import UserError
+from ..files import atomic_write
 
 
 @dataclass(frozen=True)
