@@ -18,6 +18,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--batch", default="1,32")
+    p.add_argument("--resolution", type=int, default=None, help="one input size for all (default: each model's own)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=30)
     p.add_argument("--large-batch-rounds", type=int, default=10)
@@ -33,6 +34,7 @@ def main():
 
     report = run_bench(models=args.models.split(","), batches=[int(b) for b in args.batch.split(",")],
                        threads=args.threads, rounds=args.rounds, large_batch_rounds=args.large_batch_rounds,
+                       resolution=args.resolution,
                        tuned_peers=True, int8=not args.no_int8, on_block=save,
                        progress=lambda msg: print(msg, file=sys.stderr, flush=True))
     save(report)

@@ -5,7 +5,8 @@ runs (our exports and the peers') and :func:`load`, which a worker process calls
   (BN folded, GlobalAveragePool, parity-checked) and run by :mod:`~mobilenets.deploy.runtime`'s runners, plus
   eager PyTorch (batch 1 only: at batch 32 one eager run takes seconds on a busy machine).
 * ``peer``: torchvision's ``mobilenet_v2`` / ``mobilenet_v3_large`` / ``mobilenet_v3_small`` and timm's
-  ``mobilenetv1_100``, exported with plain ``torch.onnx.export`` (its defaults: the dynamo exporter, opset 18)
+  ``mobilenetv1_100``, ``mobilenetv2_140`` and ``mobilenetv4_*`` (built by timm, random init: nothing is
+  downloaded), exported with plain ``torch.onnx.export`` (its defaults: the dynamo exporter, opset 18)
   and run with the runtimes' default settings apart from the thread count (and fp32 precision for OpenVINO,
   whose default on AVX-512 BF16 CPUs is bf16), plus eager PyTorch.
 * ``peer+tuned`` (``tuned_peers=True``): the reference ONNX files run by our runners. Our runner settings are
@@ -13,6 +14,8 @@ runs (our exports and the peers') and :func:`load`, which a worker process calls
 * ``ours int8`` (``int8=True``): NNCF int8 on OpenVINO and ONNX Runtime QDQ int8 (batch 1).
 
 Random weights: latency does not depend on the values (no sparsity is exploited by these runtimes).
+Every model and its peer run at the model's native resolution (the registry's: 224 for V1-V3 and V4 Conv-S, 256
+for V4 Conv-M / Hybrid-M, 384 for V4 Conv-L / Hybrid-L) unless ``run_bench(resolution=...)`` sets one for all.
 """
 from __future__ import annotations
 
@@ -24,11 +27,28 @@ import numpy as np
 
 from ..formats import installed
 
-MODELS = ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small")
+MODELS = ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small")  # the default set
+# Benchmark names that are a registry model built with other options (a published width): name -> (model, options)
+VARIANTS = {"mobilenet_v2_140": ("mobilenet_v2", {"width_multiplier": 1.4})}
 PEERS = {"mobilenet_v1": ("timm", "mobilenetv1_100"), "mobilenet_v2": ("torchvision", "mobilenet_v2"),
+         "mobilenet_v2_140": ("timm", "mobilenetv2_140"),
          "mobilenet_v3_large": ("torchvision", "mobilenet_v3_large"),
-         "mobilenet_v3_small": ("torchvision", "mobilenet_v3_small")}
-INPUT_SIZE = (3, 224, 224)  # ImageNet-sized inputs: the models and their peers as published
+         "mobilenet_v3_small": ("torchvision", "mobilenet_v3_small"),
+         **{f"mobilenet_v4_{v}": ("timm", f"mobilenetv4_{v}") for v in (
+             "conv_small", "conv_medium", "conv_large", "hybrid_medium", "hybrid_large")}}
+INPUT_SIZE = (3, 224, 224)  # ImageNet-sized inputs: V1-V3 as published
+
+
+def ours(name: str) -> tuple[str, dict]:
+    """(registry model, build options) of a benchmark model name."""
+    return VARIANTS.get(name, (name, {}))
+
+
+def input_size(name: str, resolution: int | None = None) -> tuple[int, int, int]:
+    """The input of benchmark model ``name``: ``resolution``, or its native one (the registry's)."""
+    from ...registry import get_entry
+    size = resolution or get_entry(ours(name)[0]).default_resolution
+    return (3, size, size)
 
 
 @dataclass
@@ -43,6 +63,7 @@ class PathSpec:
     file: str | None = None  # exported file (None: eager torch)
     source: tuple[str, str] | None = None  # ("mobilenets"|"torchvision"|"timm", name) for eager torch
     tuned: bool = True
+    input_size: tuple[int, int, int] = INPUT_SIZE
 
     @property
     def label(self) -> str:
@@ -51,7 +72,7 @@ class PathSpec:
 
 def load(spec: PathSpec):
     """A callable running one batch for ``spec`` (called in the path's worker process)."""
-    x = np.random.default_rng(0).standard_normal((spec.batch, *INPUT_SIZE), dtype=np.float32)
+    x = np.random.default_rng(0).standard_normal((spec.batch, *spec.input_size), dtype=np.float32)
     if spec.backend == "torch":
         import torch
         torch.set_num_threads(spec.threads)
@@ -73,7 +94,8 @@ def load(spec: PathSpec):
 def build(library: str, name: str):
     if library == "mobilenets":
         from ...registry import create_model
-        return create_model(name)
+        model, options = ours(name)
+        return create_model(model, **options)
     if library == "torchvision":
         import torchvision
         return torchvision.models.get_model(name)
@@ -81,31 +103,33 @@ def build(library: str, name: str):
     return timm.create_model(name)
 
 
-def specs(name, batch, threads, backends, folder: Path, tuned_peers, int8, calibration) -> list[PathSpec]:
+def specs(name, batch, threads, backends, folder: Path, tuned_peers, int8, calibration,
+          resolution: int | None = None) -> list[PathSpec]:
     """Every path of one model at one batch size (exporting the files they run into ``folder``)."""
     out = []
+    size = input_size(name, resolution)
     onnx_backends = [b for b in backends if b != "torch"]
-    ours = export_ours(name, batch, folder, int8, calibration) if onnx_backends else {}
-    peer = export_peer(name, batch, folder) if onnx_backends else None
+    files = export_ours(name, batch, folder, int8, calibration, size) if onnx_backends else {}
+    peer = export_peer(name, batch, folder, size) if onnx_backends else None
     if "torch" in backends and batch == 1:  # eager at batch 32 takes seconds a run: batch 1 says enough
-        out.append(PathSpec(name, "ours", "torch", batch, threads, source=("mobilenets", name)))
-        out.append(PathSpec(name, "peer", "torch", batch, threads, source=PEERS[name]))
+        out.append(PathSpec(name, "ours", "torch", batch, threads, source=("mobilenets", name), input_size=size))
+        out.append(PathSpec(name, "peer", "torch", batch, threads, source=PEERS[name], input_size=size))
     for b in onnx_backends:
-        out.append(PathSpec(name, "ours", b, batch, threads, file=ours["fp32"]))
-        out.append(PathSpec(name, "peer", b, batch, threads, file=peer, tuned=False))
+        out.append(PathSpec(name, "ours", b, batch, threads, file=files["fp32"], input_size=size))
+        out.append(PathSpec(name, "peer", b, batch, threads, file=peer, tuned=False, input_size=size))
         if tuned_peers:
-            out.append(PathSpec(name, "peer+tuned", b, batch, threads, file=peer))
-        if f"int8 {b}" in ours:
-            out.append(PathSpec(name, "ours int8", b, batch, threads, file=ours[f"int8 {b}"]))
+            out.append(PathSpec(name, "peer+tuned", b, batch, threads, file=peer, input_size=size))
+        if f"int8 {b}" in files:
+            out.append(PathSpec(name, "ours int8", b, batch, threads, file=files[f"int8 {b}"], input_size=size))
     return out
 
 
-def export_ours(name: str, batch: int, folder: Path, int8: bool, calibration: str | None) -> dict[str, str]:
-    from ...registry import create_model
+def export_ours(name: str, batch: int, folder: Path, int8: bool, calibration: str | None,
+                size: tuple[int, int, int] = INPUT_SIZE) -> dict[str, str]:
     from ..source import meta_for
 
-    model = create_model(name).eval()
-    meta = meta_for(model, name, {})
+    model = build("mobilenets", name).eval()
+    meta = meta_for(model, *ours(name), resolution=size[-1])
     files = {}
     out = folder / f"{name}_b{batch}.onnx"
     _export_batch(model, meta, out, "onnx", batch)
@@ -131,7 +155,7 @@ def _export_batch(model, meta, out: Path, fmt: str, batch: int, int8: bool = Fal
                  min_agreement=0.0 if int8 else None, parity_n=max(batch, 4), calibration_n=max(64, batch * 4))
 
 
-def export_peer(name: str, batch: int, folder: Path) -> str:
+def export_peer(name: str, batch: int, folder: Path, size: tuple[int, int, int] = INPUT_SIZE) -> str:
     """The reference model exported the plain way: ``torch.onnx.export`` with its defaults."""
     import torch
     library, peer = PEERS[name]
@@ -139,6 +163,6 @@ def export_peer(name: str, batch: int, folder: Path) -> str:
     out = folder / f"peer_{peer}_b{batch}.onnx"
     for logger in ("torch.onnx", "onnx_ir", "onnxscript"):
         logging.getLogger(logger).setLevel(logging.WARNING)
-    torch.onnx.export(model, (torch.zeros(batch, *INPUT_SIZE),), str(out), opset_version=18,
+    torch.onnx.export(model, (torch.zeros(batch, *size),), str(out), opset_version=18,
                       external_data=False, verbose=False)
     return str(out)

@@ -24,11 +24,12 @@ def format_table(report: BenchReport) -> str:
     lines = [f"# {report.date}  {report.cpu}  threads={report.threads}  sgemm roof {report.sgemm_gflops:.1f} GFLOP/s",
              "# " + "  ".join(f"{k} {v}" for k, v in report.versions.items()),
              "",
-             "| model | batch | path | median ms | p10-p90 ms | best-of-burst ms | img/s | GFLOP/s | % roof |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| model | px | batch | path | median ms | p10-p90 ms | best-of-burst ms | img/s | GFLOP/s | % roof |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in report.results:
-        lines.append(f"| {r.model} | {r.batch} | {r.path} | {r.median_ms:.2f} | {r.p10_ms:.2f}-{r.p90_ms:.2f} | "
-                     f"{r.best_ms:.2f} | {r.images_per_s:.0f} | {r.gflops:.1f} | {r.roof_fraction:.0%} |")
+        lines.append(f"| {r.model} | {r.resolution} | {r.batch} | {r.path} | {r.median_ms:.2f} | "
+                     f"{r.p10_ms:.2f}-{r.p90_ms:.2f} | {r.best_ms:.2f} | {r.images_per_s:.0f} | {r.gflops:.1f} | "
+                     f"{r.roof_fraction:.0%} |")
     if report.ratios:
         lines += ["", "| model | batch | ours / peers, medians (p25-p75 over rounds) | ours / peers, best-of-burst "
                   "(p25-p75) | our int8 / our fp32, medians | our int8 / our fp32, best-of-burst |",

@@ -9,7 +9,7 @@ from pathlib import Path
 from ...errors import UserError
 from ..formats import RUNTIMES, installed, optional_import
 from .harness import Timings, Worker, interleave, sgemm_roof
-from .paths import INPUT_SIZE, MODELS, PEERS, PathSpec, build, load, specs
+from .paths import MODELS, PEERS, PathSpec, build, input_size, load, specs
 from .report import BenchReport
 from .stats import path_result, ratio
 
@@ -18,22 +18,24 @@ log = logging.getLogger(__name__)
 
 def run_bench(models=MODELS, backends=None, batches=(1, 32), threads: int = 2, rounds: int = 30,
               large_batch_rounds: int = 10, burst_ms: float = 150.0, tuned_peers: bool = False, int8: bool = False,
-              calibration: str | None = None, workdir: str | None = None, progress=None, on_block=None
-              ) -> BenchReport:
+              calibration: str | None = None, workdir: str | None = None, progress=None, on_block=None,
+              resolution: int | None = None) -> BenchReport:
     """Measure every path; ``rounds`` interleaved rounds at batch 1, ``large_batch_rounds`` at larger batches
-    (each of their runs is already a long average). int8 and tuned-peer paths are batch-1 figures.
+    (each of their runs is already a long average). int8 and tuned-peer paths are batch-1 figures. Each model
+    and its peer run at the model's native resolution, or at ``resolution`` for all.
     ``progress(message)`` receives progress lines (default: the log); ``on_block(report)`` receives the report so
     far after each model and batch (to save partial results)."""
     from ... import profile
     from ..auto import cpu_name
 
-    for value, what in ((threads, "threads"), (rounds, "rounds"), (large_batch_rounds, "large-batch-rounds"),
-                        *((b, "batch") for b in batches)):
+    checked = [(threads, "threads"), (rounds, "rounds"), (large_batch_rounds, "large-batch-rounds"),
+               *((b, "batch") for b in batches), *([] if resolution is None else [(resolution, "resolution")])]
+    for value, what in checked:
         if value < 1:
             raise UserError(f"--{what} {value} must be at least 1")
     unknown = [m for m in models if m not in PEERS]
     if unknown:
-        raise UserError(f"unknown benchmark model(s) {', '.join(unknown)}; use {', '.join(MODELS)}")
+        raise UserError(f"unknown benchmark model(s) {', '.join(unknown)}; use {', '.join(PEERS)}")
     if backends is None:
         backends = [b for b in RUNTIMES if installed(b)]
     bad = [b for b in backends if b not in RUNTIMES]
@@ -53,13 +55,14 @@ def run_bench(models=MODELS, backends=None, batches=(1, 32), threads: int = 2, r
     with tempfile.TemporaryDirectory(prefix="mobilenets-bench-", dir=workdir) as tmp:
         folder = Path(tmp)
         for name in models:
-            macs = profile(build("mobilenets", name), input_size=INPUT_SIZE).macs
+            size = input_size(name, resolution)
+            macs = profile(build("mobilenets", name), input_size=size).macs
             for batch in batches:
                 first = batch == 1
                 block = specs(name, batch, threads, backends, folder, tuned_peers and first, int8 and first,
-                              calibration)
+                              calibration, resolution)
                 n_rounds = rounds if first else large_batch_rounds
-                say(f"{name} batch {batch}: {len(block)} paths x {n_rounds} rounds")
+                say(f"{name} at {size[-1]} px, batch {batch}: {len(block)} paths x {n_rounds} rounds")
                 for spec, timings in measure(block, n_rounds, burst_ms):
                     results.append(path_result(spec, timings, macs, roof))
                 q = ratio([r for r in results if r.model == name and r.batch == batch])

@@ -33,6 +33,7 @@ class PathResult:
     best_ms: float = 0.0  # median over rounds of each round's fastest run: robust to a busy machine
     rounds: list[float] = field(repr=False, default_factory=list)  # per-round median ms
     round_best: list[float] = field(repr=False, default_factory=list)  # per-round fastest ms
+    resolution: int = 224  # input height = width, px
 
 
 def path_result(spec: PathSpec, t: Timings, macs: int, roof: float) -> PathResult:
@@ -41,7 +42,8 @@ def path_result(spec: PathSpec, t: Timings, macs: int, roof: float) -> PathResul
     return PathResult(model=spec.model, path=spec.label, who=spec.who, backend=spec.backend, batch=spec.batch,
                       median_ms=med, p10_ms=t.percentile(10), p90_ms=t.percentile(90),
                       images_per_s=spec.batch / med * 1e3, gflops=gflops, roof_fraction=gflops / roof,
-                      samples=len(t.times), best_ms=t.best, rounds=t.rounds, round_best=t.round_best)
+                      samples=len(t.times), best_ms=t.best, rounds=t.rounds, round_best=t.round_best,
+                      resolution=spec.input_size[-1])
 
 
 def ratio(rows: list[PathResult]) -> dict | None:
