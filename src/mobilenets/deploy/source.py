@@ -42,12 +42,18 @@ def load_source(spec: str, *, weights: str | None = None) -> tuple[nn.Module, Ch
     return model, meta_for(model, spec, {})
 
 
-def meta_for(model: nn.Module, name: str, options: dict, class_names: list[str] | None = None) -> CheckpointMeta:
-    """Metadata for a model that did not come from a mobilenets checkpoint (ImageNet-style preprocessing)."""
+def meta_for(model: nn.Module, name: str, options: dict, class_names: list[str] | None = None,
+             resolution: int | None = None) -> CheckpointMeta:
+    """Metadata for a model that did not come from a mobilenets checkpoint (ImageNet-style preprocessing) at
+    ``resolution``, by default the model's native one (the registry's: 224 for V1-V3, 224-384 for V4)."""
+    from ..registry import get_entry
+
     in_chans = _first_conv(model).in_channels
-    pre = Preprocessing(input_size=(in_chans, 224, 224))
+    size = resolution or get_entry(name).default_resolution
+    shape, resize = (in_chans, size, size), round(size / 0.875)  # 224 -> 256, ImageNet's centre crop
+    pre = Preprocessing(input_size=shape, resize=resize)
     if in_chans != 3:
-        pre = Preprocessing(input_size=(in_chans, 224, 224), mean=(0.5,) * in_chans, std=(0.5,) * in_chans)
+        pre = Preprocessing(input_size=shape, resize=resize, mean=(0.5,) * in_chans, std=(0.5,) * in_chans)
     return CheckpointMeta(model=name, options=dict(options), class_names=list(class_names or []),
                           preprocessing=pre)
 
