@@ -176,7 +176,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     task = get_task(args.task or "classify")
     if args.out is None:
         raise UserError("train needs --out RUN_DIR (the folder for checkpoints, metrics and figures)")
-    data = args.data or (None if task.name == "classify" else "scenes")
+    data = args.data or task.default_data
     if data is None:
         raise UserError("train needs --data: fashion-mnist or a folder of images with one subfolder per class")
     if args.epochs < 1:
@@ -268,9 +268,10 @@ def eval_command(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    print(f"{report['checkpoint']} on {report['data']}" + (" (flip test-time augmentation)"
-                                                          if report["tta"] == "flip" else ""))
-    for line in get_task(report["task"]).report_lines(report):
+    counted, *lines = get_task(report["task"]).report_lines(report)
+    print(f"{report['checkpoint']} on {report['data']}: {counted}"
+          + (" (flip test-time augmentation)" if report["tta"] == "flip" else ""))
+    for line in lines:
         print(line)
     return 0
 

@@ -105,6 +105,7 @@ class Task:
         :meth:`open_eval_data` returns)."""
         raise NotImplementedError
 
+    default_data: ClassVar[str | None] = None  # --data when none is given (None: it must be given)
     resizable_inputs: ClassVar[bool] = False  # --progressive-resize may resize training batches (no targets move)
 
     def epoch_record(self, epoch: int, step: int, train: dict, metrics: dict, lr: float) -> dict:
@@ -132,7 +133,8 @@ class Task:
         raise NotImplementedError
 
     def report_lines(self, report: dict) -> list[str]:
-        """The report as lines for a person (commands/ prints them)."""
+        """The report as lines for a person (commands/ prints them): first what was counted ("10000 images"),
+        then the metrics."""
         raise NotImplementedError
 
     # -- export ----------------------------------------------------------------------------------------------

@@ -161,7 +161,8 @@ class Classify(Task):
         return {**metrics["result"].as_dict(), "skipped_images": metrics["skipped_images"]}
 
     def report_lines(self, report: dict) -> list[str]:
-        lines = [f"top-1 {report['top1']:.4f}   top-5 {report['top5']:.4f}   loss {report['loss']:.4f}"]
+        lines = [f"{report['count']} images",
+                 f"top-1 {report['top1']:.4f}   top-5 {report['top5']:.4f}   loss {report['loss']:.4f}"]
         totals = [sum(row) for row in report["confusion"]]
         width = max(len(n) for n in report["per_class"])
         for (name, acc), total in zip(report["per_class"].items(), totals):

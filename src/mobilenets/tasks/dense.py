@@ -26,6 +26,7 @@ class DenseTask(Task):
     generic_model: str  # the registry model a bare classification backbone is wrapped in
     folder_size: int  # input size for data folders (the reference models')
     default_recipe = "dense"
+    default_data = SCENES
     default_bn_recalibrate = 8
 
     def open_split(self, cfg: DataConfig, split: str, transforms, class_names: list[str] | None = None,
