@@ -34,7 +34,7 @@ from mobilenets.data.dense import model_inputs
 from mobilenets.data.scenes import FashionScenes, SceneConfig
 from mobilenets.deploy.bench.harness import interleave, timed
 from mobilenets.deploy.open import open_runner
-from mobilenets.heads.ssdlite import postprocess_detections
+from mobilenets.heads.detection import postprocess_detections
 from mobilenets.tasks.detect import NMS_SETTINGS
 
 BACKENDS = ("onnxruntime", "openvino", "torch")

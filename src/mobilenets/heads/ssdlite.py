@@ -23,13 +23,14 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import Conv2dNormActivation, batched_nms, clip_boxes_to_image
+from torchvision.ops import Conv2dNormActivation
 
 from ..errors import UserError
 from ..model import LAST, Location, Select
 from ..registry import register_model
 from .anchors import BoxCoder, DefaultBoxes, match_anchors
 from .backbones import build_backbone, channels_of, leaf_modules, rename_prefixes, torchvision_backbone_map
+from .detection import Detector
 
 # The two backbone maps SSDLite reads: the expansion of the first stride-32 block (at stride 16) and the last map;
 # MobileNetV1 has no expansion and gives its stride-16 output (conv11 of the SSD-MobileNet reference).
@@ -94,10 +95,8 @@ def _normal_init(module: nn.Module, std: float = 0.03) -> None:
                 nn.init.zeros_(m.bias)
 
 
-class SSDLite(nn.Module):
+class SSDLite(Detector):
     """SSDLite detector: backbone taps + extra blocks + depthwise separable class/box heads."""
-
-    task = "detect"
 
     def __init__(self, backbone: nn.Module, num_classes: int, *, extra_channels=(512, 256, 256, 128),
                  aspect_ratios=(2.0, 3.0), min_ratio: float = 0.2, max_ratio: float = 0.95,
@@ -185,18 +184,6 @@ class SSDLite(nn.Module):
         boxes = self.box_coder.decode(outputs["bbox_regression"], outputs["anchors"])
         return boxes, F.softmax(outputs["cls_logits"], dim=-1)
 
-    def postprocess(self, outputs: dict[str, Tensor], image_size: tuple[int, int]) -> list[dict[str, Tensor]]:
-        """Per image: clip, drop scores below ``score_thresh``, top-k per class, class-wise NMS, keep the best."""
-        all_boxes, all_scores = self.decode(outputs)
-        return [postprocess_detections(b, s, image_size, self.score_thresh, self.nms_thresh,
-                                       self.topk_candidates, self.detections_per_img)
-                for b, s in zip(all_boxes, all_scores)]
-
-    @torch.no_grad()
-    def predict(self, x: Tensor) -> list[dict[str, Tensor]]:
-        """Detections (``boxes`` xyxy in input pixels, ``scores``, ``labels``) for a normalised batch."""
-        return self.postprocess(self(x), tuple(x.shape[-2:]))
-
     # -- weights -------------------------------------------------------------------------------------------
     def foreign_module_map(self, source_keys) -> dict[str, str] | None:
         """Module map onto torchvision's ``ssdlite320_mobilenet_v3_large`` (used by :func:`mobilenets.load_weights`;
@@ -228,24 +215,6 @@ class SSDLite(nn.Module):
                                                "cls_head.blocks.": "head.classification_head.module_list.",
                                                "box_head.blocks.": "head.regression_head.module_list."}))
         return mapping
-
-
-def postprocess_detections(boxes: Tensor, scores: Tensor, image_size: tuple[int, int], score_thresh: float,
-                           nms_thresh: float, topk_candidates: int, detections_per_img: int) -> dict[str, Tensor]:
-    """One image: (A, 4) boxes and (A, C) probabilities -> kept ``boxes``, ``scores``, ``labels`` (1..C-1)."""
-    boxes = clip_boxes_to_image(boxes, image_size)
-    out_boxes, out_scores, out_labels = [], [], []
-    for label in range(1, scores.shape[1]):
-        score = scores[:, label]
-        keep = score > score_thresh
-        score, box = score[keep], boxes[keep]
-        score, idx = score.topk(min(topk_candidates, score.numel()))
-        out_boxes.append(box[idx])
-        out_scores.append(score)
-        out_labels.append(torch.full_like(idx, label))
-    b, s, lab = torch.cat(out_boxes), torch.cat(out_scores), torch.cat(out_labels)
-    keep = batched_nms(b, s, lab, nms_thresh)[:detections_per_img]
-    return {"boxes": b[keep], "scores": s[keep], "labels": lab[keep]}
 
 
 @register_model("ssdlite", task="detect", default_resolution=320, paper=PAPER,

@@ -48,7 +48,7 @@ from ..layers import make_divisible, norm_factory
 from ..model import Location, Select
 from ..registry import register_model
 from .backbones import build_backbone, channels_of
-from .ssdlite import postprocess_detections
+from .detection import Detector
 
 STRIDES = (8, 16, 32)
 TAPS = tuple(Select(Location.STAGE, s, deepest=True) for s in STRIDES)
@@ -240,10 +240,8 @@ class YOLOHead(nn.Module):
         return torch.cat(cls, 1), torch.cat(box, 1)
 
 
-class YOLO(nn.Module):
+class YOLO(Detector):
     """YOLOv8-style detector: backbone taps at strides 8/16/32 -> depthwise PAN -> decoupled head."""
-
-    task = "detect"
 
     def __init__(self, backbone: nn.Module, num_classes: int, *, neck_width: int | None = None, reg_max: int = 16,
                  norm=nn.BatchNorm2d, score_thresh: float = 0.001, nms_thresh: float = 0.7,
@@ -338,18 +336,6 @@ class YOLO(nn.Module):
         background column, the layout :func:`postprocess_detections` reads. Everything but NMS."""
         scores = outputs["cls_logits"].sigmoid()
         return self.boxes(outputs), torch.cat((torch.zeros_like(scores[..., :1]), scores), -1)
-
-    def postprocess(self, outputs: dict[str, Tensor], image_size: tuple[int, int]) -> list[dict[str, Tensor]]:
-        """Per image: clip, drop scores below ``score_thresh``, top-k per class, class-wise NMS, keep the best."""
-        all_boxes, all_scores = self.decode(outputs)
-        return [postprocess_detections(b, s, image_size, self.score_thresh, self.nms_thresh,
-                                       self.topk_candidates, self.detections_per_img)
-                for b, s in zip(all_boxes, all_scores)]
-
-    @torch.no_grad()
-    def predict(self, x: Tensor) -> list[dict[str, Tensor]]:
-        """Detections (``boxes`` xyxy in input pixels, ``scores``, ``labels``) for a normalised batch."""
-        return self.postprocess(self(x), tuple(x.shape[-2:]))
 
     def foreign_module_map(self, source_keys) -> None:
         """No foreign checkpoints: nobody publishes these heads; our own files use our names (for

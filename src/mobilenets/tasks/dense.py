@@ -66,6 +66,17 @@ class DenseTask(Task):
     def skipped_record(self, dataset) -> dict:
         return {}
 
+    per_class: str  # the evaluate() key of the per-class list, kept out of metrics.jsonl
+
+    def epoch_record(self, epoch, step, train, metrics, lr):
+        return {"epoch": epoch, "step": step, "loss": train["loss"],
+                **{k: v for k, v in train.items() if k.startswith("loss_")}, "train_img_s": train["images_per_s"],
+                "lr": lr, **{k: v for k, v in metrics.items() if k != self.per_class}}
+
+    def checkpoint_extra(self, metrics, record):
+        return {"metrics": {**record, self.per_class: metrics[self.per_class]},
+                "resize": "stretch to input_size (no crop)"}
+
     def build_model(self, model: str, *, num_classes: int, in_chans: int, options: dict,
                     backbone: str | None = None, weights: str | None = None) -> nn.Module:
         """``model`` when it is a model of this task, else the generic head on the backbone ``backbone or

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from ..data.dense import MEAN, SCENES, STD, model_inputs
 from ..errors import UserError
-from ..heads.ssdlite import postprocess_detections
+from ..heads.detection import postprocess_detections
 from .base import Parity
 from .dense import DenseTask
 
@@ -97,6 +97,7 @@ def collate_train(batch):
 class Detect(DenseTask):
     name = "detect"
     metric = "map"
+    per_class = "per_class_ap"
     outputs = ("boxes", "scores")
     generic_model = "ssdlite"
     folder_size = 320
@@ -167,17 +168,8 @@ class Detect(DenseTask):
         result.update(images=len(gts), objects=int(sum(len(g["labels"]) for g in gts)), eval_seconds=seconds)
         return result
 
-    def epoch_record(self, epoch, step, train, metrics, lr):
-        return {"epoch": epoch, "step": step, "loss": train["loss"],
-                **{k: v for k, v in train.items() if k.startswith("loss_")}, "train_img_s": train["images_per_s"],
-                "lr": lr, **{k: v for k, v in metrics.items() if k != "per_class_ap"}}
-
     def summary(self, metrics: dict) -> str:
         return f"mAP@[.5:.95] {metrics['map']:.4f}  mAP@.5 {metrics['map50']:.4f}"
-
-    def checkpoint_extra(self, metrics, record):
-        return {"metrics": {**record, "per_class_ap": metrics["per_class_ap"]},
-                "resize": "stretch to input_size (no crop)"}
 
     def report(self, metrics: dict, class_names: list[str]) -> dict:
         return {"map": metrics["map"], "map50": metrics["map50"], "images": metrics["images"],

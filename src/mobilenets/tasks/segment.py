@@ -59,6 +59,7 @@ def colour(index: int) -> tuple[int, int, int]:
 class Segment(DenseTask):
     name = "segment"
     metric = "miou"
+    per_class = "per_class_iou"
     outputs = ("logits",)
     generic_model = "lraspp"
     folder_size = 512
@@ -131,17 +132,8 @@ class Segment(DenseTask):
         result.update(images=images, eval_seconds=time.perf_counter() - start)
         return result
 
-    def epoch_record(self, epoch, step, train, metrics, lr):
-        return {"epoch": epoch, "step": step, "loss": train["loss"],
-                **{k: train[k] for k in ("loss_main", "loss_aux") if k in train}, "train_img_s": train["images_per_s"],
-                "lr": lr, **{k: v for k, v in metrics.items() if k != "per_class_iou"}}
-
     def summary(self, metrics: dict) -> str:
         return f"mIoU {metrics['miou']:.4f}  pixel accuracy {metrics['pixel_acc']:.4f}"
-
-    def checkpoint_extra(self, metrics, record):
-        return {"metrics": {**record, "per_class_iou": metrics["per_class_iou"]},
-                "resize": "stretch to input_size (no crop)"}
 
     def report(self, metrics: dict, class_names: list[str]) -> dict:
         return {"miou": metrics["miou"], "pixel_acc": metrics["pixel_acc"], "images": metrics["images"],
