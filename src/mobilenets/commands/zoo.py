@@ -49,7 +49,7 @@ def cmd_summary(args) -> int:
         options["minimal"] = True
     if args.num_classes is not None:
         options["num_classes"] = args.num_classes
-    r = args.resolution or entry.default_resolution
+    r = entry.default_resolution if args.resolution is None else args.resolution
     if r < 1:
         raise UserError(f"--resolution {r} must be at least 1 pixel")
     model = create_model(args.name, **options)
