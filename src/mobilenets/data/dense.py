@@ -56,17 +56,17 @@ def open_scenes(cfg: DataConfig, split: str, transforms, targets: str, trained: 
                          transforms=transforms, targets=targets, cache=cache)
 
 
-def split_folder(cfg: DataConfig, split: str) -> tuple[Path, bool]:
-    """``(folder of the split, whether it is a real held-out split)`` of a dense data folder."""
+def split_folder(cfg: DataConfig, split: str) -> Path:
+    """The folder of ``split`` ("train" / "val") of a dense data folder."""
     root = Path(cfg.data)
     if (root / "train").is_dir() and (root / "val").is_dir():
-        return root / split, True
+        return root / split
     if split == "val" and cfg.val_data:
-        return Path(cfg.val_data), True
+        return Path(cfg.val_data)
     if split == "val":
         log.warning("%s has no train/ and val/ subfolders and no --val-data was given: the metrics are measured "
                     "on the training images", root)
-    return root, split == "train"
+    return root
 
 
 def scenes_meta(train, val, input_size: int) -> dict:

@@ -178,6 +178,12 @@ class Task:
         raise NotImplementedError
 
 
+def to_input(x: Tensor, device: torch.device, channels_last: bool) -> Tensor:
+    """A batch on ``device``, in channels-last memory format when asked (training and evaluation alike)."""
+    x = x.to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
 def save_png(image: Tensor, path: Path) -> None:
     """Write a (3, H, W) uint8 tensor as PNG (Pillow: torchvision.io's encoders are deprecated)."""
     from PIL import Image

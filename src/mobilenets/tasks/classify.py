@@ -17,7 +17,7 @@ from ..data.loaders import DataConfig, build_eval, build_train_val, data_kind, d
 from ..data.transforms import decode_image, preprocess
 from ..errors import UserError
 from ..registry import create_model
-from .base import Parity, Task, TaskData
+from .base import Parity, Task, TaskData, to_input
 
 FASHION_IMG_SIZE = 32  # the demo's and the default Fashion-MNIST input (28x28 images resized)
 
@@ -56,11 +56,6 @@ class FlipAverage(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         views = torch.stack([self.model(x).float().log_softmax(1), self.model(x.flip(-1)).float().log_softmax(1)])
         return views.logsumexp(0) - math.log(2)
-
-
-def to_input(x: Tensor, device: torch.device, channels_last: bool) -> Tensor:
-    x = x.to(device, non_blocking=True)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
 @torch.no_grad()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..checkpoint import CheckpointMeta
-from ..data.dense import MEAN, SCENES, STD, model_inputs, open_scenes, scenes_meta, split_folder
+from ..data.dense import MEAN, SCENES, STD, model_inputs, scenes_meta
 from ..data.loaders import DataConfig, FolderBatches
 from ..data.transforms import decode_image
 from ..errors import UserError
@@ -67,6 +67,16 @@ class DenseTask(Task):
         return {}
 
     per_class: str  # the evaluate() key of the per-class list, kept out of metrics.jsonl
+    per_class_label: str  # its name in eval's table ("AP", "IoU")
+
+    def counted(self, report: dict) -> str:
+        raise NotImplementedError
+
+    def report_lines(self, report: dict) -> list[str]:
+        values = report[self.per_class]
+        width = max(len(n) for n in values)
+        return [self.counted(report), self.summary(report),
+                *(f"  {n:<{width}}  {self.per_class_label} {v:.4f}" for n, v in values.items())]
 
     def epoch_record(self, epoch, step, train, metrics, lr):
         return {"epoch": epoch, "step": step, "loss": train["loss"],
@@ -111,8 +121,3 @@ class DenseTask(Task):
         image = decode_image(path, 3)
         return image, model_inputs([image], meta.preprocessing.input_size[-1])
 
-    def open_folder(self, cfg: DataConfig, split: str):
-        return split_folder(cfg, split)[0]
-
-    def scenes(self, cfg: DataConfig, split: str, transforms, targets: str, trained: dict | None):
-        return open_scenes(cfg, split, transforms, targets, trained)

@@ -24,10 +24,10 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from ..data.dense import MEAN, SCENES, STD, model_inputs
+from ..data.dense import MEAN, SCENES, STD, model_inputs, open_scenes, split_folder
 from ..errors import UserError
 from ..heads.detection import postprocess_detections
-from .base import Parity
+from .base import Parity, to_input
 from .dense import DenseTask
 
 POSTPROCESS_KEY = "mobilenets.postprocess"  # a detector's NMS settings (JSON) in an exported file's metadata
@@ -98,6 +98,7 @@ class Detect(DenseTask):
     name = "detect"
     metric = "map"
     per_class = "per_class_ap"
+    per_class_label = "AP"
     outputs = ("boxes", "scores")
     generic_model = "ssdlite"
     folder_size = 320
@@ -123,8 +124,8 @@ class Detect(DenseTask):
         from ..data.coco import open_coco
 
         if cfg.data in (None, SCENES):
-            return self.scenes(cfg, split, transforms, "detect", trained)
-        folder = self.open_folder(cfg, split)
+            return open_scenes(cfg, split, transforms, "detect", trained)
+        folder = split_folder(cfg, split)
         annotations = cfg.annotations if folder == Path(cfg.data) else None  # the JSON of --data itself
         return open_coco(folder, annotations, transforms, cfg.skip_bad)
 
@@ -152,9 +153,7 @@ class Detect(DenseTask):
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=lambda b: b)
         start = time.perf_counter()
         for batch in tqdm(loader, desc="eval", unit="batch", leave=False, disable=not progress):
-            x = model_inputs([im for im, _ in batch], size).to(device)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = to_input(model_inputs([im for im, _ in batch], size), device, channels_last)
             preds = model.predict(x)
             for (im, target), pred in zip(batch, preds):
                 h, w = im.shape[-2:]
@@ -175,12 +174,8 @@ class Detect(DenseTask):
         return {"map": metrics["map"], "map50": metrics["map50"], "images": metrics["images"],
                 "objects": metrics["objects"], "per_class_ap": dict(zip(class_names[1:], metrics["per_class_ap"]))}
 
-    def report_lines(self, report: dict) -> list[str]:
-        lines = [f"{report['images']} images, {report['objects']} objects",
-                 f"mAP@[.5:.95] {report['map']:.4f}  mAP@.5 {report['map50']:.4f}"]
-        width = max(len(n) for n in report["per_class_ap"])
-        lines += [f"  {n:<{width}}  AP {v:.4f}" for n, v in report["per_class_ap"].items()]
-        return lines
+    def counted(self, report: dict) -> str:
+        return f"{report['images']} images, {report['objects']} objects"
 
     # -- export ----------------------------------------------------------------------------------------------
     def export_module(self, model):

@@ -15,10 +15,10 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from ..data.dense import MEAN, SCENES, STD, model_inputs
+from ..data.dense import MEAN, SCENES, STD, model_inputs, open_scenes, split_folder
 from ..data.masks import IGNORE_INDEX
 from ..data.scenes import FashionScenes
-from .base import Parity
+from .base import Parity, to_input
 from .dense import DenseTask
 from .detect import scene_inputs
 
@@ -60,6 +60,7 @@ class Segment(DenseTask):
     name = "segment"
     metric = "miou"
     per_class = "per_class_iou"
+    per_class_label = "IoU"
     outputs = ("logits",)
     generic_model = "lraspp"
     folder_size = 512
@@ -85,8 +86,8 @@ class Segment(DenseTask):
         from ..data.masks import SegmentationFolder
 
         if cfg.data in (None, SCENES):
-            return self.scenes(cfg, split, transforms, "segment", trained)
-        return SegmentationFolder(self.open_folder(cfg, split), class_names, transforms, cfg.skip_bad)
+            return open_scenes(cfg, split, transforms, "segment", trained)
+        return SegmentationFolder(split_folder(cfg, split), class_names, transforms, cfg.skip_bad)
 
     def class_names_of(self, dataset) -> list[str]:
         # the scenes name their object classes; a mask folder names every class, the background first
@@ -116,9 +117,7 @@ class Segment(DenseTask):
         loader = DataLoader(val, batch_size=batch_size, shuffle=False, collate_fn=lambda b: b)
         start, images = time.perf_counter(), 0
         for batch in tqdm(loader, desc="eval", unit="batch", leave=False, disable=not progress):
-            x = model_inputs([im for im, _ in batch], size).to(device)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = to_input(model_inputs([im for im, _ in batch], size), device, channels_last)
             logits = model(x).cpu()
             for (_, target), lg in zip(batch, logits):
                 mask = target["mask"].as_subclass(Tensor).long()
@@ -139,12 +138,8 @@ class Segment(DenseTask):
         return {"miou": metrics["miou"], "pixel_acc": metrics["pixel_acc"], "images": metrics["images"],
                 "per_class_iou": dict(zip(class_names, metrics["per_class_iou"]))}
 
-    def report_lines(self, report: dict) -> list[str]:
-        lines = [f"{report['images']} images",
-                 f"mIoU {report['miou']:.4f}  pixel accuracy {report['pixel_acc']:.4f}"]
-        width = max(len(n) for n in report["per_class_iou"])
-        lines += [f"  {n:<{width}}  IoU {v:.4f}" for n, v in report["per_class_iou"].items()]
-        return lines
+    def counted(self, report: dict) -> str:
+        return f"{report['images']} images"
 
     # -- export ----------------------------------------------------------------------------------------------
     def compare(self, reference, got, *, inputs, int8, properties, tolerance=None, min_agreement=None) -> Parity:

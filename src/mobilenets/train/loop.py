@@ -11,6 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from ..tasks.base import to_input
 from . import distributed
 from .distributed import World
 from .freeze import keep_frozen_eval
@@ -25,11 +26,6 @@ class Diverged(RuntimeError):
     def __init__(self, epoch: int, step: int, value: float):
         super().__init__(f"loss is {value} at epoch {epoch + 1}, step {step + 1}")
         self.epoch, self.step, self.value = epoch, step, value
-
-
-def to_input(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
-    x = x.to(device, non_blocking=True)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
 def to_device(targets, device: torch.device):
