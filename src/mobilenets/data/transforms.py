@@ -49,6 +49,12 @@ def _pixels(path: Path) -> np.ndarray:
             raise UserError(f"cannot open image {path}: {e.strerror}") from e
         raise UserError(f"cannot decode image {path}: {e} (corrupt or not an image; replace or delete the file, "
                         "or pass --skip-bad)") from e
+    return image_pixels(im)
+
+
+def image_pixels(im) -> np.ndarray:
+    """A decoded Pillow image (loaded, EXIF orientation applied) as float32 (H, W, 1 or 3) in [0, 1], by the
+    mode rules of the module notes."""
     mode = im.mode
     if mode in _SIXTEEN_BIT:
         a = np.asarray(im, dtype=np.float32) / 65535.0
@@ -73,7 +79,11 @@ def decode_image(path: str | os.PathLike, in_chans: int = 3) -> torch.Tensor:
     """Decode an image file to a float32 tensor (in_chans, H, W) in [0, 1]; see the module notes for modes."""
     if in_chans not in (1, 3):
         raise UserError(f"in_chans={in_chans} is not supported for image files; use 1 (grayscale) or 3 (RGB)")
-    x = torch.from_numpy(_pixels(Path(path))).permute(2, 0, 1)  # (C, H, W)
+    return to_channels(torch.from_numpy(_pixels(Path(path))).permute(2, 0, 1), in_chans)
+
+
+def to_channels(x: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """A (1 or 3, H, W) image with ``in_chans`` channels: RGB -> luma, grey -> repeated; contiguous."""
     if in_chans == 1 and x.shape[0] == 3:
         x = torch.tensordot(torch.tensor(LUMA), x, dims=1).unsqueeze(0)
     elif in_chans == 3 and x.shape[0] == 1:

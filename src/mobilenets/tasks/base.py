@@ -164,6 +164,11 @@ class Task:
         (1, C, H, W) input made from it as the checkpoint's preprocessing says."""
         raise NotImplementedError
 
+    def inputs(self, image: Tensor, meta: CheckpointMeta) -> Tensor:
+        """The network's (1, C, H, W) input for a decoded image (float (C, H, W) in [0, 1], the checkpoint's
+        channel count), as :meth:`load` makes it; the server calls it on uploaded images."""
+        raise NotImplementedError
+
     def postprocess(self, outputs: list[Tensor], meta: CheckpointMeta, properties: dict[str, str],
                     image_size: tuple[int, int], **options) -> dict:
         """The network's outputs for one image -> a JSON-able result."""

@@ -186,7 +186,10 @@ class Classify(Task):
     # -- results for a person --------------------------------------------------------------------------------
     def load(self, path, meta):
         image = decode_image(path, meta.preprocessing.input_size[0])
-        return image, preprocess(image, meta.preprocessing).unsqueeze(0)
+        return image, self.inputs(image, meta)
+
+    def inputs(self, image, meta):
+        return preprocess(image, meta.preprocessing).unsqueeze(0)
 
     def postprocess(self, outputs, meta, properties, image_size, *, top_k: int = 3, **options):
         probs = outputs[0].float().softmax(1)[0]

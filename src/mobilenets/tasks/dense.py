@@ -119,5 +119,8 @@ class DenseTask(Task):
 
     def load(self, path, meta):
         image = decode_image(path, 3)
-        return image, model_inputs([image], meta.preprocessing.input_size[-1])
+        return image, self.inputs(image, meta)
+
+    def inputs(self, image, meta):
+        return model_inputs([image], meta.preprocessing.input_size[-1])
 
