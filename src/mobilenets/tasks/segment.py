@@ -23,6 +23,7 @@ from .dense import DenseTask
 from .detect import scene_inputs
 
 AUX_WEIGHT = 0.5  # torchvision's segmentation recipe
+MASK_PIXELS = 4_000_000  # postprocess: the largest class map computed from bilinear logits
 
 
 def confusion_metrics(confusion: Tensor) -> dict:
@@ -157,7 +158,15 @@ class Segment(DenseTask):
     # -- results for a person --------------------------------------------------------------------------------
     def postprocess(self, outputs, meta, properties, image_size, **options):
         logits = outputs[0]
-        pred = F.interpolate(logits, size=image_size, mode="bilinear", align_corners=False)[0].argmax(0)
+        h, w = image_size
+        # Upsampled logits cost classes x 4 bytes per pixel (1.8 GB for 11 classes on a 40 MP photo): above
+        # MASK_PIXELS the arg-max is taken at MASK_PIXELS and the class map enlarged by nearest neighbour.
+        scale = min(1.0, (MASK_PIXELS / (h * w)) ** 0.5)
+        at = (max(1, round(h * scale)), max(1, round(w * scale)))
+        pred = F.interpolate(logits, size=at, mode="bilinear", align_corners=False)[0].argmax(0)
+        if at != (h, w):
+            small = torch.uint8 if logits.shape[1] <= 256 else torch.float32
+            pred = F.interpolate(pred[None, None].to(small), size=(h, w), mode="nearest")[0, 0].long()
         classes = [c for c in pred.unique().tolist() if c != 0]
         pixels = torch.bincount(pred.flatten(), minlength=len(meta.class_names))
         return {"classes": {meta.class_names[c]: round(float(pixels[c]) / pred.numel(), 4) for c in classes},
