@@ -7,7 +7,7 @@ VPY     := $(VENV)/bin/python
 TORCH   := torch==2.14.1 torchvision==0.29.1
 FMNIST  := /usr/share/datasets/fashion-mnist
 
-.PHONY: venv data demo test bench clean
+.PHONY: venv data browser demo test bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(VPY) || $(PY) -m venv $(VENV)
@@ -26,10 +26,18 @@ data:
 		|| { echo "could not install dataset-fashion-mnist; run 'apt-get install dataset-fashion-mnist' as root or pass --data DIR"; exit 1; }; \
 	fi
 
+# Debian's chromium and chromium-driver: the serve page test drives a real headless browser.
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+		echo "installing Debian packages chromium chromium-driver"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) \
+		|| { echo "could not install chromium and chromium-driver; run 'apt-get install chromium chromium-driver' as root"; exit 1; }; \
+	fi
+
 demo: venv data
 	$(VENV)/bin/mobilenets demo --out runs/demo
 
-test: venv data
+test: venv data browser
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/lint-imports
 	$(VPY) -m pytest -q

@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "mobilenets.commands.zoo",      # models, summary
     "mobilenets.commands.train",    # train, eval, predict, demo
     "mobilenets.commands.deploy",   # export, bench
+    "mobilenets.commands.serve",    # serve
 )
 
 

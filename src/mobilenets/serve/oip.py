@@ -1,0 +1,169 @@
+"""Open Inference Protocol v2 (KServe / Triton REST), the parts a client of an image model uses.
+
+Spec: kserve/open-inference-protocol ``inference_rest.md``; Triton's binary tensor data and classification
+extensions. Inputs: the FP32 tensor ``input`` (N, C, H, W) as the ONNX export names it, already preprocessed
+(what Triton or KServe running our export expects, so one client fits all), or a ``BYTES`` tensor ``image`` of
+N encoded image files (JPEG/PNG/..., as OpenVINO Model Server accepts) that the server decodes and
+preprocesses. Outputs: the export's (``logits``, or ``boxes`` and ``scores``), as JSON lists or binary; an
+output requested with ``parameters.classification: k`` comes back as BYTES ``[N, k]`` of ``"score:index:label"``.
+"""
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .limits import ServeError
+
+EXTENSIONS = ("binary_tensor_data", "classification")
+HEADER = "inference-header-content-length"  # the binary extension's header (HTTP header names ignore case)
+DTYPES = {"BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
+          "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64, "FP16": np.float16,
+          "FP32": np.float32, "FP64": np.float64}
+
+
+@dataclass
+class Tensor:
+    name: str
+    datatype: str
+    shape: list[int]
+    data: np.ndarray | list[bytes]  # numbers, or the elements of a BYTES tensor
+
+
+@dataclass
+class InferRequest:
+    id: str | None
+    inputs: list[Tensor]
+    outputs: list[dict] | None  # the requested outputs ({name, parameters}), None: all
+    parameters: dict = field(default_factory=dict)
+
+
+def _bytes_elements(raw: bytes) -> list[bytes]:
+    out, pos = [], 0
+    while pos < len(raw):
+        if pos + 4 > len(raw):
+            raise ServeError(400, "BYTES tensor data ends inside an element's 4-byte length")
+        (n,) = struct.unpack_from("<I", raw, pos)
+        pos += 4
+        if pos + n > len(raw):
+            raise ServeError(400, "BYTES tensor element runs past the end of its data")
+        out.append(raw[pos:pos + n])
+        pos += n
+    return out
+
+
+def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
+    """An infer request body (JSON, or JSON + binary tensors when ``header_length`` is given)."""
+    if header_length is not None:
+        try:
+            n = int(header_length)
+        except ValueError:
+            raise ServeError(400, f"Inference-Header-Content-Length {header_length!r} is not a number") from None
+        if not 0 < n <= len(body):
+            raise ServeError(400, f"Inference-Header-Content-Length {n} does not fit the {len(body)}-byte body")
+        head, binary = body[:n], memoryview(body)[n:]
+    else:
+        head, binary = body, memoryview(b"")
+    try:
+        doc = json.loads(head)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ServeError(400, f"the infer request is not JSON ({e}); send {{\"inputs\": [...]}}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list) or not doc["inputs"]:
+        raise ServeError(400, 'the infer request needs "inputs": a list of tensors {name, shape, datatype, data}')
+    inputs, offset = [], 0
+    for spec in doc["inputs"]:
+        if not isinstance(spec, dict):
+            raise ServeError(400, "each input must be an object {name, shape, datatype, data}")
+        name, dtype, shape = spec.get("name"), spec.get("datatype"), spec.get("shape")
+        if not isinstance(name, str) or dtype not in (*DTYPES, "BYTES") or not isinstance(shape, list) or not all(
+                isinstance(d, int) and d >= 0 for d in shape):
+            raise ServeError(400, f"input {name!r}: needs a name, a datatype ({', '.join(DTYPES)} or BYTES) and a "
+                                  "shape of non-negative integers")
+        count = int(np.prod(shape)) if shape else 1
+        size = (spec.get("parameters") or {}).get("binary_data_size")
+        if size is not None:
+            if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+                raise ServeError(400, f"input {name!r}: binary_data_size {size} runs past the request body")
+            raw = bytes(binary[offset:offset + size])
+            offset += size
+            if dtype == "BYTES":
+                data = _bytes_elements(raw)
+            else:
+                itemsize = np.dtype(DTYPES[dtype]).itemsize
+                if size != count * itemsize:
+                    raise ServeError(400, f"input {name!r}: {size} bytes of binary data for shape {shape} of "
+                                          f"{dtype} ({count * itemsize} expected)")
+                data = np.frombuffer(raw, DTYPES[dtype]).reshape(shape)
+        else:
+            if "data" not in spec:
+                raise ServeError(400, f"input {name!r} has no data (and no binary_data_size)")
+            if dtype == "BYTES":
+                raise ServeError(400, f"input {name!r}: send BYTES (encoded images) with the binary tensor data "
+                                      "extension (tritonclient: InferInput.set_data_from_numpy(..., binary_data=True))")
+            try:
+                data = np.asarray(spec["data"], dtype=DTYPES[dtype])
+                data = data.reshape(shape)
+            except (ValueError, TypeError) as e:
+                raise ServeError(400, f"input {name!r}: data does not fit shape {shape} of {dtype} ({e})") from None
+        if dtype == "BYTES" and len(data) != count:
+            raise ServeError(400, f"input {name!r}: {len(data)} BYTES elements for shape {shape}")
+        inputs.append(Tensor(name, dtype, shape, data))
+    if offset != len(binary):
+        raise ServeError(400, f"{len(binary) - offset} bytes after the last binary input; check binary_data_size")
+    outputs = doc.get("outputs")
+    if outputs is not None and (not isinstance(outputs, list) or not all(
+            isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs)):
+        raise ServeError(400, 'the "outputs" of an infer request must be a list of {name, parameters}')
+    request_id = doc.get("id")
+    return InferRequest(str(request_id) if request_id is not None else None, inputs, outputs,
+                        doc.get("parameters") or {})
+
+
+def classification(scores: np.ndarray, k: int, labels: list[str]) -> np.ndarray:
+    """Triton's classification extension: the top ``k`` of each row of (N, classes) as ``"score:index:label"``."""
+    rows = []
+    for row in scores.reshape(len(scores), -1):
+        top = np.argsort(-row, kind="stable")[:k]
+        rows.append([f"{row[i]:.6f}:{i}" + (f":{labels[i]}" if i < len(labels) else "") for i in top])
+    return np.array(rows, dtype=object)
+
+
+def response(model: str, request: InferRequest, outputs: dict[str, np.ndarray],
+             labels: list[str]) -> tuple[bytes, dict[str, str]]:
+    """The infer response body and its headers; binary outputs follow the JSON as the extension says."""
+    binary_default = bool(request.parameters.get("binary_data_output", False))
+    wanted = request.outputs if request.outputs is not None else [{"name": n} for n in outputs]
+    parts, chunks = [], []
+    for spec in wanted:
+        name, params = spec["name"], spec.get("parameters") or {}
+        if name not in outputs:
+            raise ServeError(400, f"unknown output {name!r}; this model has {', '.join(outputs)}")
+        value = outputs[name]
+        k = params.get("classification")
+        if k is not None:
+            if not isinstance(k, int) or k < 1:
+                raise ServeError(400, f"output {name!r}: classification {k!r} must be a positive integer")
+            if value.ndim != 2:
+                raise ServeError(400, f"output {name!r} of shape {list(value.shape)} is not (N, classes); "
+                                      "classification applies to a classifier's logits")
+            value = classification(value, min(k, value.shape[1]), labels)
+        entry = {"name": name, "datatype": "BYTES" if value.dtype == object else "FP32", "shape": list(value.shape)}
+        if params.get("binary_data", binary_default):
+            if value.dtype == object:
+                raw = b"".join(struct.pack("<I", len(b)) + b for b in (s.encode() for s in value.flat))
+            else:
+                raw = np.ascontiguousarray(value, dtype="<f4").tobytes()
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            entry["data"] = value.reshape(-1).tolist() if value.dtype != object else list(value.flat)
+        parts.append(entry)
+    doc = {"model_name": model, "model_version": "1", "outputs": parts}
+    if request.id is not None:
+        doc["id"] = request.id
+    head = json.dumps(doc, separators=(",", ":")).encode()
+    if not chunks:
+        return head, {"content-type": "application/json"}
+    return b"".join([head, *chunks]), {"content-type": "application/octet-stream", HEADER: str(len(head))}

@@ -1,0 +1,48 @@
+"""Running the app under uvicorn on a socket we bind ourselves (so ``--port 0`` can say which port it got).
+
+SIGTERM (or Ctrl-C) shuts down gracefully: uvicorn stops accepting connections, lets the requests in flight
+finish (up to ``graceful_s``), then the app's lifespan runs what is queued and stops the worker, and the
+process exits with status 0. (Plain uvicorn re-raises the signal after such a shutdown, so the process would
+die of SIGTERM instead of exiting 0; :class:`_Server` keeps the graceful shutdown and drops the re-raise.)
+"""
+from __future__ import annotations
+
+import contextlib
+import signal
+import socket
+import threading
+
+import uvicorn
+
+from ..errors import UserError
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (port 0: any free port)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=1024)
+    except OSError as e:
+        raise UserError(f"cannot listen on {host}:{port} ({e.strerror}); pick another --port (0: any free one) "
+                        "or --host") from e
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
+
+
+def run(app, sock: socket.socket, graceful_s: float = 30.0) -> None:
+    """Serve ``app`` on ``sock`` until SIGTERM/SIGINT, then shut down gracefully."""
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
+                            timeout_graceful_shutdown=graceful_s, timeout_keep_alive=5)
+    _Server(config).run(sockets=[sock])
