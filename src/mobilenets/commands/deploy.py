@@ -36,6 +36,23 @@ def register(subparsers) -> None:
     p.add_argument("--calibration-samples", type=int, default=300, help="calibration images (default 300)")
     p.add_argument("--accuracy", action="store_true",
                    help="also report Fashion-MNIST test accuracy of eager PyTorch and of the exported file")
+    t = p.add_argument_group("Triton / KServe model repository (instead of --out)")
+    t.add_argument("--triton", default=None, metavar="DIR",
+                   help="write DIR/NAME/config.pbtxt and DIR/NAME/1/model.onnx (or model.xml + .bin), for Triton "
+                        "or KServe; classifiers also get DIR/NAME/labels.txt")
+    t.add_argument("--name", default=None, help="model name in the repository (default: the model's, _int8 added)")
+    t.add_argument("--triton-backend", choices=("onnxruntime", "openvino"), default=None,
+                   help="Triton backend: onnxruntime (default; model.onnx) or openvino (OpenVINO IR; with --int8 "
+                        "the NNCF int8 IR)")
+    t.add_argument("--instances", type=int, default=None, help="model instances on the CPU (default 1)")
+    t.add_argument("--threads", type=int, default=None,
+                   help="threads per instance (default: cores // instances); instances x threads <= cores")
+    t.add_argument("--cores", type=int, default=None,
+                   help="cores of the serving machine (default: the cores usable here)")
+    t.add_argument("--max-batch", type=int, default=None,
+                   help="max_batch_size with dynamic batching (default 8 for onnxruntime, 1 for openvino, whose "
+                        "Triton backend pads every batch to it); 0: a fixed batch-1 file, no batching")
+    t.add_argument("--force", action="store_true", help="replace an existing DIR/NAME")
     p.set_defaults(handler=export_command)
 
     b = subparsers.add_parser(
@@ -76,6 +93,12 @@ def export_command(args: argparse.Namespace) -> int:
     for name in ("parity_samples", "calibration_samples"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)} must be at least 1")
+    if args.triton is not None:
+        return triton_command(args)
+    triton_only = [f for f in TRITON_FLAGS if getattr(args, f.lstrip("-").replace("-", "_")) not in (None, False)]
+    if triton_only:
+        raise UserError(f"{', '.join(triton_only)} only {'applies' if len(triton_only) == 1 else 'apply'} to "
+                        "--triton DIR; add --triton DIR or drop them")
     model, meta = load_source(args.source, weights=args.weights)
     out = Path(args.out) if args.out else Path(f"{Path(args.source).stem}{'_int8' if args.int8 else ''}{SUFFIX[fmt]}")
     result = export_model(model, meta, out, fmt, dynamic_batch=args.dynamic_batch, batch=args.batch,
@@ -91,6 +114,49 @@ def export_command(args: argparse.Namespace) -> int:
     if args.accuracy:
         from ..deploy.accuracy import accuracy_report
         print(accuracy_report(model, meta, result.path))
+    return 0
+
+
+TRITON_FLAGS = ("--name", "--triton-backend", "--instances", "--threads", "--cores", "--max-batch", "--force")
+
+
+def triton_command(args: argparse.Namespace) -> int:
+    """``export --triton DIR``: a Triton / KServe model repository entry (mobilenets.deploy.triton)."""
+    from ..deploy.source import load_source
+    from ..deploy.triton import export_triton
+    from ..errors import UserError
+
+    clashing = [flag for flag, value in (("--out", args.out), ("--format", args.format),
+                                         ("--dynamic-batch", args.dynamic_batch), ("--batch", args.batch != 1))
+                if value]
+    if clashing:
+        raise UserError(f"{', '.join(clashing)} {'does' if len(clashing) == 1 else 'do'} not apply to --triton DIR "
+                        "(--triton-backend sets the format, --max-batch the batch); drop them")
+    model, meta = load_source(args.source, weights=args.weights)
+    result = export_triton(model, meta, args.triton, name=args.name, backend=args.triton_backend or "onnxruntime",
+                           int8=args.int8, instances=1 if args.instances is None else args.instances,
+                           threads=args.threads, cores=args.cores, max_batch=args.max_batch, force=args.force,
+                           parity_data=args.data, parity_n=args.parity_samples,
+                           calibration_data=args.calibration_data, calibration_n=args.calibration_samples)
+    print(f"wrote {result.path}: {', '.join(result.files)} (Triton {result.backend}, {result.export.precision}, "
+          f"{meta.model})")
+    print(result.export.parity)
+    batching = (f"max_batch_size {result.max_batch}, dynamic batching" if result.max_batch > 1 else
+                f"max_batch_size {result.max_batch}")
+    print(f"{batching}; {result.instances} CPU instance(s) x {result.threads} thread(s) "
+          f"(<= {result.cores} cores)")
+    for kind, tensors in (("input", result.inputs), ("output", result.outputs)):
+        for t in tensors:
+            label = f", labels {t.label_filename}" if t.label_filename else ""
+            print(f"{kind} {t.name}: {t.data_type} [{', '.join(map(str, t.dims))}]{label}")
+    if not meta.class_names:
+        print("no labels.txt: the model carries no class names (a checkpoint trained here does)")
+    if result.export.details:
+        print("quantization: " + ", ".join(f"{k}={v}" for k, v in result.export.details.items()))
+    if args.accuracy:
+        from ..deploy.accuracy import accuracy_report
+        print(accuracy_report(model, meta, result.export.path))
+    print(f"serve it: tritonserver --model-repository {Path(args.triton).resolve()}")
     return 0
 
 
