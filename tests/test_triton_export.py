@@ -108,8 +108,9 @@ def test_every_config_parses_with_tritons_schema(repo):
 
 
 def test_config_states_the_onnx_files_real_inputs_and_outputs(repo):
-    """Names, TYPE_FP32 and dims are the graph's (batch left out when batching); a run of the file gives outputs
-    of exactly those shapes (a -1 in the graph: any size)."""
+    """Names, TYPE_FP32 and dims are the graph's (batch left out when batching); where the graph leaves a size
+    open besides the batch, dims hold the size a run of the file gives; a run gives outputs of exactly those
+    shapes."""
     for name, (result, _, meta) in repo.items():
         if result.backend != "onnxruntime":
             continue
@@ -123,17 +124,21 @@ def test_config_states_the_onnx_files_real_inputs_and_outputs(repo):
                 assert elem == ONNX_FP32 and t.data_type == model_config_pb2.TYPE_FP32
                 if batched:
                     assert shape[0] == -1  # the dynamic-batch export
-                assert list(t.dims) == (shape[1:] if batched else shape)
+                graph_dims = shape[1:] if batched else shape
+                assert len(t.dims) == len(graph_dims) and -1 not in t.dims
+                assert all(g in (-1, d) for g, d in zip(graph_dims, t.dims)), (name, t.name, graph_dims, t.dims)
         assert list(config.input[0].dims)[-3:] == list(meta.preprocessing.input_size)
         session = ort.InferenceSession(str(result.path / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
         n = 3 if batched else 1
         got = session.run(None, {"input": np.zeros((n, *meta.preprocessing.input_size), np.float32)})
         for t, array in zip(config.output, got):
-            want = [n, *t.dims] if batched else list(t.dims)
-            assert len(array.shape) == len(want)
-            assert all(w in (-1, a) for w, a in zip(want, array.shape)), (name, t.name, array.shape, want)
-    assert [t.name for t in parse(repo["det"][0].path).output] == ["boxes", "scores"]
-    assert list(parse(repo["seg"][0].path).input[0].dims) == [1, 3, 80, 112]  # max_batch 0 keeps the batch
+            assert list(array.shape) == ([n, *t.dims] if batched else list(t.dims)), (name, t.name)
+    boxes, scores = parse(repo["det"][0].path).output
+    assert (boxes.name, scores.name) == ("boxes", "scores")  # NMS stays outside the graph
+    assert list(boxes.dims) == [scores.dims[0], 4] and scores.dims[1] == len(repo["det"][2].class_names)
+    seg = parse(repo["seg"][0].path)
+    assert list(seg.input[0].dims) == [1, 3, 80, 112]  # max_batch 0 keeps the batch in dims
+    assert list(seg.output[0].dims) == [1, 4, 80, 112]  # logits at the input size
 
 
 def test_config_states_the_openvino_irs_real_inputs_and_outputs(repo):

@@ -17,10 +17,12 @@ Triton's ONNX Runtime or OpenVINO backend needs to serve it on CPUs:
 
 The configuration is read off the written file, not off the task: input and output names, ``TYPE_FP32`` and
 ``dims`` are the graph's (the batch dimension left out when ``max_batch_size`` > 0, which needs the
-dynamic-batch export that is made then); so the names and shapes that Triton, KServe and ``mobilenets serve``
-report under ``/v2/models/<name>`` are the same. An output whose shape per image is ``[number of classes]`` (a
-classifier's logits) gets ``label_filename: "labels.txt"``, the class names in index order, which is what
-Triton's classification extension reads.
+dynamic-batch export that is made then); a size the graph leaves open besides the batch (the ONNX exporter's
+symbolic anchor count of a detector, a segmenter's upsampled sides) is the size a run of the file gives, fixed
+by the input size: Triton's OpenVINO backend refuses ``-1`` in ``dims``. So the names and shapes that Triton,
+KServe and ``mobilenets serve`` report under ``/v2/models/<name>`` are the same. An output whose shape per image
+is ``[number of classes]`` (a classifier's logits) gets ``label_filename: "labels.txt"``, the class names in
+index order, which is what Triton's classification extension reads.
 
 CPU threads are always explicit: ``instances`` (``instance_group`` ``KIND_CPU``) x ``threads`` per instance is
 at most ``cores`` (default: the cores this process may use; pass the serving machine's). Left to their defaults,
@@ -39,12 +41,14 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from torch import nn
 
 from ..checkpoint import CheckpointMeta
 from ..errors import UserError
 from .export import ExportResult, export_model
-from .formats import optional_import
+from .formats import onnx_runtimes, optional_import
+from .runtime import RUNNERS
 
 TRITON_BACKENDS = ("onnxruntime", "openvino")
 FORMAT = {"onnxruntime": "onnx", "openvino": "openvino"}
@@ -254,16 +258,19 @@ def _tensors(model_file: Path, backend: str, *, batched: bool, classes: int) -> 
             return [d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim]
         ios = [[(v.name, ONNX_TYPES.get(v.type.tensor_type.elem_type), shape(v)) for v in values
                 if v.name not in initializers] for values in (graph.input, graph.output)]
+    # Sizes the graph leaves open besides the batch are fixed by the input size: a run of the file gives them.
+    ran = [list(o.shape) for o in _run_once(model_file, backend, ios[0][0][2])]
     tensors = []
-    for values in ios:
+    for values, real in ((ios[0], [shape for _, _, shape in ios[0]]), (ios[1], ran)):
         found = []
-        for name, data_type, dims in values:
+        for (name, data_type, dims), real_dims in zip(values, real):
             if data_type is None or not NAME.fullmatch(name):
                 raise UserError(f"{model_file} has a tensor {name!r} that a Triton config cannot state; this is a "
                                 "bug in the export: please report it")
+            assert len(dims) == len(real_dims) and all(d in (-1, r) for d, r in zip(dims, real_dims)), name
             if batched:
                 assert dims and dims[0] == -1, f"{name}: a batched config needs a dynamic batch dimension"
-                dims = dims[1:]
+            dims = [r if d == -1 else d for d, r in zip(dims[1:], real_dims[1:])] if batched else list(real_dims)
             found.append(Tensor(name, data_type, dims))
         tensors.append(found)
     inputs, outputs = tensors
@@ -271,6 +278,12 @@ def _tensors(model_file: Path, backend: str, *, batched: bool, classes: int) -> 
         if classes and o.dims[-1:] == [classes] and len(o.dims) == (1 if batched else 2):
             o.label_filename = LABELS_FILE  # a classifier's logits: Triton's classification extension
     return inputs, outputs
+
+
+def _run_once(model_file: Path, backend: str, input_shape: list[int]):
+    """The outputs of one run of the written file on zeros (batch 1), in the graph's order."""
+    runner = RUNNERS["openvino" if backend == "openvino" else onnx_runtimes()[0]](model_file)
+    return runner.outputs(np.zeros([1, *input_shape[1:]], np.float32))
 
 
 def model_config(name: str, backend: str, inputs: list[Tensor], outputs: list[Tensor], *, max_batch: int,
