@@ -11,6 +11,7 @@ import contextlib
 import signal
 import socket
 import threading
+import time
 
 import uvicorn
 
@@ -46,3 +47,27 @@ def run(app, sock: socket.socket, graceful_s: float = 30.0) -> None:
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
                             timeout_graceful_shutdown=graceful_s, timeout_keep_alive=5)
     _Server(config).run(sockets=[sock])
+
+
+@contextlib.contextmanager
+def background(app, host: str = "127.0.0.1", port: int = 0, graceful_s: float = 10.0, start_s: float = 120.0):
+    """Serve ``app`` from a thread of this process (tests, benchmarks, notebooks); yields the base URL
+    (``http://127.0.0.1:PORT``) once the app is ready, and shuts down gracefully on leaving."""
+    sock = bind(host, port)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
+                            timeout_graceful_shutdown=graceful_s, timeout_keep_alive=5)
+    server = _Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="mobilenets-serve", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + start_s
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            raise RuntimeError("the server did not start; see its log")
+        time.sleep(0.02)
+    try:
+        yield f"http://{host}:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(graceful_s + 10)
+        sock.close()
