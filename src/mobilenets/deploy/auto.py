@@ -2,8 +2,9 @@
 
 Each candidate is timed in its own process (:mod:`.probe`; runtimes' thread pools disturb one another inside one
 process), and the choice is kept in ``<cache>/backend_choice.json`` keyed by the file's sha256, the CPU model, the
-thread count and the runtime versions. ``<cache>`` is ``$MOBILENETS_CACHE``, else ``$XDG_CACHE_HOME/mobilenets``,
-else ``~/.cache/mobilenets``.
+thread count and the runtime versions. A checkpoint is timed on torch and, through its cached export in each
+backend's format (:func:`~.export.cached_export`: ONNX, ExecuTorch ``.pte``), on the other backends.
+``<cache>`` is ``$MOBILENETS_CACHE``, else ``$XDG_CACHE_HOME/mobilenets``, else ``~/.cache/mobilenets``.
 """
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ from pathlib import Path
 from ..errors import UserError
 from ..files import atomic_write
 from ..weights import cache_root, file_sha256
-from .export import cached_onnx
-from .formats import EXTRA, RUNS_ON, installed
+from .export import cached_export
+from .formats import BACKEND, EXTRA, FORMAT, RUNS_ON, installed, runs_here
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ def _versions(backends) -> str:
     out = []
     for b in backends:
         try:
-            out.append(f"{b}={version(b)}")
+            out.append(f"{b}={version(BACKEND[b].module if b in BACKEND else b)}")
         except PackageNotFoundError:
             out.append(f"{b}=?")
     return ",".join(out)
@@ -58,13 +59,17 @@ def _versions(backends) -> str:
 
 def choose_backend(path: Path, threads: int | None) -> str:
     """The fastest installed backend for ``path``: from the cache, or measured now (a few seconds). A checkpoint
-    is measured on torch and, through its cached ONNX export, on the ONNX runtimes."""
+    is measured on torch and, through its cached export in each backend's format, on the other backends (the
+    first time, an ExecuTorch export takes half a minute or more)."""
     kind = path.suffix.lower()
     candidates = [b for b in RUNS_ON[kind] if installed(b)]
-    if kind == ".safetensors" and not installed("onnx"):
-        candidates = ["torch"]
+    if kind == ".safetensors":  # a backend runs a checkpoint only where its format can be exported
+        candidates = [b for b in candidates if b == "torch" or all(
+            installed(m) for m in FORMAT[BACKEND[b].checkpoint_format].needs)]
     if not candidates:
         need = RUNS_ON[kind][0]
+        if not runs_here(need):
+            raise UserError(f"no backend runs {path} here: {BACKEND[need].platform_note}")
         raise UserError(f"no installed backend runs {path}; install the extra: pip install 'mobilenets[{EXTRA[need]}]'")
     if len(candidates) == 1:
         return candidates[0]
@@ -73,8 +78,7 @@ def choose_backend(path: Path, threads: int | None) -> str:
     cache = _read_json(cache_file)
     if key in cache and cache[key].get("backend") in candidates:
         return cache[key]["backend"]
-    onnx_file = cached_onnx(path) if kind == ".safetensors" else path
-    timings = {b: probe(path if b == "torch" else onnx_file, b, threads) for b in candidates}
+    timings = {b: probe(file, b, threads) for b, file in _files(path, candidates).items()}
     best = min(timings, key=timings.get)
     log.info("auto backend for %s: %s (median ms per batch: %s)", path.name, best,
              ", ".join(f"{b} {t:.2f}" for b, t in timings.items()))
@@ -86,6 +90,20 @@ def choose_backend(path: Path, threads: int | None) -> str:
     except (OSError, UserError) as e:  # a read-only cache costs a re-measurement next time, nothing more
         log.warning("cannot write %s (%s); the backend choice will be measured again next time", cache_file, e)
     return best
+
+
+def _files(path: Path, candidates: list[str]) -> dict[str, Path]:
+    """What each candidate runs: the file itself, or for a checkpoint its cached export in the backend's format
+    (a backend whose export fails is left out)."""
+    if path.suffix.lower() != ".safetensors":
+        return {b: path for b in candidates}
+    files = {}
+    for b in candidates:
+        try:
+            files[b] = path if b == "torch" else cached_export(path, BACKEND[b].checkpoint_format)
+        except UserError as e:
+            log.warning("backend %s left out for %s: %s", b, path.name, e)
+    return files
 
 
 def _read_json(path: Path) -> dict:

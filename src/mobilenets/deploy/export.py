@@ -1,5 +1,6 @@
-"""The one exporter: any task's model to ONNX, a ``torch.export`` ExportedProgram or OpenVINO IR, fp32 or int8,
-checked against eager PyTorch before it is written.
+"""The one exporter: any task's model to any format of :data:`~.formats.FORMAT` (ONNX, a ``torch.export``
+ExportedProgram, OpenVINO IR, ExecuTorch, ONNX Runtime's ``.ort``, Core ML), fp32 or int8, checked against eager
+PyTorch before it is written.
 
 What every export does, whatever the task:
 
@@ -15,9 +16,13 @@ What every export does, whatever the task:
 * Parity: the written file is run on ``parity_n`` inputs (:meth:`~mobilenets.tasks.base.Task.parity_inputs`: real
   images when a data set is given) and the task compares its outputs with eager PyTorch's
   (:meth:`~mobilenets.tasks.base.Task.compare`); a file that fails is deleted before it ever reaches ``out``.
+  A file that cannot run on this system (Core ML off macOS) is checked for structure instead, and says so.
+* Formats other than ONNX / ExportedProgram / OpenVINO are written by their own module (the format's
+  ``writer``: ``writer(ExportJob) -> Writer``); this module only runs the common steps around it.
 """
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -37,14 +42,19 @@ from ..weights import cache_root, file_sha256
 from .formats import (
     EP_META_FILE,
     EP_PROPERTIES_FILE,
+    EXTRA,
+    FORMAT,
     FORMATS,
     META_KEY,
     PARITY_KEY,
     PRECISION_KEY,
     SUFFIX,
+    ExportJob,
+    Writer,
     move_into_place,
     onnx_runtimes,
     optional_import,
+    require,
     staged,
 )
 from .onnx_graph import fold_batchnorm, set_properties, to_onnx
@@ -58,10 +68,20 @@ class ExportResult:
     path: Path
     format: str
     precision: str  # "fp32" or "int8"
-    parity: Parity
+    parity: Parity | None  # None: the file cannot run here (``unchecked`` says why; ``details["structure"]``)
     meta: CheckpointMeta
     properties: dict[str, str] = field(default_factory=dict)  # the task's metadata written into the file
     details: dict = field(default_factory=dict)  # e.g. quantizer settings
+    unchecked: str = ""  # why parity was not checked on this system (Core ML off macOS)
+
+    @property
+    def parity_line(self) -> str:
+        """The parity report in one line, or why there is none."""
+        if self.parity is not None:
+            return str(self.parity)
+        checked = self.details.get("structure", {})
+        return (f"parity not checked: {self.unchecked}; structure checked: "
+                + ", ".join(f"{k} {v}" for k, v in checked.items()))
 
 
 def export_model(model: nn.Module, meta: CheckpointMeta, out: str | os.PathLike, fmt: str = "onnx", *,
@@ -82,17 +102,21 @@ def export_model(model: nn.Module, meta: CheckpointMeta, out: str | os.PathLike,
         raise UserError(f"--batch {batch} must be at least 1")
     if fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
+    spec = FORMAT[fmt]
     out = Path(out)
     if out.suffix != SUFFIX[fmt]:
         raise UserError(f"--out {out} must end in {SUFFIX[fmt]} for --format {fmt}")
-    if out.is_dir():
+    if out.is_dir() and not spec.folder:
         raise UserError(f"--out {out} is a folder; pass a file name ending in {SUFFIX[fmt]}")
+    if out.exists() and spec.folder and not out.is_dir():
+        raise UserError(f"--out {out} is a file, but --format {fmt} writes a folder; remove it or choose another "
+                        "--out")
     _check_writable(out)
+    if int8 and spec.int8 is None:
+        raise UserError(f"--int8 is not available for --format {fmt}; int8 is written by --format "
+                        f"{', '.join(f.name for f in FORMAT.values() if f.int8)}")
     _check_dependencies(fmt, int8)
     if int8:
-        if fmt == "exported-program":
-            raise UserError("--int8 writes an ONNX (ONNX Runtime QDQ) or OpenVINO (NNCF) model; use --format onnx "
-                            "or --format openvino")
         if calibration_data is None:
             raise UserError("--int8 needs --calibration-data fashion-mnist|DIR (real images to calibrate on)")
         parity_data = parity_data or calibration_data
@@ -121,6 +145,23 @@ def export_model(model: nn.Module, meta: CheckpointMeta, out: str | os.PathLike,
 
     fused = fold_batchnorm(module)
     details: dict = {}
+    if spec.writer is not None:
+        calibration = (sample_inputs(meta.preprocessing, calibration_data, calibration_n, split="train", seed=0)
+                       if int8 else None)
+        proto = []
+
+        def fp32_onnx():
+            if not proto:
+                proto.append(to_onnx(fused, tuple(meta.preprocessing.input_size), task.outputs, name=meta.model,
+                                     dynamic_batch=dynamic_batch, batch=batch))
+            return proto[0]
+        job = ExportJob(module=module, fused=fused, meta=meta, outputs=task.outputs, batch=batch,
+                        dynamic_batch=dynamic_batch, int8=int8, calibration=calibration, onnx=fp32_onnx,
+                        details=details, out=out)
+        writer = importlib.import_module(f"{__package__}.{spec.writer}").writer(job)
+        parity = _write_checked(out, writer, properties, check, details)
+        return ExportResult(path=out, format=fmt, precision=precision, parity=parity, meta=meta,
+                            properties=task_properties, details=details, unchecked=writer.unchecked)
     if fmt == "exported-program":
         parity = _write_checked(out, _exported_program(fused, meta, dynamic_batch, batch), properties, check)
     else:
@@ -144,11 +185,16 @@ def export_model(model: nn.Module, meta: CheckpointMeta, out: str | os.PathLike,
 
 def cached_onnx(checkpoint: Path) -> Path:
     """The ONNX export of a checkpoint (any task), made once with its parity check and kept in the cache."""
-    target = cache_root() / "exports" / f"{file_sha256(checkpoint)[:20]}.onnx"
-    if not target.is_file():
+    return cached_export(checkpoint, "onnx")
+
+
+def cached_export(checkpoint: Path, fmt: str = "onnx") -> Path:
+    """The ``fmt`` export of a checkpoint (any task), made once with its parity check and kept in the cache."""
+    target = cache_root() / "exports" / f"{file_sha256(checkpoint)[:20]}{SUFFIX[fmt]}"
+    if not target.exists():
         model, meta = load_checkpoint(checkpoint)
         log.info("exporting %s to %s", checkpoint, target)
-        export_model(model, meta, target, "onnx")
+        export_model(model, meta, target, fmt)
     return target
 
 
@@ -161,6 +207,10 @@ def _eager_outputs(module: nn.Module, x: np.ndarray) -> list[np.ndarray]:
 def _check_dependencies(fmt: str, int8: bool) -> None:
     """Fail before any work when a package the export needs is missing (one line naming the extra)."""
     if fmt == "exported-program":
+        return
+    if FORMAT[fmt].writer is not None:
+        for module in FORMAT[fmt].needs:
+            require(module, EXTRA[module], f"--format {fmt}")
         return
     optional_import("onnx", "onnx", "ONNX export")
     if fmt == "openvino":
@@ -185,10 +235,22 @@ def _check_writable(out: Path) -> None:
 # ----------------------------------------------------------------------------------------- checked writing
 # A writer is ``(save(file, properties), open(file) -> Runner)`` for one model object in one format.
 
-def _write_checked(out: Path, writer, properties: dict[str, str], check) -> Parity:
+def _write_checked(out: Path, writer, properties: dict[str, str], check, details: dict | None = None
+                   ) -> Parity | None:
     """Save with ``writer`` into a staging folder beside ``out``, run ``check`` on the saved file, save again with
-    the parity figures inside and move the file into place; nothing reaches ``out`` when ``check`` raises."""
-    save, open_file = writer
+    the parity figures inside and move the file into place; nothing reaches ``out`` when ``check`` raises.
+    A :class:`~.formats.Writer` that cannot open its file here is structure-checked instead (parity None)."""
+    if isinstance(writer, Writer) and writer.open is None:
+        with staged(out) as tmp:
+            file = tmp / f"model{out.suffix}"
+            unchecked = json.dumps({"checked": False, "why": writer.unchecked})
+            writer.save(file, {**properties, PARITY_KEY: unchecked})
+            structure = writer.inspect(file) if writer.inspect else {}
+            if details is not None:
+                details["structure"] = structure
+            move_into_place(file, out)
+        return None
+    save, open_file = (writer.save, writer.open) if isinstance(writer, Writer) else writer
     with staged(out) as tmp:
         file = tmp / f"model{out.suffix}"
         save(file, properties)

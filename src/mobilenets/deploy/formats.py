@@ -1,6 +1,6 @@
 """The ground floor of deployment: what every exported file and every runner agree on.
 
-File formats and the backends that run them:
+File formats (:data:`FORMAT`, one :class:`Format` entry each) and the backends that run them (:data:`BACKEND`):
 
 ======================  ======================  ==================================================================
 format                  suffix                  backends
@@ -8,11 +8,19 @@ format                  suffix                  backends
 ``onnx``                ``.onnx``               onnxruntime, openvino
 ``openvino``            ``.xml`` (+ ``.bin``)   openvino (OpenVINO IR, e.g. an NNCF int8 model)
 ``exported-program``    ``.pt2``                torch (a ``torch.export`` ExportedProgram)
-(a checkpoint)          ``.safetensors``        torch (eager); onnxruntime / openvino through a cached ONNX export
+``executorch``          ``.pte``                executorch (XNNPACK delegate; int8 through PT2E)
+``ort``                 ``.ort`` (+ config)     onnxruntime (ONNX Runtime's mobile format, from our ONNX export)
+``coreml``              ``.mlpackage`` (folder) coreml (prediction needs macOS: structure-checked elsewhere)
+(a checkpoint)          ``.safetensors``        torch (eager); the others through a cached export
 ======================  ======================  ==================================================================
 
 Metadata travels inside every file under the keys below (ONNX ``metadata_props``, OpenVINO ``rt_info``, the
-ExportedProgram's extra files), so a runner knows the model, its classes and preprocessing without the checkpoint.
+ExportedProgram's extra files, ExecuTorch constant methods, Core ML ``user_defined_metadata``), so a runner knows
+the model, its classes and preprocessing without the checkpoint.
+
+Adding a format is one :class:`Format` entry in :data:`FORMATS_LIST` plus one module in this package with a
+``writer(job: ExportJob) -> Writer`` function (see :mod:`.executorch`); a runtime that runs it is one
+:class:`Backend` entry in :data:`BACKENDS_LIST` whose ``runner`` names its Runner class.
 
 This module imports nothing of the package but :mod:`mobilenets.errors`: the runners, the exporter and the
 commands all read it, and it reads none of them.
@@ -24,8 +32,12 @@ import importlib
 import importlib.util
 import os
 import shutil
+import sys
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..errors import UserError
 
@@ -41,23 +53,139 @@ PROPERTY_PREFIX = "mobilenets."
 EP_META_FILE = "mobilenets_meta.json"  # ExportedProgram extra file holding META_KEY's value
 EP_PROPERTIES_FILE = "mobilenets_properties.json"  # ExportedProgram extra file: the other properties as JSON
 
-FORMATS = ("onnx", "exported-program", "openvino")
-SUFFIX = {"onnx": ".onnx", "exported-program": ".pt2", "openvino": ".xml"}
+@dataclass(frozen=True)
+class Format:
+    """One export format: ``mobilenets export --format NAME`` writes a file ending in ``suffix``."""
 
-RUNTIMES = ("torch", "onnxruntime", "openvino")
+    name: str
+    suffix: str
+    backends: tuple[str, ...]  # the backends that run it, fastest-first guess
+    needs: tuple[str, ...] = ()  # modules the export needs (checked before any work), each with its EXTRA
+    writer: str | None = None  # module of this package whose writer(job) writes it; None: export.py's own
+    int8: str | None = None  # what --int8 does for it; None: --int8 is refused
+    folder: bool = False  # the "file" is a folder (Core ML's .mlpackage)
+    companions: tuple[str, ...] = ()  # suffixes of the files written beside it (OpenVINO's .bin)
+    what: str = ""  # for --help and the README
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One runtime that runs exported files (``--backend NAME``)."""
+
+    name: str
+    module: str  # what must import for it (``installed``)
+    extra: str  # the pyproject extra that installs it
+    runner: str | None = None  # "module:Class" of its Runner in this package; None: runtime.py's RUNNERS
+    checkpoint_format: str | None = None  # what a checkpoint is exported to for it (cached); None: not run
+    platforms: tuple[str, ...] | None = None  # sys.platform prefixes it runs on; None: everywhere
+    platform_note: str = ""  # why it does not run elsewhere (one line)
+
+
+FORMATS_LIST: tuple[Format, ...] = (
+    Format("onnx", ".onnx", ("onnxruntime", "openvino"), needs=("onnx",), int8="ONNX Runtime QDQ",
+           what="ONNX (ONNX Runtime, OpenVINO)"),
+    Format("exported-program", ".pt2", ("torch",), what="torch.export ExportedProgram"),
+    Format("openvino", ".xml", ("openvino",), needs=("onnx", "openvino"), int8="NNCF", companions=(".bin",),
+           what="OpenVINO IR (.xml + .bin)"),
+    Format("executorch", ".pte", ("executorch",), needs=("executorch",), writer="executorch",
+           int8="PT2E with the XNNPACK quantizer", what="ExecuTorch, XNNPACK delegate"),
+    Format("ort", ".ort", ("onnxruntime",), needs=("onnx", "onnxruntime"), writer="ort_format",
+           int8="ONNX Runtime QDQ", companions=(".required_operators.config",),
+           what="ONNX Runtime mobile format (+ the required-operators config of a reduced build)"),
+    Format("coreml", ".mlpackage", ("coreml",), needs=("coremltools",), writer="coreml", folder=True,
+           what="Core ML ML program, fp32 (prediction needs macOS)"),
+    # LiteRT: Format("litert", ".tflite", ("litert",), needs=(...), writer="litert", int8=...) -- see litert.py
+)
+BACKENDS_LIST: tuple[Backend, ...] = (
+    Backend("torch", "torch", "", checkpoint_format=None),
+    Backend("onnxruntime", "onnxruntime", "onnx", checkpoint_format="onnx"),
+    Backend("openvino", "openvino", "openvino", checkpoint_format="onnx"),
+    Backend("executorch", "executorch", "executorch", runner="executorch:ExecuTorchRunner",
+            checkpoint_format="executorch"),
+    Backend("coreml", "coremltools", "coreml", runner="coreml:CoreMLRunner", checkpoint_format="coreml",
+            platforms=("darwin",), platform_note="Core ML prediction needs macOS (coremltools runs models only "
+                                                 "there); the export is checked for structure only on this system"),
+    # LiteRT: Backend("litert", "ai_edge_litert", "litert", runner="litert:LiteRTRunner", ...)
+)
+FORMAT: dict[str, Format] = {f.name: f for f in FORMATS_LIST}
+BACKEND: dict[str, Backend] = {b.name: b for b in BACKENDS_LIST}
+
+FORMATS = tuple(FORMAT)
+SUFFIX = {f.name: f.suffix for f in FORMATS_LIST}
+RUNTIMES = tuple(BACKEND)
 BACKENDS = ("auto", *RUNTIMES)
-RUNS_ON = {".onnx": ("onnxruntime", "openvino"), ".xml": ("openvino",), ".pt2": ("torch",),
-           ".safetensors": ("torch", "onnxruntime", "openvino")}
+RUNS_ON: dict[str, tuple[str, ...]] = {}
+for _f in FORMATS_LIST:
+    RUNS_ON[_f.suffix] = tuple(dict.fromkeys((*RUNS_ON.get(_f.suffix, ()), *_f.backends)))
+RUNS_ON[".safetensors"] = tuple(b.name for b in BACKENDS_LIST if b.name == "torch" or b.checkpoint_format)
 ONNX_RUNTIMES = RUNS_ON[".onnx"]  # fastest-first guess
 
-# The pyproject extra that installs each optional package.
-EXTRA = {"onnx": "onnx", "onnxscript": "onnx", "onnxruntime": "onnx", "openvino": "openvino", "nncf": "openvino"}
+# The pyproject extra that installs each optional package (and each backend).
+EXTRA = {"onnx": "onnx", "onnxscript": "onnx", "onnxruntime": "onnx", "openvino": "openvino", "nncf": "openvino",
+         "executorch": "executorch", "torchao": "executorch", "coremltools": "coreml",
+         **{b.name: b.extra for b in BACKENDS_LIST if b.extra}}
+
+
+def format_of(path: str | os.PathLike) -> Format | None:
+    """The format a file (or Core ML folder) is in, by its suffix; None for a checkpoint or anything else."""
+    suffix = Path(path).suffix.lower()
+    return next((f for f in FORMATS_LIST if f.suffix == suffix), None)
+
+
+# ------------------------------------------------------------------------------------------- format modules
+@dataclass
+class ExportJob:
+    """What the exporter hands a format module's ``writer(job)``: the model and everything it was asked for."""
+
+    module: Any  # the task's export module, eval mode (torch.nn.Module)
+    fused: Any  # the same with BatchNorm folded into the convolutions
+    meta: Any  # the CheckpointMeta
+    outputs: tuple[str, ...]  # names of the graph's outputs (the task's)
+    batch: int
+    dynamic_batch: bool
+    int8: bool
+    calibration: Any = None  # float32 (N, C, H, W) images to calibrate int8 on (numpy), None for fp32
+    onnx: Callable[[], Any] | None = None  # () -> the fp32 ONNX ModelProto of ``fused`` (made on first call)
+    details: dict = field(default_factory=dict)  # what the writer did (quantizer settings, ...): the report's
+    out: Path | None = None  # where the file will end up (the writer saves into a staging folder first)
+
+
+@dataclass
+class Writer:
+    """A format module's answer: ``save(file, properties)`` writes the model with its string metadata (it may be
+    called twice: the parity figures go into the second save), ``open(file)`` loads it as a Runner for the parity
+    check. ``open`` None: the file cannot run on this system (``unchecked`` says why, one line), and ``inspect``
+    checks its structure instead (raises UserError when wrong; returns what it checked, for the report)."""
+
+    save: Callable[[Path, dict[str, str]], None]
+    open: Callable[[Path], Any] | None
+    unchecked: str = ""
+    inspect: Callable[[Path], dict] | None = None
 
 
 # ------------------------------------------------------------------------------------------- optional packages
 def installed(module: str) -> bool:
-    """Whether ``module`` can be imported (without importing it); ``torch`` always can."""
-    return module == "torch" or importlib.util.find_spec(module) is not None
+    """Whether ``module`` can be imported (without importing it); ``torch`` always can. A backend's name asks
+    for its module and its platform (``installed("coreml")`` is False off macOS)."""
+    backend = BACKEND.get(module)
+    if backend is not None:
+        return runs_here(backend.name) and _importable(backend.module)
+    return _importable(module)
+
+
+def _importable(module: str) -> bool:
+    if module == "torch":
+        return True
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package missing, or a module set to None in sys.modules
+        return False
+
+
+def runs_here(backend: str) -> bool:
+    """Whether ``backend`` runs on this system at all (Core ML only on macOS)."""
+    platforms = BACKEND[backend].platforms
+    return platforms is None or sys.platform.startswith(platforms)
 
 
 def optional_import(module: str, extra: str | None = None, what: str | None = None):
@@ -68,6 +196,14 @@ def optional_import(module: str, extra: str | None = None, what: str | None = No
     except ImportError as e:
         raise UserError(f"{what or module} needs {module}, which is not installed; install the extra: "
                         f"pip install 'mobilenets[{extra or EXTRA[module]}]'") from e
+
+
+def require(module: str, extra: str | None = None, what: str | None = None) -> None:
+    """The one-line :class:`UserError` of :func:`optional_import` when ``module`` is not installed, without
+    importing it (a format's module imports it when it runs, quietly)."""
+    if not _importable(module):
+        raise UserError(f"{what or module} needs {module}, which is not installed; install the extra: "
+                        f"pip install 'mobilenets[{extra or EXTRA[module]}]'")
 
 
 def onnx_runtimes() -> list[str]:
@@ -106,9 +242,45 @@ def replace_pair(xml: Path, out: Path) -> None:
         raise
 
 
+def companion(path: Path, suffix: str) -> Path:
+    """The file written beside ``path`` with ``suffix`` in place of its own (model.xml -> model.bin)."""
+    return path.with_suffix(suffix)
+
+
 def move_into_place(written: Path, out: Path) -> None:
-    """Move a finished file (and, for OpenVINO IR, its .bin) from the staging folder onto ``out``."""
+    """Move a finished file from the staging folder onto ``out``, with the files its format writes beside it
+    (OpenVINO's .bin, ORT's operator config) first, so a reader never sees the model without them; a folder
+    (Core ML's .mlpackage) replaces an older folder of the same name."""
+    fmt = format_of(out)
     if written.suffix == ".xml":
         replace_pair(written, out)
-    else:
-        os.replace(written, out)
+        return
+    moved = []
+    try:
+        for suffix in fmt.companions if fmt else ():
+            os.replace(companion(written, suffix), companion(out, suffix))
+            moved.append(companion(out, suffix))
+        if written.is_dir():
+            _replace_folder(written, out)
+        else:
+            os.replace(written, out)
+    except BaseException:
+        for path in moved:
+            path.unlink(missing_ok=True)
+        raise
+
+
+def _replace_folder(folder: Path, out: Path) -> None:
+    """``os.replace`` for a folder onto a possibly existing one: the old folder is moved aside, then removed."""
+    if not out.exists():
+        os.replace(folder, out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+    os.replace(out, old / out.name)
+    try:
+        os.replace(folder, out)
+    except BaseException:
+        os.replace(old / out.name, out)
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)

@@ -3,10 +3,13 @@
 The step above the runners: it checks the file and the backend against :data:`~.formats.RUNS_ON`, picks the
 backend for ``"auto"`` (:mod:`.auto`), and turns a checkpoint into what the backend runs: on torch, the task's
 export module in eager mode (:meth:`~mobilenets.tasks.base.Task.export_module`, so its outputs are the export's);
-on the ONNX runtimes, its cached, parity-checked ONNX export (:func:`~.export.cached_onnx`).
+on any other backend, its cached, parity-checked export in the backend's format (:func:`~.export.cached_export`:
+ONNX for ONNX Runtime and OpenVINO, ``.pte`` for ExecuTorch). A backend's Runner is :data:`~.runtime.RUNNERS`'
+or, for a backend whose :class:`~.formats.Backend` entry names one, its own module's (:func:`runner_class`).
 """
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 
@@ -14,24 +17,24 @@ from ..checkpoint import load_checkpoint
 from ..errors import UserError
 from ..tasks import get_task
 from .auto import choose_backend
-from .export import cached_onnx
-from .formats import BACKENDS, EXTRA, RUNS_ON, optional_import
+from .export import cached_export
+from .formats import BACKEND, BACKENDS, RUNS_ON, optional_import, runs_here
 from .runtime import RUNNERS, Runner, TorchRunner
 
 
 def open_runner(path: str | os.PathLike, backend: str = "auto", threads: int | None = None) -> Runner:
-    """Load ``path`` on ``backend`` ("auto", "torch", "onnxruntime" or "openvino") with ``threads`` intra-op
-    threads (None: the runtime's default)."""
+    """Load ``path`` on ``backend`` ("auto" or one of :data:`~.formats.RUNTIMES`: torch, onnxruntime, openvino,
+    executorch, ...) with ``threads`` intra-op threads (None: the runtime's default)."""
     path = Path(path)
     if backend not in BACKENDS:
         raise UserError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
     if threads is not None and threads < 1:
         raise UserError(f"--threads {threads} must be at least 1")
-    if not path.is_file():
-        raise UserError(f"model file {path} not found; pass a file written by 'mobilenets export' or a checkpoint")
     kind = path.suffix.lower()
+    if not (path.is_file() or (path.is_dir() and kind in RUNS_ON and kind != ".safetensors")):
+        raise UserError(f"model file {path} not found; pass a file written by 'mobilenets export' or a checkpoint")
     if kind not in RUNS_ON:
-        raise UserError(f"{path} is not a model file this package runs (.onnx, .xml, .pt2 or .safetensors); "
+        raise UserError(f"{path} is not a model file this package runs ({', '.join(RUNS_ON)}); "
                         "export it with 'mobilenets export'")
     if backend == "auto":
         backend = choose_backend(path, threads)
@@ -41,10 +44,22 @@ def open_runner(path: str | os.PathLike, backend: str = "auto", threads: int | N
     if backend == "torch":
         return checkpoint_runner(path, threads) if kind == ".safetensors" else TorchRunner.from_exported_program(
             path, threads)
-    optional_import(backend, EXTRA[backend], f"backend {backend!r}")
+    spec = BACKEND[backend]
+    if not runs_here(backend):
+        raise UserError(f"backend {backend!r} cannot run here: {spec.platform_note}")
+    optional_import(spec.module, spec.extra, f"backend {backend!r}")
     if kind == ".safetensors":
-        path = cached_onnx(path)
-    return RUNNERS[backend](path, threads)
+        path = cached_export(path, spec.checkpoint_format)
+    return runner_class(backend)(path, threads)
+
+
+def runner_class(backend: str) -> type[Runner]:
+    """The Runner class of ``backend`` (not torch): runtime.py's, or the one its Backend entry names."""
+    spec = BACKEND[backend]
+    if spec.runner is None:
+        return RUNNERS[backend]
+    module, name = spec.runner.split(":")
+    return getattr(importlib.import_module(f"{__package__}.{module}"), name)
 
 
 def checkpoint_runner(path: Path, threads: int | None = None) -> TorchRunner:

@@ -5,6 +5,9 @@
 not know which task a model serves: its outputs are whatever the exported graph computes (a classifier's logits,
 a detector's boxes and scores), and ``properties`` hands the file's metadata to whoever postprocesses them.
 Which file runs where, and how a checkpoint becomes a runner, is :func:`mobilenets.deploy.open.open_runner`.
+Runners of the other formats live in their format's module (:mod:`.executorch`, :mod:`.coreml`), subclass
+:class:`Runner` and are named by their :class:`~.formats.Backend` entry; ``.ort`` files run on
+:class:`OnnxRuntimeRunner`.
 """
 from __future__ import annotations
 
@@ -61,9 +64,13 @@ class Runner:
         return f"{type(self).__name__}({str(self.path)!r})"
 
 
-def _meta(properties: dict[str, str]) -> CheckpointMeta | None:
+def meta_of(properties: dict[str, str]) -> CheckpointMeta | None:
+    """The :class:`CheckpointMeta` stored in a file's properties (None if it holds none)."""
     text = properties.get(META_KEY)
     return CheckpointMeta.from_json(text) if text else None
+
+
+_meta = meta_of
 
 
 class OnnxRuntimeRunner(Runner):
@@ -169,7 +176,8 @@ class TorchRunner(Runner):
         return [t.numpy() for t in (out if isinstance(out, (tuple, list)) else (out,))]
 
 
-RUNNERS = {"onnxruntime": OnnxRuntimeRunner, "openvino": OpenVinoRunner}  # the runners of ONNX / IR files
+# The runners of ONNX / IR / ORT files; other backends name theirs in formats.BACKEND (open.runner_class).
+RUNNERS = {"onnxruntime": OnnxRuntimeRunner, "openvino": OpenVinoRunner}
 
 
 def onnx_properties(path: Path) -> dict[str, str]:
