@@ -1,0 +1,124 @@
+"""Open Inference Protocol v2 driven by the official client, ``tritonclient.http``, unchanged: health, metadata,
+infer with JSON and binary tensors, the classification extension, BYTES images, and its errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("onnxruntime")
+httpclient = pytest.importorskip("tritonclient.http")
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+from mobilenets.deploy import open_runner  # noqa: E402
+from mobilenets.serve.app import create_app  # noqa: E402
+from mobilenets.serve.model import open_model  # noqa: E402
+from mobilenets.serve.server import background  # noqa: E402
+from mobilenets.tasks import get_task  # noqa: E402
+from serve_models import CLASSES, SIZE, classifier, encoded, picture  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+NAME = "mobilenet_v3_small"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    folder = tmp_path_factory.mktemp("oip")
+    mp.setenv("MOBILENETS_CACHE", str(folder / "cache"))
+    ckpt = folder / "cls.safetensors"
+    classifier(ckpt)
+    with background(create_app(open_model(ckpt, "onnxruntime", threads=1), decode_threads=1)) as url:
+        client = httpclient.InferenceServerClient(url=url.removeprefix("http://"), network_timeout=30.0)
+        yield client, ckpt, folder
+        client.close()
+    mp.undo()
+
+
+def reference(ckpt, x: np.ndarray) -> np.ndarray:
+    return open_runner(ckpt, "torch").outputs(x)[0]  # eager PyTorch logits
+
+
+def test_health_and_metadata(setup):
+    client, _, _ = setup
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready(NAME) and not client.is_model_ready("other")
+    server = client.get_server_metadata()
+    assert set(server["extensions"]) == {"binary_tensor_data", "classification"}
+    meta = client.get_model_metadata(NAME)
+    assert meta["name"] == NAME and meta["versions"] == ["1"]
+    assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 3, SIZE, SIZE]}]
+    assert meta["outputs"] == [{"name": "logits", "datatype": "FP32", "shape": [-1, len(CLASSES)]}]
+    assert client.get_model_metadata(NAME, model_version="1")["name"] == NAME
+    with pytest.raises(InferenceServerException) as e:
+        client.get_model_metadata("other")
+    assert e.value.status() == "404" and "unknown model" in e.value.message()
+
+
+@pytest.mark.parametrize("binary_in,binary_out", [(True, True), (False, False), (True, False), (False, True)])
+def test_infer_matches_eager(setup, binary_in, binary_out):
+    client, ckpt, _ = setup
+    x = np.random.default_rng(3).standard_normal((3, 3, SIZE, SIZE), dtype=np.float32)
+    inp = httpclient.InferInput("input", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x, binary_data=binary_in)
+    out = httpclient.InferRequestedOutput("logits", binary_data=binary_out)
+    result = client.infer(NAME, [inp], outputs=[out], request_id="req-7")
+    got = result.as_numpy("logits")
+    want = reference(ckpt, x)
+    assert got.shape == want.shape == (3, len(CLASSES))
+    np.testing.assert_allclose(got, want, atol=2e-4 * max(1.0, float(np.abs(want).max())), rtol=1e-4)
+    assert result.get_response()["id"] == "req-7" and result.get_response()["model_name"] == NAME
+
+
+def test_all_outputs_binary_by_default_and_classification(setup):
+    client, ckpt, _ = setup
+    x = np.random.default_rng(4).standard_normal((2, 3, SIZE, SIZE), dtype=np.float32)
+    inp = httpclient.InferInput("input", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    result = client.infer(NAME, [inp])  # no outputs named: the client asks for every output in binary
+    want = reference(ckpt, x)
+    np.testing.assert_allclose(result.as_numpy("logits"), want, atol=2e-4 * max(1.0, float(np.abs(want).max())))
+    top = client.infer(NAME, [inp], outputs=[httpclient.InferRequestedOutput("logits", class_count=3)])
+    rows = top.as_numpy("logits")
+    assert rows.shape == (2, 3)
+    for row, logits in zip(rows, want):
+        parts = [r.decode().split(":") for r in row]
+        assert [int(p[1]) for p in parts] == list(np.argsort(-logits, kind="stable")[:3])
+        assert [p[2] for p in parts] == [CLASSES[int(p[1])] for p in parts]
+        np.testing.assert_allclose([float(p[0]) for p in parts], np.sort(logits)[::-1][:3], rtol=1e-4, atol=1e-3)
+
+
+def test_bytes_images_are_decoded_by_the_server(setup):
+    client, ckpt, folder = setup
+    files = [encoded(picture(20)), encoded(picture(21), "JPEG", quality=90)]
+    runner = open_runner(ckpt, "torch")
+    task = get_task("classify")
+    xs = []
+    for i, data in enumerate(files):
+        (folder / f"i{i}").write_bytes(data)
+        xs.append(task.load(folder / f"i{i}", runner.meta)[1].numpy())
+    inp = httpclient.InferInput("image", [len(files)], "BYTES")
+    inp.set_data_from_numpy(np.array(files, dtype=np.object_), binary_data=True)
+    got = client.infer(NAME, [inp]).as_numpy("logits")
+    want = runner.outputs(np.concatenate(xs))[0]
+    np.testing.assert_allclose(got, want, atol=2e-4 * max(1.0, float(np.abs(want).max())))
+
+
+def test_errors_reach_the_client(setup):
+    client, _, _ = setup
+    bad = httpclient.InferInput("input", [1, 3, SIZE + 1, SIZE], "FP32")
+    bad.set_data_from_numpy(np.zeros((1, 3, SIZE + 1, SIZE), np.float32))
+    with pytest.raises(InferenceServerException) as e:
+        client.infer(NAME, [bad])
+    assert e.value.status() == "400" and "does not fit" in e.value.message()
+    wrong = httpclient.InferInput("input", [1, 3, SIZE, SIZE], "FP16")
+    wrong.set_data_from_numpy(np.zeros((1, 3, SIZE, SIZE), np.float16))
+    with pytest.raises(InferenceServerException) as e:
+        client.infer(NAME, [wrong])
+    assert e.value.status() == "400" and "FP32" in e.value.message()
+    with pytest.raises(InferenceServerException) as e:
+        client.infer(NAME, [bad], outputs=[httpclient.InferRequestedOutput("boxes")])
+    assert e.value.status() == "400"
+    ok = httpclient.InferInput("input", [1, 3, SIZE, SIZE], "FP32")
+    ok.set_data_from_numpy(np.zeros((1, 3, SIZE, SIZE), np.float32))
+    assert client.infer(NAME, [ok]).as_numpy("logits").shape == (1, len(CLASSES))  # still serving
