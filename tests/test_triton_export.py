@@ -326,3 +326,45 @@ def test_cli_round_trip(classifier, tmp_path, capsys):
         assert err.count("\n") == 0 and words in err, err
     assert main(["export", str(ckpt), "--instances", "2", "--out", str(tmp_path / "m.onnx")]) == 2
     assert "--instances only applies to --triton DIR" in capsys.readouterr().err
+
+
+@torch.no_grad()
+def test_one_client_for_triton_and_mobilenets_serve(repo, tmp_path):
+    """The official tritonclient.http, unchanged, against `mobilenets serve` on the repository's own files: the
+    model metadata it gets are the config's names, datatypes and shapes (batch as -1), so a client written for
+    the Triton/KServe deployment of this repository works against the Python server too (and back); the
+    classification extension answers "score:index:label" with the labels.txt label of the eager top-1 class."""
+    pytest.importorskip("fastapi")
+    httpclient = pytest.importorskip("tritonclient.http")
+    server = pytest.importorskip("mobilenets.serve.server")
+    if not hasattr(server, "background"):
+        pytest.skip("mobilenets.serve.server.background (serving from a thread) is not there yet")
+    from PIL import Image
+
+    from mobilenets.deploy import open_runner
+    from mobilenets.serve.app import create_app
+    from mobilenets.serve.model import ServedModel
+
+    for name in ("clf", "det"):
+        result, model, meta = repo[name]
+        config = parse(result.path)
+        served = ServedModel(open_runner(result.path / "1" / "model.onnx", backend="onnxruntime"), name=name)
+        with server.background(create_app(served)) as url:
+            client = httpclient.InferenceServerClient(url.removeprefix("http://"))
+            metadata = client.get_model_metadata(name)
+            for key, declared in (("inputs", config.input), ("outputs", config.output)):
+                assert [{k: t[k] for k in ("name", "datatype", "shape")} for t in metadata[key]] == [
+                    {"name": t.name, "datatype": "FP32", "shape": [-1, *t.dims]} for t in declared], (name, key)
+            if name != "clf":
+                continue
+            image = tmp_path / "shirt.png"
+            Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 70), dtype=np.uint8)).save(image)
+            _, x = get_task(meta.task).load(image, meta)  # the README's client code from here on
+            inp = httpclient.InferInput("input", list(x.shape), "FP32")
+            inp.set_data_from_numpy(x.numpy(), binary_data=True)
+            out = httpclient.InferRequestedOutput("logits", binary_data=True, class_count=3)
+            top = client.infer(name, [inp], outputs=[out]).as_numpy("logits")
+            score, index, label = top[0][0].decode().split(":")
+            labels = (result.path / "labels.txt").read_text().splitlines()
+            assert int(index) == int(model(x).argmax()) and label == labels[int(index)]
+            client.close()
