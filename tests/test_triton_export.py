@@ -66,8 +66,8 @@ def repo(classifier, tmp_path_factory):
     seg, seg_meta, _ = _dense_checkpoint("segment", root, size=(80, 112))
     entries = {
         "clf": (dict(instances=2), model, meta),
-        "clf_ov_int8": (dict(backend="openvino", int8=True, calibration_data="fashion-mnist", calibration_n=16,
-                             parity_n=16, min_agreement=0.0, max_batch=4, threads=3), model, meta),
+        "clf_ov_int8": (dict(backend="openvino", int8=True, calibration_data="fashion-mnist", calibration_n=8,
+                             parity_n=8, min_agreement=0.0, max_batch=4, threads=3), model, meta),
         "det": (dict(instances=4), det, det_meta),
         "seg": (dict(max_batch=0), seg, seg_meta),  # a fixed batch-1 file: dims keep the batch, no batching
     }
@@ -101,6 +101,8 @@ def test_every_config_parses_with_tritons_schema(repo):
         else:
             assert not config.HasField("dynamic_batching")
         assert sorted(p.name for p in result.path.rglob("*")) == sorted([*(Path(f).name for f in result.files), "1"])
+        for p in (result.path, *result.path.rglob("*")):  # readable by a server running as another user
+            assert p.stat().st_mode & 0o777 == (0o777 if p.is_dir() else 0o666) & ~_umask(), p
     # nothing but the entries in the repository (no staging folder left inside it or beside it)
     folder = next(iter(repo.values()))[0].path.parent
     assert sorted(p.name for p in folder.iterdir()) == sorted(repo)
@@ -252,20 +254,23 @@ def test_bad_arguments_are_refused_in_one_line_before_any_work(classifier, tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # nothing made
 
 
-def test_an_existing_entry_is_refused_unless_forced(classifier, tmp_path):
+def test_an_existing_entry_is_refused(classifier, tmp_path):
     model, meta = classifier
     entry = tmp_path / "repo" / "m"
     (entry / "1").mkdir(parents=True)
     (entry / "config.pbtxt").write_text("name: \"m\"\n")
-    (entry / "stale.txt").write_text("old")
     with pytest.raises(UserError) as e:
         export_triton(model, meta, tmp_path / "repo", name="m", parity_n=4)
     assert "--force" in _one_line(e) and str(entry) in str(e.value)
-    assert (entry / "config.pbtxt").read_text() == "name: \"m\"\n"  # untouched
-    result = export_triton(model, meta, tmp_path / "repo", name="m", parity_n=4, force=True, cores=2)
-    assert parse(entry).name == "m" and not (entry / "stale.txt").exists()
-    assert result.path == entry and entry.stat().st_mode & 0o777 == 0o777 & ~_umask()  # readable by a server
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert (entry / "config.pbtxt").read_text() == "name: \"m\"\n"  # untouched (--force: test_cli_round_trip)
+    (entry / "config.pbtxt").unlink()
+    with pytest.raises(UserError) as e:
+        export_triton(model, meta, tmp_path / "repo", name="m/1")
+    assert "not a Triton model name" in _one_line(e)
+    (tmp_path / "repo" / "f").write_text("x")
+    with pytest.raises(UserError) as e:
+        export_triton(model, meta, tmp_path / "repo", name="f")
+    assert "is a file, not a model folder" in _one_line(e)
 
 
 def _umask() -> int:
@@ -314,8 +319,10 @@ def test_cli_round_trip(classifier, tmp_path, capsys):
     assert main(argv) == 2  # the entry exists now
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "already exists and is not empty; pass --force" in err
+    (folder / "fashion" / "stale.txt").write_text("old")
     assert main([*argv, "--force", "--max-batch", "2"]) == 0
-    assert parse(folder / "fashion").max_batch_size == 2
+    assert parse(folder / "fashion").max_batch_size == 2 and not (folder / "fashion" / "stale.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.safetensors", "models"]  # no staging left
     capsys.readouterr()
 
     for extra, words in ((["--out", "x.onnx"], "--out does not apply to --triton DIR"),
