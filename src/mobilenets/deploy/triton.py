@@ -34,6 +34,7 @@ non-empty ``REPO/<name>`` is refused unless ``force``.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -129,6 +130,7 @@ def export_triton(model: nn.Module, meta: CheckpointMeta, repository: str | os.P
     _check_target(repository, target, force)
     optional_import("onnx", "onnx", "--triton")
 
+    made = [p for p in (repository, *repository.parents) if not p.exists()]
     repository.mkdir(parents=True, exist_ok=True)
     stage_in = _staging_parent(repository)
     tmp = Path(tempfile.mkdtemp(prefix=f".{repository.name}.{name}.", suffix=".tmp", dir=stage_in))
@@ -150,6 +152,12 @@ def export_triton(model: nn.Module, meta: CheckpointMeta, repository: str | os.P
         (tmp / "config.pbtxt").write_text(config, encoding="utf-8")
         files.insert(0, "config.pbtxt")
         _publish(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for folder in made:  # the folders this call made, deepest first, if they are still empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     result.path = target / VERSION / MODEL_FILE[backend]
