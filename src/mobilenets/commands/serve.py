@@ -51,7 +51,7 @@ def serve_command(args: argparse.Namespace) -> int:
         raise UserError("--max-upload-mb and --max-megapixels must be positive")
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port {args.port} is not a TCP port; use 0-65535")
-    for module in ("fastapi", "uvicorn", "multipart", "prometheus_client"):
+    for module in ("fastapi", "uvicorn", "python_multipart", "prometheus_client"):
         optional_import(module, "serve", "mobilenets serve")
 
     import torch
@@ -67,7 +67,11 @@ def serve_command(args: argparse.Namespace) -> int:
     limits = Limits(max_upload_bytes=int(args.max_upload_mb * MB), max_pixels=int(args.max_megapixels * 1e6),
                     max_batch=args.max_batch, max_queue=args.max_queue)
     sock = bind(args.host, args.port)  # before loading: a taken port fails at once
-    served = open_model(args.model, args.backend, threads, name=args.name)
+    try:
+        served = open_model(args.model, args.backend, threads, name=args.name)
+    except BaseException:
+        sock.close()
+        raise
     if served.backend != "torch":
         torch.set_num_threads(1)  # torch only resizes uploads then, one image per decode thread
     app = create_app(served, limits, decode_threads)
