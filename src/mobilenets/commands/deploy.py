@@ -44,12 +44,12 @@ def register(subparsers) -> None:
     t.add_argument("--triton-backend", choices=("onnxruntime", "openvino"), default=None,
                    help="Triton backend: onnxruntime (default; model.onnx) or openvino (OpenVINO IR; with --int8 "
                         "the NNCF int8 IR)")
-    t.add_argument("--instances", type=int, default=None, help="model instances on the CPU (default 1)")
-    t.add_argument("--threads", type=int, default=None,
+    t.add_argument("--instances", type=int, default=None, metavar="K", help="model instances on the CPU (default 1)")
+    t.add_argument("--threads", type=int, default=None, metavar="T",
                    help="threads per instance (default: cores // instances); instances x threads <= cores")
-    t.add_argument("--cores", type=int, default=None,
+    t.add_argument("--cores", type=int, default=None, metavar="N",
                    help="cores of the serving machine (default: the cores usable here)")
-    t.add_argument("--max-batch", type=int, default=None,
+    t.add_argument("--max-batch", type=int, default=None, metavar="B",
                    help="max_batch_size with dynamic batching (default 8 for onnxruntime, 1 for openvino, whose "
                         "Triton backend pads every batch to it); 0: a fixed batch-1 file, no batching")
     t.add_argument("--force", action="store_true", help="replace an existing DIR/NAME")
