@@ -12,6 +12,11 @@ runs (our exports and the peers') and :func:`load`, which a worker process calls
 * ``peer+tuned`` (``tuned_peers=True``): the reference ONNX files run by our runners. Our runner settings are
   the runtimes' defaults made explicit, so this is an A/A control: its spread against ``peer`` is the noise.
 * ``ours int8`` (``int8=True``): NNCF int8 on OpenVINO and ONNX Runtime QDQ int8 (batch 1).
+* Backends that run a format of their own (ExecuTorch's ``.pte``; any :class:`~mobilenets.deploy.formats.Backend`
+  with a ``checkpoint_format`` other than ONNX): ``ours`` is our model exported to that format by the same
+  exporter (parity-checked), run by the backend's runner (:func:`~mobilenets.deploy.open.open_runner`), and
+  ``ours int8`` its int8 export where the format has one (ExecuTorch: PT2E with the XNNPACK quantizer). They have
+  no peer file: the peers are the reference models' ONNX exports.
 
 Random weights: latency does not depend on the values (no sparsity is exploited by these runtimes).
 Every model and its peer run at the model's native resolution (the registry's: 224 for V1-V3 and V4 Conv-S, 256
@@ -25,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..formats import installed
+from ..formats import BACKEND, FORMAT, ONNX_RUNTIMES, SUFFIX, installed
 
 MODELS = ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small")  # the default set
 # Benchmark names that are a registry model built with other options (a published width): name -> (model, options)
@@ -86,8 +91,11 @@ def load(spec: PathSpec):
     from ..runtime import OnnxRuntimeRunner, OpenVinoRunner
     if spec.backend == "onnxruntime":
         runner = OnnxRuntimeRunner(Path(spec.file), spec.threads, tuned=spec.tuned)
-    else:  # our OpenVINO settings are its defaults plus fp32 and the thread count: nothing to tune
+    elif spec.backend == "openvino":  # our OpenVINO settings are its defaults plus fp32 and the thread count
         runner = OpenVinoRunner(Path(spec.file), spec.threads)
+    else:  # a backend with a format of its own (ExecuTorch, ...): its runner, as open_runner makes it
+        from ..open import open_runner
+        runner = open_runner(Path(spec.file), spec.backend, spec.threads)
     return lambda: runner.run(x)
 
 
@@ -108,7 +116,8 @@ def specs(name, batch, threads, backends, folder: Path, tuned_peers, int8, calib
     """Every path of one model at one batch size (exporting the files they run into ``folder``)."""
     out = []
     size = input_size(name, resolution)
-    onnx_backends = [b for b in backends if b != "torch"]
+    onnx_backends = [b for b in backends if b in ONNX_RUNTIMES]
+    own_format = [b for b in backends if b != "torch" and b not in ONNX_RUNTIMES]
     files = export_ours(name, batch, folder, int8, calibration, size) if onnx_backends else {}
     peer = export_peer(name, batch, folder, size) if onnx_backends else None
     if "torch" in backends and batch == 1:  # eager at batch 32 takes seconds a run: batch 1 says enough
@@ -121,7 +130,30 @@ def specs(name, batch, threads, backends, folder: Path, tuned_peers, int8, calib
             out.append(PathSpec(name, "peer+tuned", b, batch, threads, file=peer, input_size=size))
         if f"int8 {b}" in files:
             out.append(PathSpec(name, "ours int8", b, batch, threads, file=files[f"int8 {b}"], input_size=size))
+    for b in own_format:
+        for precision, file in export_own_format(name, batch, folder, b, int8, calibration, size).items():
+            who = "ours int8" if precision == "int8" else "ours"
+            out.append(PathSpec(name, who, b, batch, threads, file=file, input_size=size))
     return out
+
+
+def export_own_format(name: str, batch: int, folder: Path, backend: str, int8: bool, calibration: str | None,
+                      size: tuple[int, int, int] = INPUT_SIZE) -> dict[str, str]:
+    """Our model in ``backend``'s own format (e.g. ExecuTorch .pte), fp32 and, where the format has it, int8."""
+    from ..source import meta_for
+
+    fmt = BACKEND[backend].checkpoint_format
+    model = build("mobilenets", name).eval()
+    meta = meta_for(model, *ours(name), resolution=size[-1])
+    files = {}
+    out = folder / f"{name}_b{batch}{SUFFIX[fmt]}"
+    _export_batch(model, meta, out, fmt, batch)
+    files["fp32"] = str(out)
+    if int8 and FORMAT[fmt].int8:
+        out8 = folder / f"{name}_b{batch}_int8{SUFFIX[fmt]}"
+        _export_batch(model, meta, out8, fmt, batch, int8=True, calibration=calibration)
+        files["int8"] = str(out8)
+    return files
 
 
 def export_ours(name: str, batch: int, folder: Path, int8: bool, calibration: str | None,

@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ...errors import UserError
-from ..formats import RUNTIMES, installed, optional_import
+from ..formats import BACKEND, RUNTIMES, installed, optional_import, runs_here
 from .harness import Timings, Worker, interleave, sgemm_roof
 from .paths import MODELS, PEERS, PathSpec, build, input_size, load, specs
 from .report import BenchReport
@@ -42,8 +42,10 @@ def run_bench(models=MODELS, backends=None, batches=(1, 32), threads: int = 2, r
     if bad:
         raise UserError(f"unknown backend(s) {', '.join(bad)}; use {', '.join(RUNTIMES)}")
     for b in backends:
+        if not runs_here(b):
+            raise UserError(f"backend {b!r} cannot run here: {BACKEND[b].platform_note}; drop it from --backends")
         if b != "torch":
-            optional_import(b, what=f"backend {b!r}")
+            optional_import(BACKEND[b].module, BACKEND[b].extra, what=f"backend {b!r}")
     if int8 and calibration is None:
         calibration = "fashion-mnist"
     say = progress or (lambda msg: log.info("%s", msg))
@@ -96,7 +98,8 @@ def measure(paths: list[PathSpec], rounds: int, burst_ms: float, gap_s: float = 
 def _versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
     out = {}
-    for pkg in ("torch", "torchvision", "timm", "onnxruntime", "openvino", "nncf"):
+    for pkg in ("torch", "torchvision", "timm", "onnxruntime", "openvino", "nncf", "executorch", "torchao",
+                "ai-edge-litert", "litert-torch"):
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:
