@@ -227,7 +227,7 @@ def create_app(served: ServedModel, limits: Limits | None = None, decode_threads
     async def predict(request: Request):
         arrived = time.perf_counter()
         async with state.admitted():
-            top_k = _query_number(request, "top_k", int, 5, 1, max(1, len(served.meta.class_names)))
+            top_k = _query_number(request, "top_k", int, 5, 1, 1000)
             score_thresh = _query_number(request, "score_thresh", float, 0.3, 0.0, 1.0)
             data = await upload_bytes(request, limits.max_upload_bytes)
             start = time.perf_counter()
@@ -239,12 +239,12 @@ def create_app(served: ServedModel, limits: Limits | None = None, decode_threads
             post = time.perf_counter()
             result = await state.in_pool(served.answer, outputs, size, top_k=top_k, score_thresh=score_thresh)
             done = time.perf_counter()
-        return {"model": served.name, "task": served.task.name, "image_size": list(size), **result,
-                "timing": {"decode_ms": round((decoded - start) * 1e3, 3),
-                           "queue_ms": round(timing.queue_s * 1e3, 3),
-                           "infer_ms": round(timing.infer_s * 1e3, 3), "batch": timing.batch,
-                           "postprocess_ms": round((done - post) * 1e3, 3),
-                           "total_ms": round((done - arrived) * 1e3, 3)}}
+        return JSONResponse({"model": served.name, "task": served.task.name, "image_size": list(size), **result,
+                             "timing": {"decode_ms": round((decoded - start) * 1e3, 3),
+                                        "queue_ms": round(timing.queue_s * 1e3, 3),
+                                        "infer_ms": round(timing.infer_s * 1e3, 3), "batch": timing.batch,
+                                        "postprocess_ms": round((done - post) * 1e3, 3),
+                                        "total_ms": round((done - arrived) * 1e3, 3)}})
 
     # -- Open Inference Protocol v2 -------------------------------------------------------------------------
     def _model(name: str, version: str | None = None) -> None:
