@@ -9,20 +9,24 @@ import json
 import sys
 from pathlib import Path
 
-from ..deploy.formats import FORMATS, SUFFIX
+from ..deploy.formats import FORMAT, FORMATS, RUNTIMES, SUFFIX
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "export", help="export a checkpoint or model to ONNX / ExportedProgram / OpenVINO, optionally int8",
+        "export", help="export a checkpoint or model to ONNX / ExportedProgram / OpenVINO / ExecuTorch / ORT / "
+                       "Core ML, optionally int8",
         description="Export with BatchNorm folded and native HardSwish/HardSigmoid, then check the file against "
                     "eager PyTorch (max |diff|, top-1 agreement); a file that fails the check is not written.")
     p.add_argument("source", metavar="CHECKPOINT_OR_NAME",
                    help="a mobilenets checkpoint, a torchvision/timm MobileNet state dict, or a model name")
     p.add_argument("--format", choices=FORMATS, default=None,
-                   help="onnx (default), exported-program (torch.export .pt2) or openvino (.xml + .bin); "
-                        "with --int8 the default is openvino when OpenVINO and NNCF are installed")
-    p.add_argument("--out", default=None, help="output file (default: NAME[_int8].onnx|.pt2|.xml here)")
+                   help="onnx (default), exported-program (torch.export .pt2), openvino (.xml + .bin), executorch "
+                        "(.pte, XNNPACK), ort (ONNX Runtime mobile .ort + operator config) or coreml (.mlpackage, "
+                        "fp32; prediction needs macOS); with --int8 the default is openvino when OpenVINO and NNCF "
+                        "are installed")
+    p.add_argument("--out", default=None, help="output file (default: NAME[_int8].onnx|.pt2|.xml|.pte|.ort|"
+                                               ".mlpackage here)")
     p.add_argument("--dynamic-batch", action="store_true", help="any batch size (default: a fixed batch)")
     p.add_argument("--batch", type=int, default=1, help="the fixed batch size of the file (default 1)")
     p.add_argument("--weights", default=None, help="for a model name: torchvision, timm or a weights file")
@@ -61,8 +65,8 @@ def register(subparsers) -> None:
     b.add_argument("--models", default="mobilenet_v1,mobilenet_v2,mobilenet_v3_large,mobilenet_v3_small",
                    help="comma-separated (default: V1-V3, the four); also mobilenet_v2_140 (width 1.4) and the "
                         "mobilenet_v4_* models, each against timm's same model")
-    b.add_argument("--backends", default=None, help="comma-separated from torch,onnxruntime,openvino "
-                                                    "(default: every installed one)")
+    b.add_argument("--backends", default=None, help=f"comma-separated from {','.join(RUNTIMES)} "
+                                                    "(default: every installed one that runs here)")
     b.add_argument("--batch", default="1,32", help="comma-separated batch sizes (default 1,32)")
     b.add_argument("--resolution", type=int, default=None, metavar="PX",
                    help="input size for every model (default: each model's native one, e.g. 256 for V4 Conv-M)")
@@ -104,13 +108,14 @@ def export_command(args: argparse.Namespace) -> int:
     result = export_model(model, meta, out, fmt, dynamic_batch=args.dynamic_batch, batch=args.batch,
                           parity_data=args.data, parity_n=args.parity_samples, int8=args.int8,
                           calibration_data=args.calibration_data, calibration_n=args.calibration_samples)
-    extra = f" + {out.with_suffix('.bin').name}" if fmt == "openvino" else ""
+    extra = "".join(f" + {out.with_suffix(suffix).name}" for suffix in FORMAT[fmt].companions)
     print(f"wrote {result.path}{extra} ({fmt}, {result.precision}, {meta.model})")
-    print(result.parity)
+    print(result.parity_line)
     for key, value in result.properties.items():
         print(f"{key} (stored in the file): {value}")
     if result.details:
-        print("quantization: " + ", ".join(f"{k}={v}" for k, v in result.details.items()))
+        label = "quantization" if result.precision == "int8" else "conversion"
+        print(f"{label}: " + ", ".join(f"{k}={v}" for k, v in result.details.items() if k != "structure"))
     if args.accuracy:
         from ..deploy.accuracy import accuracy_report
         print(accuracy_report(model, meta, result.path))

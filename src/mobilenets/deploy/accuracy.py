@@ -27,7 +27,10 @@ def accuracy_report(model: nn.Module, meta: CheckpointMeta, exported: Path, *, b
     first output must be (N, classes) logits)."""
     images, labels, _ = fashion_mnist_inputs(meta.preprocessing, "test", limit=limit)
     model = model.eval()
-    backend = backend or next(b for b in RUNS_ON[exported.suffix] if installed(b))
+    backend = backend or next((b for b in RUNS_ON[exported.suffix] if installed(b)), None)
+    if backend is None:
+        raise UserError(f"--accuracy needs a backend that runs {exported.name} here, and none does "
+                        f"({', '.join(RUNS_ON[exported.suffix])}); drop --accuracy")
     runner = open_runner(exported, backend=backend)
     shape = runner.run(images[:1]).shape
     if len(shape) != 2:
