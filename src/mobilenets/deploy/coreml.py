@@ -43,9 +43,6 @@ def on_macos() -> bool:
 
 def writer(job: ExportJob) -> Writer:
     """Convert ``job``'s model to a Core ML ML program (fp32); the Writer saves it with the metadata."""
-    if job.dynamic_batch:
-        raise UserError("--dynamic-batch is not available for --format coreml (the package has a fixed batch); "
-                        "drop it, or pass --batch N")
     ct = _import_coremltools()
     import torch
 

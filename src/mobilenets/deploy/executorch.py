@@ -60,9 +60,6 @@ def quiet_native_stderr():
 # ------------------------------------------------------------------------------------------------------ writer
 def writer(job: ExportJob) -> Writer:
     """Lower ``job``'s model to ExecuTorch with the XNNPACK delegate (int8 when asked); the Writer saves it."""
-    if job.dynamic_batch:
-        raise UserError("--dynamic-batch is not available for --format executorch (the .pte has a fixed batch); "
-                        "drop it, or pass --batch N")
     _import_executorch()
     import torch
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner

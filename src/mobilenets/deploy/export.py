@@ -112,6 +112,9 @@ def export_model(model: nn.Module, meta: CheckpointMeta, out: str | os.PathLike,
         raise UserError(f"--out {out} is a file, but --format {fmt} writes a folder; remove it or choose another "
                         "--out")
     _check_writable(out)
+    if dynamic_batch and not spec.dynamic_batch:
+        raise UserError(f"--dynamic-batch is not available for --format {fmt} (the file has a fixed batch); drop "
+                        "it, or pass --batch N")
     if int8 and spec.int8 is None:
         raise UserError(f"--int8 is not available for --format {fmt}; int8 is written by --format "
                         f"{', '.join(f.name for f in FORMAT.values() if f.int8)}")

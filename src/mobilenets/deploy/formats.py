@@ -64,6 +64,7 @@ class Format:
     writer: str | None = None  # module of this package whose writer(job) writes it; None: export.py's own
     int8: str | None = None  # what --int8 does for it; None: --int8 is refused
     folder: bool = False  # the "file" is a folder (Core ML's .mlpackage)
+    dynamic_batch: bool = True  # whether --dynamic-batch is offered (else refused before any work)
     companions: tuple[str, ...] = ()  # suffixes of the files written beside it (OpenVINO's .bin)
     what: str = ""  # for --help and the README
 
@@ -88,12 +89,12 @@ FORMATS_LIST: tuple[Format, ...] = (
     Format("openvino", ".xml", ("openvino",), needs=("onnx", "openvino"), int8="NNCF", companions=(".bin",),
            what="OpenVINO IR (.xml + .bin)"),
     Format("executorch", ".pte", ("executorch",), needs=("executorch",), writer="executorch",
-           int8="PT2E with the XNNPACK quantizer", what="ExecuTorch, XNNPACK delegate"),
+           int8="PT2E with the XNNPACK quantizer", dynamic_batch=False, what="ExecuTorch, XNNPACK delegate"),
     Format("ort", ".ort", ("onnxruntime",), needs=("onnx", "onnxruntime"), writer="ort_format",
            int8="ONNX Runtime QDQ", companions=(".required_operators.config",),
            what="ONNX Runtime mobile format (+ the required-operators config of a reduced build)"),
     Format("coreml", ".mlpackage", ("coreml",), needs=("coremltools",), writer="coreml", folder=True,
-           what="Core ML ML program, fp32 (prediction needs macOS)"),
+           dynamic_batch=False, what="Core ML ML program, fp32 (prediction needs macOS)"),
     # LiteRT: Format("litert", ".tflite", ("litert",), needs=(...), writer="litert", int8=...) -- see litert.py
 )
 BACKENDS_LIST: tuple[Backend, ...] = (
