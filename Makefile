@@ -6,6 +6,16 @@ VPY     := $(VENV)/bin/python
 # (plain pip finds them there; see DEVELOPERS notes in README.md).
 TORCH   := torch==2.14.1 torchvision==0.29.1
 FMNIST  := /usr/share/datasets/fashion-mnist
+# The LiteRT converter beside ExecuTorch (issue 22): litert-torch needs xdsl 0.28.0, which pins
+# typing-extensions<4.13, while executorch's coremltools needs cattrs (typing-extensions>=4.14) and the serve extra's
+# pydantic 2.14 needs >=4.16: pip cannot resolve them together. So the converter's own packages go in with --no-deps
+# and the rest of their requirements (none pins typing-extensions) with the resolver; `pip check` then reports
+# xdsl's pin and nothing else, and the LiteRT tests convert, quantize and run with the newer typing-extensions.
+# Elsewhere, without executorch and serve, `pip install 'mobilenets[litert-convert]'` is the plain way.
+LITERT_PKGS := litert-torch==0.10.0 litert-converter==0.5.0 ai-edge-quantizer==0.10.0 litert-lm-builder==0.18.1 \
+	xdsl==0.28.0
+LITERT_DEPS := 'ai-edge-litert==2.3.0' absl-py scipy multipledispatch transformers kagglehub tabulate 'torchao>=0.17' \
+	jax jaxtyping fire sentencepiece rich lark 'immutabledict<4.2.2' 'ordered-set==4.1.0' tomli
 
 .PHONY: venv data browser demo test bench clean
 
@@ -14,6 +24,9 @@ $(VENV)/.installed: pyproject.toml
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q $(TORCH)
 	$(VPY) -m pip install -q -e '.[test]'
+	$(VPY) -m pip install -q $(LITERT_DEPS)
+	$(VPY) -m pip install -q --no-deps $(LITERT_PKGS)
+	$(VPY) -c "import litert_torch, ai_edge_quantizer, ai_edge_litert.interpreter, executorch"
 	touch $@
 
 venv: $(VENV)/.installed

@@ -11,6 +11,7 @@ format                  suffix                  backends
 ``executorch``          ``.pte``                executorch (XNNPACK delegate; int8 through PT2E)
 ``ort``                 ``.ort`` (+ config)     onnxruntime (ONNX Runtime's mobile format, from our ONNX export)
 ``coreml``              ``.mlpackage`` (folder) coreml (prediction needs macOS: structure-checked elsewhere)
+``litert``              ``.tflite``             litert (LiteRT Interpreter, XNNPACK; int8 by the AI Edge Quantizer)
 (a checkpoint)          ``.safetensors``        torch (eager); the others through a cached export
 ======================  ======================  ==================================================================
 
@@ -95,7 +96,8 @@ FORMATS_LIST: tuple[Format, ...] = (
            what="ONNX Runtime mobile format (+ the required-operators config of a reduced build)"),
     Format("coreml", ".mlpackage", ("coreml",), needs=("coremltools",), writer="coreml", folder=True,
            dynamic_batch=False, what="Core ML ML program, fp32 (prediction needs macOS)"),
-    # LiteRT: Format("litert", ".tflite", ("litert",), needs=(...), writer="litert", int8=...) -- see litert.py
+    Format("litert", ".tflite", ("litert",), needs=("litert_torch",), writer="litert",
+           int8="AI Edge Quantizer static int8 (int8 I/O)", what="LiteRT (TensorFlow Lite) flatbuffer, XNNPACK on CPU"),
 )
 BACKENDS_LIST: tuple[Backend, ...] = (
     Backend("torch", "torch", "", checkpoint_format=None),
@@ -106,7 +108,7 @@ BACKENDS_LIST: tuple[Backend, ...] = (
     Backend("coreml", "coremltools", "coreml", runner="coreml:CoreMLRunner", checkpoint_format="coreml",
             platforms=("darwin",), platform_note="Core ML prediction needs macOS (coremltools runs models only "
                                                  "there); the export is checked for structure only on this system"),
-    # LiteRT: Backend("litert", "ai_edge_litert", "litert", runner="litert:LiteRTRunner", ...)
+    Backend("litert", "ai_edge_litert", "litert", runner="litert:LiteRTRunner", checkpoint_format="litert"),
 )
 FORMAT: dict[str, Format] = {f.name: f for f in FORMATS_LIST}
 BACKEND: dict[str, Backend] = {b.name: b for b in BACKENDS_LIST}
@@ -124,6 +126,7 @@ ONNX_RUNTIMES = RUNS_ON[".onnx"]  # fastest-first guess
 # The pyproject extra that installs each optional package (and each backend).
 EXTRA = {"onnx": "onnx", "onnxscript": "onnx", "onnxruntime": "onnx", "openvino": "openvino", "nncf": "openvino",
          "executorch": "executorch", "torchao": "executorch", "coremltools": "coreml",
+         "ai_edge_litert": "litert", "litert_torch": "litert-convert", "ai_edge_quantizer": "litert-convert",
          **{b.name: b.extra for b in BACKENDS_LIST if b.extra}}
 
 

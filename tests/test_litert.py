@@ -1,0 +1,181 @@
+"""LiteRT .tflite (issue 22): export by the CLI with parity against eager PyTorch, the metadata read back from the
+flatbuffer, AI Edge Quantizer int8 against fp32, ``predict --backend litert``, and one-line refusals.
+
+The runtime that checks the files is LiteRT's own Interpreter (ai_edge_litert), the flatbuffer is read with the
+schema and tools that ship with it, and the reference is eager PyTorch."""
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from mobilenets.checkpoint import CheckpointMeta, save_checkpoint
+from mobilenets.cli import main
+from mobilenets.data.samples import sample_inputs
+from mobilenets.deploy import export_model, open_runner
+from mobilenets.deploy.formats import META_KEY, PARITY_KEY, PRECISION_KEY
+from mobilenets.errors import UserError
+
+litert_torch = pytest.importorskip("litert_torch")  # make test installs it (Makefile: LITERT_PKGS)
+interpreter = pytest.importorskip("ai_edge_litert.interpreter")
+
+from test_export import SIZE, small_model  # noqa: E402
+
+# int8 vs fp32 top-1 on Fashion-MNIST test images for this random-weight V3-Small (no trained decision margins:
+# many inputs sit near a tie); what int8 costs a trained checkpoint is in BENCHMARKS.md.
+INT8_AGREEMENT = 0.75
+
+
+@pytest.fixture(scope="module")
+def model_meta():
+    return small_model()  # V3-Small, width 0.5, 1 x 64 x 64, O(1) logits that depend on the input
+
+
+@pytest.fixture(scope="module")
+def tflite(model_meta, tmp_path_factory):
+    """A checkpoint exported by the CLI: ``(path, what it printed)``."""
+    model, meta = model_meta
+    folder = tmp_path_factory.mktemp("litert")
+    ckpt = folder / "v3s.safetensors"
+    save_checkpoint(ckpt, model, meta)
+    out = folder / "v3s.tflite"
+    with pytest.MonkeyPatch.context() as mp:
+        buf = io.StringIO()
+        mp.setattr("sys.stdout", buf)
+        assert main(["export", str(ckpt), "--format", "litert", "--out", str(out), "--parity-samples", "8"]) == 0
+    return out, buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def tflite_int8(model_meta, tflite):
+    model, meta = model_meta
+    return export_model(model, meta, tflite[0].with_name("v3s_int8.tflite"), "litert", int8=True,
+                        calibration_data="fashion-mnist", calibration_n=32, parity_n=64, min_agreement=0.0)
+
+
+def _eager(model, x):
+    with torch.no_grad():
+        return model(torch.from_numpy(x)).numpy()
+
+
+def _interpreter_outputs(path, x):
+    """The file run by LiteRT's Interpreter directly, one image at a time (fp32 in, fp32 out)."""
+    it = interpreter.Interpreter(model_path=str(path), num_threads=1)
+    it.allocate_tensors()
+    inp, out = it.get_input_details()[0], it.get_output_details()[0]
+    got = []
+    for image in x:
+        it.set_tensor(inp["index"], image[None])
+        it.invoke()
+        got.append(it.get_tensor(out["index"]))
+    return np.concatenate(got)
+
+
+def test_export_parity_metadata_and_graph(tflite, model_meta):
+    path, printed = tflite
+    model, meta = model_meta
+    assert f"wrote {path} (litert, fp32, mobilenet_v3_small)" in printed and "PASS" in printed
+    x = np.random.default_rng(7).standard_normal((6, 1, SIZE, SIZE), dtype=np.float32)
+    ref = _eager(model, x)
+    got = _interpreter_outputs(path, x)  # LiteRT's own runtime, not our runner
+    assert np.abs(got - ref).max() < 1e-4 * max(1.0, np.abs(ref).max())
+    assert (got.argmax(1) == ref.argmax(1)).all()
+
+    runner = open_runner(path, backend="litert", threads=1)
+    assert runner.backend == "litert" and runner.batch == 1
+    np.testing.assert_allclose(runner.run(x), got, rtol=0, atol=1e-6)  # the runner feeds the fixed batch in slices
+    assert runner.meta == CheckpointMeta.from_json(meta.to_json())  # classes, preprocessing, options, task
+    assert runner.meta.class_names == [f"c{i}" for i in range(10)] and runner.meta.task == meta.task
+    assert runner.properties[PRECISION_KEY] == "fp32" and runner.properties["mobilenets.layout"] == "NCHW"
+    parity = json.loads(runner.properties[PARITY_KEY])
+    assert parity["passed"] and parity["n"] == 8 and parity["max_abs_diff"] < 1e-3
+
+    # The entries really sit in the flatbuffer's metadata table (read with LiteRT's own flatbuffer tools).
+    from ai_edge_litert.tools import flatbuffer_utils
+    obj = flatbuffer_utils.read_model(str(path))
+    names = {m.name.decode() if isinstance(m.name, bytes) else m.name: m.buffer for m in obj.metadata}
+    assert {META_KEY, PRECISION_KEY, PARITY_KEY} <= set(names)
+    assert json.loads(bytes(obj.buffers[names[META_KEY]].data).decode())["model"] == "mobilenet_v3_small"
+    ops = {flatbuffer_utils.opcode_to_name(obj, op.opcodeIndex) for op in obj.subgraphs[0].operators}
+    assert {"CONV_2D", "DEPTHWISE_CONV_2D", "HARD_SWISH"} <= ops  # BN folded away, native hard-swish
+    assert not ops & {"BATCH_MATMUL", "CUSTOM"}
+
+
+def test_int8_is_full_integer_smaller_and_keeps_top1(tflite, tflite_int8):
+    fp32_path = tflite[0]
+    assert tflite_int8.precision == "int8" and tflite_int8.details["scheme"].startswith("ai-edge-quantizer")
+    assert "QUANTIZE" not in tflite_int8.details["ops"]  # full integer: no float islands between int8 ops
+    it = interpreter.Interpreter(model_path=str(tflite_int8.path))
+    assert it.get_input_details()[0]["dtype"] == np.int8 and it.get_output_details()[0]["dtype"] == np.int8
+    assert tflite_int8.path.stat().st_size < fp32_path.stat().st_size / 2.5  # int8 weights: about a quarter
+    fp32, int8 = open_runner(fp32_path, backend="litert"), open_runner(tflite_int8.path, backend="litert")
+    assert int8.properties[PRECISION_KEY] == "int8" and int8.meta == fp32.meta
+    x = sample_inputs(int8.meta.preprocessing, "fashion-mnist", 64, split="test", seed=3)
+    a, b = fp32.run(x), int8.run(x)
+    assert np.abs(a - b).max() > 1e-3  # really int8, not a relabelled fp32 file
+    assert (a.argmax(1) == b.argmax(1)).mean() >= INT8_AGREEMENT
+    assert tflite_int8.parity.agreement >= INT8_AGREEMENT  # the exporter's own check on 64 other test images
+
+
+def test_predict_backend_litert_cli(tflite, model_meta, tmp_path, capsys):
+    from PIL import Image
+
+    from mobilenets.tasks import get_task
+    model, meta = model_meta
+    image = tmp_path / "x.png"
+    Image.fromarray(np.random.default_rng(5).integers(0, 255, (70, 80), dtype=np.uint8)).save(image)
+    assert main(["predict", str(tflite[0]), str(image), "--backend", "litert", "--json"]) == 0
+    result, = json.loads(capsys.readouterr().out)
+    _, x = get_task("classify").load(image, meta)
+    expected = int(_eager(model, x.numpy()).argmax())
+    assert result["top"][0]["index"] == expected and result["top"][0]["class"] == f"c{expected}"
+    assert main(["predict", str(tflite[0]), str(image), "--backend", "onnxruntime"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cannot run .tflite files" in err
+
+
+def _hide(monkeypatch, *modules):
+    """Make ``modules`` look uninstalled (find_spec None, import fails)."""
+    real = importlib.util.find_spec
+
+    def find_spec(name, *args, **kwargs):
+        return None if name.split(".")[0] in modules else real(name, *args, **kwargs)
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    for name in [m for m in sys.modules if m.split(".")[0] in modules] + list(modules):
+        monkeypatch.setitem(sys.modules, name, None)  # import raises ImportError
+
+
+def test_missing_converter_is_refused_in_one_line_naming_the_extra(model_meta, tmp_path, monkeypatch, capsys):
+    _hide(monkeypatch, "litert_torch")
+    model, meta = model_meta
+    with pytest.raises(UserError, match=r"pip install 'mobilenets\[litert-convert\]'"):
+        export_model(model, meta, tmp_path / "m.tflite", "litert")
+    monkeypatch.chdir(tmp_path)
+    assert main(["export", "mobilenet_v3_small", "--format", "litert"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "mobilenets[litert-convert]" in err
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_missing_runtime_is_refused_in_one_line_naming_the_extra(tflite, tmp_path, monkeypatch, capsys):
+    _hide(monkeypatch, "ai_edge_litert")
+    with pytest.raises(UserError, match=r"pip install 'mobilenets\[litert\]'"):
+        open_runner(tflite[0], backend="litert")
+    image = tmp_path / "x.png"
+    from PIL import Image
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(image)
+    assert main(["predict", str(tflite[0]), str(image), "--backend", "litert"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "mobilenets[litert]" in err
+
+
+def test_dynamic_batch_is_refused_in_one_line(model_meta, tmp_path):
+    model, meta = model_meta
+    with pytest.raises(UserError, match="--dynamic-batch is not available for --format litert"):
+        export_model(model, meta, tmp_path / "m.tflite", "litert", dynamic_batch=True)
+    assert not list(tmp_path.iterdir())
