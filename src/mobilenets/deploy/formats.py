@@ -97,7 +97,8 @@ FORMATS_LIST: tuple[Format, ...] = (
     Format("coreml", ".mlpackage", ("coreml",), needs=("coremltools",), writer="coreml", folder=True,
            dynamic_batch=False, what="Core ML ML program, fp32 (prediction needs macOS)"),
     Format("litert", ".tflite", ("litert",), needs=("litert_torch",), writer="litert",
-           int8="AI Edge Quantizer static int8 (int8 I/O)", what="LiteRT (TensorFlow Lite) flatbuffer, XNNPACK on CPU"),
+           int8="AI Edge Quantizer static int8 (int8 I/O)", dynamic_batch=False,
+           what="LiteRT (TensorFlow Lite) flatbuffer, XNNPACK on CPU"),
 )
 BACKENDS_LIST: tuple[Backend, ...] = (
     Backend("torch", "torch", "", checkpoint_format=None),

@@ -207,9 +207,6 @@ def _to_float(y: np.ndarray, detail: dict) -> np.ndarray:
 def writer(job: ExportJob, *, nhwc: bool = False) -> Writer:
     """Convert ``job``'s model (BatchNorm folded) to LiteRT, int8 when asked, once; the Writer saves it with its
     properties for the exporter's parity-or-delete (:func:`mobilenets.deploy.export.export_model`)."""
-    if job.dynamic_batch:
-        raise UserError("--dynamic-batch is not available for --format litert (the .tflite has a fixed batch); "
-                        "drop it, or pass --batch N")
     check_installed(job.int8)
     model = convert(job.fused, tuple(job.meta.preprocessing.input_size), batch=job.batch, nhwc=nhwc)
     layout = "NHWC" if nhwc else "NCHW"
