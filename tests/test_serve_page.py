@@ -98,3 +98,32 @@ def test_page_draws_detections(browser, folder):
         original = picture(7, (90, 70))[int(round(y1)), int(round((x1 + x2) / 2))].tolist()
         assert pixel[:3] != original
         browser.save_screenshot(str(folder / "detect.png"))
+
+
+def test_page_overlays_the_mask(browser, folder):
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    ckpt = folder / "seg.safetensors"
+    dense(ckpt, "segment")
+    image = folder / "seg.png"
+    original = picture(9, (90, 70))
+    image.write_bytes(encoded(original))
+    with background(create_app(open_model(ckpt, "onnxruntime", threads=1), decode_threads=1)) as url:
+        status, want = Client(url).predict(image.read_bytes(), "image/png")
+        assert status == 200 and want["classes"]
+        choose(browser, url, image)
+        items = [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#legend li")]
+        assert [i.rsplit(" ", 1)[0] for i in items] == list(want["classes"])
+        mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(want["mask"]))))
+        canvas = browser.find_element(By.ID, "canvas")
+        shown = np.array(browser.execute_script(
+            "const c = arguments[0]; return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data)",
+            canvas), dtype=np.int16).reshape(70, 90, 4)[..., :3]
+        changed = np.abs(shown - original).max(-1) > 8
+        assert (mask != 0).any() and changed[mask != 0].mean() > 0.9  # the overlay lies on the mask's classes
+        assert not (mask == 0).any() or changed[mask == 0].mean() < 0.1  # and not on the background
+        browser.save_screenshot(str(folder / "segment.png"))
