@@ -145,7 +145,7 @@ def triton_command(args: argparse.Namespace) -> int:
                            calibration_data=args.calibration_data, calibration_n=args.calibration_samples)
     print(f"wrote {result.path}: {', '.join(result.files)} (Triton {result.backend}, {result.export.precision}, "
           f"{meta.model})")
-    print(result.export.parity)
+    print(result.export.parity_line)
     batching = (f"max_batch_size {result.max_batch}, dynamic batching" if result.max_batch > 1 else
                 f"max_batch_size {result.max_batch}")
     print(f"{batching}; {result.instances} CPU instance(s) x {result.threads} thread(s) "
