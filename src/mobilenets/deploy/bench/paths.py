@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...errors import UserError
 from ..formats import BACKEND, FORMAT, ONNX_RUNTIMES, SUFFIX, installed
 
 MODELS = ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small")  # the default set
@@ -131,7 +132,12 @@ def specs(name, batch, threads, backends, folder: Path, tuned_peers, int8, calib
         if f"int8 {b}" in files:
             out.append(PathSpec(name, "ours int8", b, batch, threads, file=files[f"int8 {b}"], input_size=size))
     for b in own_format:
-        for precision, file in export_own_format(name, batch, folder, b, int8, calibration, size).items():
+        try:
+            own = export_own_format(name, batch, folder, b, int8, calibration, size)
+        except UserError as e:  # a converter that cannot take this model: the other paths still run
+            logging.getLogger(__name__).warning("skipping %s on %s: %s", name, b, e)
+            continue
+        for precision, file in own.items():
             who = "ours int8" if precision == "int8" else "ours"
             out.append(PathSpec(name, who, b, batch, threads, file=file, input_size=size))
     return out
