@@ -15,23 +15,25 @@ metadata inside the flatbuffer, and the runner (the LiteRT ``Interpreter``, XNNP
 
 Packages: the runner needs only ``ai-edge-litert`` (extra ``litert``, no torch); conversion needs ``litert-torch``
 (extra ``litert-convert``), which pins ``typing-extensions<4.13`` through ``xdsl`` and so cannot share one pip
-resolution with ExecuTorch (see the Makefile's ``litert`` step).
+resolution with ExecuTorch (the Makefile installs it beside ExecuTorch: ``LITERT_PKGS``).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import warnings
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import UserError
+from .executorch import quiet_native_stderr  # fd-2 silencing; imports no executorch
 from .formats import PROPERTY_PREFIX, ExportJob, Writer, optional_import, require
 from .runtime import Runner, meta_of
 
 log = logging.getLogger(__name__)
 
-SUFFIX = ".tflite"
 RUNTIME_EXTRA = "litert"  # ai-edge-litert: the Interpreter, the flatbuffer schema
 CONVERT_EXTRA = "litert-convert"  # litert-torch (+ the AI Edge Quantizer it pulls in)
 LAYOUT_KEY = "mobilenets.layout"  # "NCHW" (default) or "NHWC": the layout of the file's image input
@@ -57,12 +59,28 @@ def convert(module, input_size: tuple[int, int, int], *, batch: int = 1, nhwc: b
         module = litert_torch.to_channel_last_io(module, args=[0]).eval()
         example = example.permute(0, 2, 3, 1).contiguous()
     try:
-        edge = litert_torch.convert(module.eval(), (example,))
+        with _no_progress(), quiet_native_stderr():
+            edge = litert_torch.convert(module.eval(), (example,))
+            return bytes(edge.model_content())
     except Exception as e:  # noqa: BLE001 - the converter raises many types; the first line says what failed
         first = (str(e).strip().splitlines() or [""])[0][:300]
         raise UserError(f"litert-torch cannot convert this model ({type(e).__name__}: {first}); export it to "
                         "another --format (onnx)") from e
-    return bytes(edge.model_content())
+
+
+@contextlib.contextmanager
+def _no_progress():
+    """litert-torch prints every conversion stage to stdout (its rich console) unless this variable says no; set
+    for the conversion only, so a command's own stdout (``--json``) stays clean."""
+    previous = os.environ.get("LITERT_TORCH_SHOW_PROGRESS")
+    os.environ["LITERT_TORCH_SHOW_PROGRESS"] = "n"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("LITERT_TORCH_SHOW_PROGRESS", None)
+        else:
+            os.environ["LITERT_TORCH_SHOW_PROGRESS"] = previous
 
 
 def quantize(model: bytes, calibration: np.ndarray, *, nhwc: bool = False) -> tuple[bytes, dict]:
@@ -72,7 +90,8 @@ def quantize(model: bytes, calibration: np.ndarray, *, nhwc: bool = False) -> tu
     from ai_edge_litert.interpreter import Interpreter
     from ai_edge_quantizer import quantizer, recipe
 
-    interpreter = Interpreter(model_content=model)
+    with quiet_native_stderr():
+        interpreter = Interpreter(model_content=model)
     signatures = interpreter.get_signature_list()
     (key, signature), = signatures.items()
     (name,) = signature["inputs"]
@@ -84,7 +103,9 @@ def quantize(model: bytes, calibration: np.ndarray, *, nhwc: bool = False) -> tu
     samples = [{name: x[i:i + batch]} for i in range(0, len(x) - batch + 1, batch)]
     q = quantizer.Quantizer(bytearray(model), recipe.static_wi8_ai8())
     log.info("quantizing with the AI Edge Quantizer on %d images", len(samples) * batch)
-    with warnings.catch_warnings():  # calibration keeps every tensor, and LiteRT warns that this is for debugging
+    # Quiet: calibration keeps every tensor, and LiteRT warns that this is for debugging; its progress bar and
+    # XNNPACK's line go to file descriptor 2.
+    with warnings.catch_warnings(), quiet_native_stderr():
         warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors")
         calibrated = q.calibrate({key: samples}, num_threads=1)
         result = q.quantize(calibrated, enable_progress_bar=False, enable_progress_report=False)
@@ -165,8 +186,9 @@ class LiteRTRunner(Runner):
         path = Path(path)
         properties = read_properties(path)
         try:
-            self.interpreter = litert.Interpreter(model_path=str(path), num_threads=threads or None)
-            self.interpreter.allocate_tensors()
+            with quiet_native_stderr():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." at every load
+                self.interpreter = litert.Interpreter(model_path=str(path), num_threads=threads or None)
+                self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as e:
             raise UserError(f"LiteRT cannot load {path} ({str(e).splitlines()[0][:200]}); pass a .tflite file "
                             "written by 'mobilenets export --format litert'") from e
