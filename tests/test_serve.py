@@ -262,3 +262,20 @@ def test_page_and_info(url):
     info = json.loads(c.request("GET", "/info")[2])
     assert info["task"] == "classify" and info["classes"] == CLASSES and info["limits"]["max_batch"] == 4
     c.close()
+
+
+def test_a_failing_inference_is_a_500_and_the_server_goes_on(served):
+    app = create_app(served, LIMITS, decode_threads=1)
+    run, calls = app.state.serve.batcher.run, []
+
+    def flaky(x):
+        calls.append(len(x))
+        if len(calls) == 1:
+            raise RuntimeError("runtime exploded\nsecond line")
+        return run(x)
+
+    app.state.serve.batcher.run = flaky
+    with background(app) as base:
+        status, _, got = post(base, encoded(picture(1)))
+        assert status == 500 and got == {"error": "internal error: RuntimeError: runtime exploded second line"}
+        assert post(base, encoded(picture(1)))[0] == 200
