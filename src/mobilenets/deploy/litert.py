@@ -6,9 +6,9 @@ metadata inside the flatbuffer, and the runner (the LiteRT ``Interpreter``, XNNP
   NHWC, what phone camera pipelines hand over, with ``nhwc=True`` (:func:`litert_torch.to_channel_last_io`).
 * int8: static full-integer quantization of the fp32 ``.tflite`` by the AI Edge Quantizer (its ``static_wi8_ai8``
   recipe: int8 weights, per-channel for convolutions, int8 activations calibrated on real images, int8 input and
-  output). Chosen over litert-torch's PT2E quantizer, which quantizes only conv/linear/add/pools and leaves every
-  HardSwish and squeeze-excite multiply between QUANTIZE/DEQUANTIZE pairs (56 extra ops in V3-Small), and which
-  took 46 s against the AI Edge Quantizer's 2 s on the test model (BENCHMARKS.md, "LiteRT").
+  output). Chosen over litert-torch's PT2E quantizer, which annotates only conv/linear/add/pools and so leaves
+  QUANTIZE/DEQUANTIZE pairs around the rest (22-43 of them in V2/V3-Large/V4 Conv-S) and took 7-8x as long; on
+  trained Fashion-MNIST checkpoints both stay within 0.1 point of fp32 (BENCHMARKS.md, "LiteRT").
 * Metadata: every ``mobilenets.*`` property (the :class:`~mobilenets.checkpoint.CheckpointMeta`, precision,
   parity figures, the task's properties, the input layout) is a named entry of the flatbuffer's ``metadata``
   table, which the LiteRT runtime carries along and ignores; :func:`read_properties` reads them back.
