@@ -111,9 +111,12 @@ def test_bad_backend_file_and_missing_runtime(onnx_file, tmp_path, monkeypatch):
         open_runner(onnx_file, backend="tensorrt")
     with pytest.raises(UserError, match="not found"):
         open_runner(tmp_path / "missing.onnx", backend="onnxruntime")
-    (tmp_path / "model.tflite").write_bytes(b"x")
+    (tmp_path / "model.xyz").write_bytes(b"x")
     with pytest.raises(UserError, match="not a model file"):
-        open_runner(tmp_path / "model.tflite")
+        open_runner(tmp_path / "model.xyz")
+    (tmp_path / "model.tflite").write_bytes(b"x")  # a known suffix, but not such a file
+    with pytest.raises(UserError, match="is not a readable .tflite file"):
+        open_runner(tmp_path / "model.tflite", backend="litert")
     with pytest.raises(UserError, match="'torch' cannot run .onnx"):
         open_runner(onnx_file, backend="torch")
     monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino -> ImportError
