@@ -2,9 +2,11 @@
 outputs depend on the input, and image files made here."""
 from __future__ import annotations
 
+import contextlib
 import io
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -45,6 +47,17 @@ def classifier(path) -> None:
     meta = CheckpointMeta(model="mobilenet_v3_small", options=dict(model.arch_options), class_names=CLASSES,
                           preprocessing=pre)
     save_checkpoint(path, model.eval(), meta)
+
+
+@contextlib.contextmanager
+def cached_classifier(folder):
+    """A ``classifier`` checkpoint, ``folder/cls.safetensors``, with MOBILENETS_CACHE (where exports are kept)
+    pointed at ``folder/cache`` until the block ends."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MOBILENETS_CACHE", str(folder / "cache"))
+        ckpt = folder / "cls.safetensors"
+        classifier(ckpt)
+        yield ckpt
 
 
 def dense(path, task: str) -> None:

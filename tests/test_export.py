@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import mobilenets
+from checks import one_line_error
 from mobilenets.checkpoint import CheckpointMeta, Preprocessing, save_checkpoint
 from mobilenets.cli import main
 from mobilenets.deploy import export_model, open_runner
@@ -24,12 +25,14 @@ OPTIONS = {"num_classes": 10, "in_chans": 1, "width_multiplier": 0.5}
 SIZE = 64
 
 
-def small_model(name: str = "mobilenet_v3_small", seed: int = 0) -> tuple[torch.nn.Module, CheckpointMeta]:
+def small_model(name: str = "mobilenet_v3_small", seed: int = 0, in_chans: int = 1
+                ) -> tuple[torch.nn.Module, CheckpointMeta]:
     """A small random model whose logits are O(1) and depend on the input, so parity checks mean something (a
     freshly initialised MobileNet in eval mode gives ~1e-9 logits, the same for every input, where any export
     'agrees'): random BN affine parameters, running statistics measured on random inputs."""
     torch.manual_seed(seed)
-    model = mobilenets.create_model(name, **OPTIONS)
+    options = {**OPTIONS, "in_chans": in_chans}
+    model = mobilenets.create_model(name, **options)
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.weight.data.uniform_(0.5, 1.5)
@@ -39,9 +42,9 @@ def small_model(name: str = "mobilenet_v3_small", seed: int = 0) -> tuple[torch.
     model.train()
     with torch.no_grad():
         for _ in range(3):
-            model(torch.randn(8, 1, SIZE, SIZE))
-    meta = CheckpointMeta(model=name, options=dict(OPTIONS), class_names=[f"c{i}" for i in range(10)],
-                          preprocessing=Preprocessing(input_size=(1, SIZE, SIZE), resize=SIZE, mean=(0.5,), std=(0.5,)))
+            model(torch.randn(8, in_chans, SIZE, SIZE))
+    pre = Preprocessing(input_size=(in_chans, SIZE, SIZE), resize=SIZE, mean=(0.5,) * in_chans, std=(0.5,) * in_chans)
+    meta = CheckpointMeta(model=name, options=options, class_names=[f"c{i}" for i in range(10)], preprocessing=pre)
     return model.eval(), meta
 
 
@@ -145,33 +148,27 @@ def test_cli_exports_a_checkpoint_with_parity_on_real_images(model_meta, tmp_pat
         np.testing.assert_allclose(runner.run(x), model(torch.from_numpy(x)).numpy(), atol=1e-4, rtol=1e-4)
 
 
-def _one_line_error(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    return err
-
-
 def test_cli_rejects_a_checkpoint_that_is_not_a_mobilenet(tmp_path, capsys):
     bogus = tmp_path / "resnet.pth"
     torch.save({"fc.weight": torch.zeros(10, 512), "layer1.0.conv1.weight": torch.zeros(64, 64, 3, 3)}, bogus)
     assert main(["export", str(bogus), "--out", str(tmp_path / "x.onnx")]) == 2
-    assert "not a mobilenets, torchvision or timm MobileNet checkpoint" in _one_line_error(capsys)
+    assert "not a mobilenets, torchvision or timm MobileNet checkpoint" in one_line_error(capsys)
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"not a safetensors file")
     assert main(["export", str(garbage), "--out", str(tmp_path / "y.onnx")]) == 2
-    assert "not a readable" in _one_line_error(capsys)
+    assert "not a readable" in one_line_error(capsys)
     assert not (tmp_path / "x.onnx").exists() and not (tmp_path / "y.onnx").exists()
 
 
 def test_cli_rejects_unknown_model_and_unwritable_output(tmp_path, capsys):
     assert main(["export", "mobilenet_v5", "--out", str(tmp_path / "a.onnx")]) == 2
-    assert "unknown model 'mobilenet_v5'" in _one_line_error(capsys)
+    assert "unknown model 'mobilenet_v5'" in one_line_error(capsys)
     blocker = tmp_path / "file"
     blocker.write_text("")
     assert main(["export", "mobilenet_v3_small", "--out", str(blocker / "sub" / "a.onnx")]) == 2
-    assert "is a file, not a folder" in _one_line_error(capsys)
+    assert "is a file, not a folder" in one_line_error(capsys)
     assert main(["export", "mobilenet_v3_small", "--out", str(tmp_path / "a.onnx.txt")]) == 2
-    assert "must end in .onnx" in _one_line_error(capsys)
+    assert "must end in .onnx" in one_line_error(capsys)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
@@ -181,7 +178,7 @@ def test_cli_missing_optional_runtime_names_the_extra(tmp_path, capsys, monkeypa
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else real(name, *a))
     monkeypatch.setitem(__import__("sys").modules, "openvino", None)  # import openvino -> ImportError
     assert main(["export", "mobilenet_v3_small", "--format", "openvino", "--out", str(tmp_path / "a.xml")]) == 2
-    assert "pip install 'mobilenets[openvino]'" in _one_line_error(capsys)
+    assert "pip install 'mobilenets[openvino]'" in one_line_error(capsys)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -16,6 +16,7 @@ from mobilenets.errors import UserError
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
+from checks import one_line_error  # noqa: E402
 from test_export import SIZE, small_model  # noqa: E402
 
 CALIB = 32
@@ -85,12 +86,6 @@ def test_int8_refuses_when_agreement_is_too_low(model_meta, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def _one_line_error(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    return err
-
-
 def test_cli_calibration_errors(model_meta, tmp_path, capsys):
     model, meta = model_meta
     ckpt = tmp_path / "v2.safetensors"
@@ -101,11 +96,11 @@ def test_cli_calibration_errors(model_meta, tmp_path, capsys):
     out = tmp_path / "out" / "q.onnx"
     assert main(["export", str(ckpt), "--int8", "--format", "onnx", "--calibration-data", str(empty),
                  "--out", str(out)]) == 2
-    assert f"folder {empty} has no images" in _one_line_error(capsys)
+    assert f"folder {empty} has no images" in one_line_error(capsys)
     assert main(["export", str(ckpt), "--int8", "--format", "onnx", "--out", str(out)]) == 2
-    assert "--int8 needs --calibration-data" in _one_line_error(capsys)
+    assert "--int8 needs --calibration-data" in one_line_error(capsys)
     assert main(["export", str(ckpt), "--int8", "--format", "exported-program", "--calibration-data",
                  "fashion-mnist", "--out", str(tmp_path / "q.pt2")]) == 2
-    assert "--int8 is not available for --format exported-program" in _one_line_error(capsys)
+    assert "--int8 is not available for --format exported-program" in one_line_error(capsys)
     assert not out.exists() and not (tmp_path / "q.pt2").exists()
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []

@@ -15,7 +15,7 @@ from mobilenets.serve.app import create_app  # noqa: E402
 from mobilenets.serve.model import open_model  # noqa: E402
 from mobilenets.serve.server import background  # noqa: E402
 from mobilenets.tasks import get_task  # noqa: E402
-from serve_models import CLASSES, SIZE, classifier, encoded, picture  # noqa: E402
+from serve_models import CLASSES, SIZE, cached_classifier, encoded, picture  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 NAME = "mobilenet_v3_small"
@@ -23,16 +23,12 @@ NAME = "mobilenet_v3_small"
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
     folder = tmp_path_factory.mktemp("oip")
-    mp.setenv("MOBILENETS_CACHE", str(folder / "cache"))
-    ckpt = folder / "cls.safetensors"
-    classifier(ckpt)
-    with background(create_app(open_model(ckpt, "onnxruntime", threads=1), decode_threads=1)) as url:
+    with cached_classifier(folder) as ckpt, \
+            background(create_app(open_model(ckpt, "onnxruntime", threads=1), decode_threads=1)) as url:
         client = httpclient.InferenceServerClient(url=url.removeprefix("http://"), network_timeout=30.0)
         yield client, ckpt, folder
         client.close()
-    mp.undo()
 
 
 def reference(ckpt, x: np.ndarray) -> np.ndarray:

@@ -17,18 +17,13 @@ pytest.importorskip("fastapi")
 pytest.importorskip("onnxruntime")
 
 from mobilenets.serve.model import dynamic_export  # noqa: E402
-from serve_models import classifier, encoded, picture  # noqa: E402
+from serve_models import cached_classifier, encoded, picture  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    folder = tmp_path_factory.mktemp("proc")
-    mp.setenv("MOBILENETS_CACHE", str(folder / "cache"))
-    ckpt = folder / "cls.safetensors"
-    classifier(ckpt)
-    yield dynamic_export(ckpt)  # the file the server runs (exported here once, so the process starts fast)
-    mp.undo()
+    with cached_classifier(tmp_path_factory.mktemp("proc")) as ckpt:
+        yield dynamic_export(ckpt)  # the file the server runs (exported here once, so the process starts fast)
 
 
 def start(*args) -> tuple[subprocess.Popen, int, list[str], threading.Thread]:

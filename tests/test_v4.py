@@ -220,6 +220,34 @@ def test_timm_weights_download(tmp_path, monkeypatch, width, tname, inception):
     assert max_diff(ours, ref, torch.randn(1, 3, 96, 96)) < 1e-4
 
 
+def test_export_by_name_keeps_the_weights_own_preprocessing(tmp_path, monkeypatch, capsys):
+    """``export NAME --weights timm:TAG`` writes that checkpoint's preprocessing (size, crop, bicubic, mean/std)
+    and ImageNet's class names into the file (it used to write 224 px ImageNet defaults and no names), so that
+    ``predict FILE`` feeds it what it was trained on and names an ImageNet class."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    import json
+
+    from PIL import Image
+
+    from mobilenets.deploy import open_runner
+    key = ("mobilenet_v4_conv_small", "timm:e3600_r256_in1k", 1.0)
+    _serve(tmp_path, monkeypatch, key, timm_reference("mobilenetv4_conv_small", (96, 96)))
+    out = tmp_path / "v4s.onnx"
+    assert main(["export", "mobilenet_v4_conv_small", "--weights", "timm:e3600_r256_in1k", "--out", str(out),
+                 "--parity-samples", "2"]) == 0
+    meta = open_runner(out, backend="onnxruntime").meta
+    assert meta.preprocessing == weights.WEIGHTS[key].preprocessing  # 256 px, resize 269, bicubic, ImageNet stats
+    assert (meta.preprocessing.input_size, meta.preprocessing.resize) == ((3, 256, 256), 269)
+    assert len(meta.class_names) == 1000 and meta.class_names[0] == "tench"
+    image = tmp_path / "x.png"
+    Image.new("RGB", (300, 280), (120, 60, 30)).save(image)
+    capsys.readouterr()
+    assert main(["predict", str(out), str(image), "--backend", "onnxruntime", "--json"]) == 0
+    result, = json.loads(capsys.readouterr().out)
+    assert result["top"][0]["class"] in meta.class_names
+
+
 def test_every_v4_checkpoint_has_its_own_preprocessing():
     v4 = {k: e for k, e in weights.WEIGHTS.items() if k[0].startswith("mobilenet_v4_")}
     assert len(v4) == 15 and all("huggingface.co/timm/mobilenetv4_" in e.url for e in v4.values())

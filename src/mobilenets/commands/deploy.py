@@ -30,6 +30,9 @@ def register(subparsers) -> None:
     p.add_argument("--dynamic-batch", action="store_true", help="any batch size (default: a fixed batch)")
     p.add_argument("--batch", type=int, default=1, help="the fixed batch size of the file (default 1)")
     p.add_argument("--weights", default=None, help="for a model name: torchvision, timm or a weights file")
+    p.add_argument("--nhwc", action="store_true",
+                   help="litert: the file takes (N, H, W, C) images, as phone camera pipelines hand them over "
+                        "(default: NCHW, as PyTorch)")
     p.add_argument("--data", default=None, metavar="fashion-mnist|DIR",
                    help="real images for the parity check (default: the calibration data, else random)")
     p.add_argument("--parity-samples", type=int, default=None,
@@ -107,7 +110,8 @@ def export_command(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(f"{Path(args.source).stem}{'_int8' if args.int8 else ''}{SUFFIX[fmt]}")
     result = export_model(model, meta, out, fmt, dynamic_batch=args.dynamic_batch, batch=args.batch,
                           parity_data=args.data, parity_n=args.parity_samples, int8=args.int8,
-                          calibration_data=args.calibration_data, calibration_n=args.calibration_samples)
+                          calibration_data=args.calibration_data, calibration_n=args.calibration_samples,
+                          nhwc=args.nhwc)
     extra = "".join(f" + {out.with_suffix(suffix).name}" for suffix in FORMAT[fmt].companions)
     print(f"wrote {result.path}{extra} ({fmt}, {result.precision}, {meta.model})")
     print(result.parity_line)
@@ -132,7 +136,8 @@ def triton_command(args: argparse.Namespace) -> int:
     from ..errors import UserError
 
     clashing = [flag for flag, value in (("--out", args.out), ("--format", args.format),
-                                         ("--dynamic-batch", args.dynamic_batch), ("--batch", args.batch != 1))
+                                         ("--dynamic-batch", args.dynamic_batch), ("--batch", args.batch != 1),
+                                         ("--nhwc", args.nhwc))
                 if value]
     if clashing:
         raise UserError(f"{', '.join(clashing)} {'does' if len(clashing) == 1 else 'do'} not apply to --triton DIR "

@@ -15,17 +15,15 @@
 from __future__ import annotations
 
 import collections
-import contextlib
 import copy
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import UserError
-from .formats import META_KEY, ExportJob, Writer, optional_import
+from .formats import META_KEY, ExportJob, Writer, optional_import, quiet_native_stderr
 from .runtime import Runner, meta_of
 
 log = logging.getLogger(__name__)
@@ -37,24 +35,6 @@ def _import_executorch():
     # torchao (imported by executorch) re-registers an Enum with torch's pytree and torch logs a warning about it
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
     return optional_import("executorch", "executorch", "--format executorch")
-
-
-@contextlib.contextmanager
-def quiet_native_stderr():
-    """Silence what ExecuTorch's C++ side writes to file descriptor 2 while XNNPACK starts (cpuinfo's probing
-    of ARM-only files, a line each); Python exceptions still carry the error."""
-    try:
-        saved = os.dup(2)
-    except OSError:
-        yield
-        return
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 # ------------------------------------------------------------------------------------------------------ writer

@@ -88,15 +88,16 @@ def export_model(model: nn.Module, meta: CheckpointMeta, out: str | os.PathLike,
                  dynamic_batch: bool = False, batch: int = 1, parity_data: str | None = None,
                  parity_n: int | None = None,
                  tolerance: float | None = None, min_agreement: float | None = None,
-                 int8: bool = False, calibration_data: str | None = None, calibration_n: int = 300
-                 ) -> ExportResult:
+                 int8: bool = False, calibration_data: str | None = None, calibration_n: int = 300,
+                 nhwc: bool = False) -> ExportResult:
     """Write ``model`` (of task ``meta.task``) to ``out`` in format ``fmt``; refuse (UserError, nothing
     written) when parity fails.
 
     ``parity_n`` inputs (default 16 for fp32, 200 for int8, whose agreement is a fraction) are compared by the
     task; ``tolerance`` and ``min_agreement`` override the task's defaults. int8 calibrates on
     ``calibration_n`` images of ``calibration_data`` (the training split) and checks parity on the same source
-    (the test split) unless ``parity_data`` says otherwise.
+    (the test split) unless ``parity_data`` says otherwise. ``nhwc``: the file takes (N, H, W, C) images (formats
+    with ``channels_last``: LiteRT); the parity check feeds it the same images transposed, through its runner.
     """
     if batch < 1:
         raise UserError(f"--batch {batch} must be at least 1")
@@ -115,6 +116,9 @@ def export_model(model: nn.Module, meta: CheckpointMeta, out: str | os.PathLike,
     if dynamic_batch and not spec.dynamic_batch:
         raise UserError(f"--dynamic-batch is not available for --format {fmt} (the file has a fixed batch); drop "
                         "it, or pass --batch N")
+    if nhwc and not spec.channels_last:
+        raise UserError(f"--nhwc is not available for --format {fmt} (its input is NCHW); it is offered by --format "
+                        f"{', '.join(f.name for f in FORMAT.values() if f.channels_last)}")
     if int8 and spec.int8 is None:
         raise UserError(f"--int8 is not available for --format {fmt}; int8 is written by --format "
                         f"{', '.join(f.name for f in FORMAT.values() if f.int8)}")
@@ -159,7 +163,8 @@ def export_model(model: nn.Module, meta: CheckpointMeta, out: str | os.PathLike,
                                      dynamic_batch=dynamic_batch, batch=batch))
             return proto[0]
         job = ExportJob(module=module, fused=fused, meta=meta, outputs=task.outputs, batch=batch,
-                        dynamic_batch=dynamic_batch, int8=int8, calibration=calibration, onnx=fp32_onnx,
+                        dynamic_batch=dynamic_batch, int8=int8, nhwc=nhwc, calibration=calibration,
+                        onnx=fp32_onnx,
                         details=details, out=out)
         writer = importlib.import_module(f"{__package__}.{spec.writer}").writer(job)
         parity = _write_checked(out, writer, properties, check, details)

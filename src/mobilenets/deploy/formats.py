@@ -67,6 +67,7 @@ class Format:
     folder: bool = False  # the "file" is a folder (Core ML's .mlpackage)
     dynamic_batch: bool = True  # whether --dynamic-batch is offered (else refused before any work)
     companions: tuple[str, ...] = ()  # suffixes of the files written beside it (OpenVINO's .bin)
+    channels_last: bool = False  # whether --nhwc (an NHWC image input, as camera pipelines give) is offered
     what: str = ""  # for --help and the README
 
 
@@ -97,7 +98,7 @@ FORMATS_LIST: tuple[Format, ...] = (
     Format("coreml", ".mlpackage", ("coreml",), needs=("coremltools",), writer="coreml", folder=True,
            dynamic_batch=False, what="Core ML ML program, fp32 (prediction needs macOS)"),
     Format("litert", ".tflite", ("litert",), needs=("litert_torch",), writer="litert",
-           int8="AI Edge Quantizer static int8 (int8 I/O)", dynamic_batch=False,
+           int8="AI Edge Quantizer static int8 (int8 I/O)", dynamic_batch=False, channels_last=True,
            what="LiteRT (TensorFlow Lite) flatbuffer, XNNPACK on CPU"),
 )
 BACKENDS_LIST: tuple[Backend, ...] = (
@@ -149,6 +150,7 @@ class ExportJob:
     batch: int
     dynamic_batch: bool
     int8: bool
+    nhwc: bool = False  # the file's image input is (N, H, W, C); only for a Format with channels_last
     calibration: Any = None  # float32 (N, C, H, W) images to calibrate int8 on (numpy), None for fp32
     onnx: Callable[[], Any] | None = None  # () -> the fp32 ONNX ModelProto of ``fused`` (made on first call)
     details: dict = field(default_factory=dict)  # what the writer did (quantizer settings, ...): the report's
@@ -217,6 +219,25 @@ def onnx_runtimes() -> list[str]:
     if not found:
         raise UserError("running an ONNX model needs onnxruntime; install the extra: pip install 'mobilenets[onnx]'")
     return found
+
+
+@contextlib.contextmanager
+def quiet_native_stderr():
+    """Silence what a runtime's C++ side writes to file descriptor 2 (ExecuTorch's cpuinfo probing ARM-only
+    files while XNNPACK starts, a line each; LiteRT's converter and quantizer); Python exceptions still carry
+    the error."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 # ------------------------------------------------------------------------------------------- staged writes

@@ -28,8 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from .executorch import quiet_native_stderr  # fd-2 silencing; imports no executorch
-from .formats import PROPERTY_PREFIX, ExportJob, Writer, optional_import, require
+from .formats import PROPERTY_PREFIX, ExportJob, Writer, optional_import, quiet_native_stderr, require
 from .runtime import Runner, meta_of
 
 log = logging.getLogger(__name__)
@@ -226,10 +225,12 @@ def _to_float(y: np.ndarray, detail: dict) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------ the exporter's writer
-def writer(job: ExportJob, *, nhwc: bool = False) -> Writer:
-    """Convert ``job``'s model (BatchNorm folded) to LiteRT, int8 when asked, once; the Writer saves it with its
-    properties for the exporter's parity-or-delete (:func:`mobilenets.deploy.export.export_model`)."""
+def writer(job: ExportJob) -> Writer:
+    """Convert ``job``'s model (BatchNorm folded) to LiteRT, int8 when asked, with an NHWC input when
+    ``job.nhwc``, once; the Writer saves it with its properties for the exporter's parity-or-delete
+    (:func:`mobilenets.deploy.export.export_model`)."""
     check_installed(job.int8)
+    nhwc = job.nhwc
     model = convert(job.fused, tuple(job.meta.preprocessing.input_size), batch=job.batch, nhwc=nhwc)
     layout = "NHWC" if nhwc else "NCHW"
     job.details.update({"converter": "litert-torch", "layout": layout})

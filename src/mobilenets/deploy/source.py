@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..checkpoint import CheckpointMeta, Preprocessing, load_checkpoint
+from ..checkpoint import CheckpointMeta, Preprocessing, load_checkpoint, weights_meta
 from ..errors import UserError
 from ..weights import read_state_dict
 
@@ -39,7 +39,10 @@ def load_source(spec: str, *, weights: str | None = None) -> tuple[nn.Module, Ch
         raise UserError(f"model {spec!r} is a {entry.task} model; export supports classification models "
                         "(see 'mobilenets models --task classify')")
     model = create_model(spec, weights=weights).eval()
-    return model, meta_for(model, spec, {})
+    entry = getattr(model, "weights_entry", None)
+    if entry is not None:  # published weights: their own preprocessing and ImageNet's class names
+        return model, weights_meta(entry, getattr(model, "arch_options", {}))
+    return model, meta_for(model, spec, getattr(model, "arch_options", {}))
 
 
 def meta_for(model: nn.Module, name: str, options: dict, class_names: list[str] | None = None,
