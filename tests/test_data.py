@@ -262,3 +262,50 @@ def test_skip_bad_counts_and_default_fails(tmp_path):
         list(batches)
     ds = ImageFolderDataset([(str(root / "dog" / "broken.png"), 1)], lambda x: x, 3, skip_bad=True)
     assert collate_skip_bad([ds[0]])[2] == [str(root / "dog" / "broken.png")]
+
+
+# -- validation held out from the training side ---------------------------------------------------------------
+
+def test_fashion_mnist_validates_on_a_stratified_holdout_of_its_training_split():
+    """By default Fashion-MNIST validates (and picks best.safetensors) on 10% of the training split, 600 images of
+    each class drawn with --seed; the test split stays for ``mobilenets eval``. ``val_split="test"`` is the old
+    behaviour: all 60,000 images train, the 10,000 test images validate."""
+    from mobilenets.data.loaders import holdout_indices
+
+    pre = default_preprocessing("fashion-mnist", 28, 1)
+    train, val, _ = build_train_val(DataConfig("fashion-mnist", batch_size=1000, augment="none", seed=0), pre)
+    assert (train.num_samples, val.num_samples) == (54_000, 6_000)
+    labels = torch.cat([y for _, y in val])
+    assert torch.bincount(labels, minlength=10).tolist() == [600] * 10  # stratified (the test split has 1,000 each)
+    _, y_train, _ = fashion_mnist.load_fashion_mnist("train")
+    keep, held = holdout_indices(y_train, 0.1, seed=0)
+    assert len(keep) + len(held) == 60_000 and not set(keep.tolist()) & set(held.tolist())
+    assert torch.equal(held, holdout_indices(y_train, 0.1, seed=0)[1])  # the same split at every resume and rank
+    assert not torch.equal(held, holdout_indices(y_train, 0.1, seed=1)[1])
+    first_val = next(iter(val))[0][0]  # the first held-out image, preprocessed as validation preprocesses it
+    x_train, _, _ = fashion_mnist.load_fashion_mnist("train")
+    torch.testing.assert_close(first_val, preprocess(x_train[held[0]][None, None], pre)[0])
+    old_train, old_val, _ = build_train_val(DataConfig("fashion-mnist", batch_size=1000, augment="none",
+                                                       val_split="test"), pre)
+    assert (old_train.num_samples, old_val.num_samples) == (60_000, 10_000)
+    assert build_eval(DataConfig("fashion-mnist", batch_size=1000), pre)[0].num_samples == 10_000
+    with pytest.raises(UserError, match="--val-fraction 0 must lie strictly between 0 and 1"):
+        holdout_indices(y_train, 0.0, seed=0)
+
+
+def test_run_configs_from_before_val_split_keep_validating_on_the_test_split():
+    from mobilenets.train.config import TrainConfig
+    from mobilenets.train.recipes import resolve_recipe
+    new = TrainConfig(model="mobilenet_v3_small", data=DataConfig("fashion-mnist"), recipe=resolve_recipe("default"),
+                      out="run").to_dict()
+    assert TrainConfig.from_dict(new).data.val_split == "holdout"
+    del new["data"]["val_split"]  # as config.json files written before the field existed
+    assert TrainConfig.from_dict(new).data.val_split == "test"
+
+
+def test_val_split_is_refused_where_there_is_no_test_split(tmp_path, capsys):
+    folder = write_folder(tmp_path / "images")
+    assert main(["train", "--data", str(folder), "--val-split", "test", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--val-split is for classification on Fashion-MNIST" in err
+    assert not (tmp_path / "run").exists()

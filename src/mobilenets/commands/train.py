@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import load_checkpoint
-from ..data.loaders import DataConfig
+from ..data.loaders import VAL_SPLITS, DataConfig, data_kind
 from ..data.transforms import AUGMENTATIONS, STRONG_ERASE_P, erase_probability
 from ..deploy.formats import BACKENDS
 from ..errors import UserError
@@ -80,7 +80,12 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     d.add_argument("--in-chans", type=int, choices=(1, 3), default=None,
                    help="input channels (default: 1 for Fashion-MNIST, 3 otherwise)")
     d.add_argument("--val-fraction", type=float, default=None,
-                   help="share of an image folder without a val/ subfolder held out for validation (default 0.1)")
+                   help="share of the training images held out for validation (default 0.1): of an image folder "
+                        "without a val/ subfolder, and of Fashion-MNIST's / an idx folder's training split")
+    d.add_argument("--val-split", choices=VAL_SPLITS, default=None,
+                   help="Fashion-MNIST / idx data: validate on --val-fraction of the training split, stratified by "
+                        "class (holdout, the default: best.safetensors is chosen on it), or on the test split "
+                        "(test: the curves then show test accuracy, so report last.safetensors, never best)")
     s = p.add_argument_group("detection / segmentation data")
     s.add_argument("--scenes", type=int, default=None, help="--data scenes: number of training scenes (10000)")
     s.add_argument("--scene-size", type=int, default=None, help="canvas size of the scenes (default 128)")
@@ -194,14 +199,17 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                                  ("bn_momentum", args.bn_momentum))
                if v is not None}
     erase_probability(args.augment, args.erase)  # a bad --erase fails here, before the run folder is made
+    if args.val_split is not None and (task.name != "classify" or data_kind(data)[0] != "fashion"):
+        raise UserError(f"--val-split is for classification on Fashion-MNIST or idx data, which have a test split; "
+                        f"{task.name} on {data} validates on its own val data: drop --val-split")
     if args.progressive_resize is not None and not (1 <= args.progressive_resize < (args.img_size or 32)):
         raise UserError(f"--progressive-resize {args.progressive_resize} must be at least 1 and smaller than "
                         f"--img-size {args.img_size or 32}; raise --img-size or leave the option out")
     cfg = DataConfig(data=data, batch_size=args.batch_size, augment=args.augment, erase=args.erase,
                      seed=args.seed, val_fraction=0.1 if args.val_fraction is None else args.val_fraction,
-                     num_workers=args.workers, skip_bad=args.skip_bad, limit_train=args.limit_train,
-                     limit_val=args.limit_val, scenes=args.scenes, scene_size=args.scene_size,
-                     annotations=args.annotations, val_data=args.val_data)
+                     val_split=args.val_split or "holdout", num_workers=args.workers, skip_bad=args.skip_bad,
+                     limit_train=args.limit_train, limit_val=args.limit_val, scenes=args.scenes,
+                     scene_size=args.scene_size, annotations=args.annotations, val_data=args.val_data)
     return TrainConfig(model=args.model, data=cfg, recipe=recipe, out=str(args.out), epochs=args.epochs,
                        model_options=options, img_size=args.img_size, in_chans=args.in_chans, weights=args.weights,
                        freeze=args.freeze, channels_last=args.channels_last, compile=args.compile,
@@ -335,9 +343,10 @@ def demo_command(args: argparse.Namespace) -> int:
     record = report["record"]
     print(f"\ntest accuracy (10,000 images): top-1 {record['val_top1']:.4f}, top-5 {record['val_top5']:.4f}")
     print("\npredictions for a few test images (true class in the file name):")
-    predict_command(argparse.Namespace(checkpoint=report["best"], images=report["samples"], top_k=3, backend="torch",
-                                       threads=args.threads, json=False, task=None, score_thresh=0.3, out=None))
-    print(f"\nnext: mobilenets eval {report['best']} --data fashion-mnist ; mobilenets predict {report['best']} "
-          "IMAGE.png")
+    predict_command(argparse.Namespace(checkpoint=report["checkpoint"], images=report["samples"], top_k=3,
+                                       backend="torch", threads=args.threads, json=False, task=None, score_thresh=0.3,
+                                       out=None))
+    print(f"\nnext: mobilenets eval {report['checkpoint']} --data fashion-mnist ; mobilenets predict "
+          f"{report['checkpoint']} IMAGE.png")
     return 0
 

@@ -129,6 +129,10 @@ class DataConfig:
     erase: float | None = None  # random-erasing probability (None: the augmentation level's own)
     seed: int = 0
     val_fraction: float = 0.1
+    # Fashion-MNIST / idx data: "holdout" validates on val_fraction of the training split (stratified, seeded),
+    # so that best.safetensors is not chosen on the test split; "test" validates on the test split (what runs
+    # written before this field did; nothing may be chosen on it: report last.safetensors)
+    val_split: str = "holdout"
     num_workers: int = 0
     skip_bad: bool = False
     limit_train: int | None = None  # first N samples only (smoke tests)
@@ -144,12 +148,40 @@ def _limit(n: int | None, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return tensors if n is None else tuple(t[:n] for t in tensors)
 
 
+VAL_SPLITS = ("holdout", "test")
+
+
+def holdout_indices(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(kept, held out)`` indices of a training split: ``fraction`` of each class, drawn with ``seed`` (the same
+    split on every rank and at every resume), both in ascending order."""
+    if not 0.0 < fraction < 1.0:
+        raise UserError(f"--val-fraction {fraction} must lie strictly between 0 and 1 (the share of the training "
+                        "images held out for validation)")
+    g = torch.Generator().manual_seed(seed)
+    held = []
+    for c in torch.unique(labels):
+        members = torch.nonzero(labels == c).flatten()
+        n = round(len(members) * fraction)
+        held.append(members[torch.randperm(len(members), generator=g)[:n]])
+    held_out = torch.sort(torch.cat(held)).values
+    mask = torch.ones(len(labels), dtype=torch.bool)
+    mask[held_out] = False
+    return torch.nonzero(mask).flatten(), held_out
+
+
 def build_train_val(cfg: DataConfig, pre: Preprocessing, rank: int = 0, world_size: int = 1):
     """``(train batches, val batches, class names)``; val batches are complete on every rank."""
     kind, root = data_kind(cfg.data)
+    if cfg.val_split not in VAL_SPLITS:
+        raise UserError(f"--val-split {cfg.val_split!r} is not one of {', '.join(VAL_SPLITS)}")
     if kind == "fashion":
         x_tr, y_tr, names = fashion_mnist.load_fashion_mnist("train", root)
-        x_va, y_va, _ = fashion_mnist.load_fashion_mnist("test", root)
+        if cfg.val_split == "holdout":
+            keep, held = holdout_indices(y_tr, cfg.val_fraction, cfg.seed)
+            x_va, y_va = x_tr[held], y_tr[held]
+            x_tr, y_tr = x_tr[keep], y_tr[keep]
+        else:
+            x_va, y_va, _ = fashion_mnist.load_fashion_mnist("test", root)
         x_tr, y_tr = _limit(cfg.limit_train, x_tr.unsqueeze(1), y_tr)
         x_va, y_va = _limit(cfg.limit_val, x_va.unsqueeze(1), y_va)
         augment = TensorAugment(pre, cfg.augment, tuple(x_tr.shape[-2:]), erase=cfg.erase)
@@ -157,7 +189,7 @@ def build_train_val(cfg: DataConfig, pre: Preprocessing, rank: int = 0, world_si
                               world_size=world_size)
         val = TensorBatches(x_va, y_va, names, cfg.batch_size, lambda b: preprocess(b, pre), train=False)
         return train, val, names
-    train_s, val_s, names = find_splits(root, cfg.val_fraction, cfg.seed)
+    train_s, val_s, names = find_splits(root, cfg.val_fraction, cfg.seed)  # (val_split: Fashion-MNIST / idx only)
     train_s, val_s = train_s[:cfg.limit_train], val_s[:cfg.limit_val]
     in_chans = pre.input_size[0]
     augment = folder_transforms(pre, cfg.augment, cfg.erase)
@@ -169,8 +201,8 @@ def build_train_val(cfg: DataConfig, pre: Preprocessing, rank: int = 0, world_si
 
 
 def build_eval(cfg: DataConfig, pre: Preprocessing):
-    """Evaluation batches: Fashion-MNIST's 10,000 test images, or an image folder's val split (the same split
-    that training used when it was cut with --val-fraction and --seed)."""
+    """Evaluation batches: Fashion-MNIST's 10,000 test images (whatever training validated on), or an image
+    folder's val split (the same split that training used when it was cut with --val-fraction and --seed)."""
     kind, root = data_kind(cfg.data)
     if kind == "fashion":
         x, y, names = fashion_mnist.load_fashion_mnist("test", root)
