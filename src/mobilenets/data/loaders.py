@@ -155,7 +155,7 @@ def holdout_indices(labels: torch.Tensor, fraction: float, seed: int) -> tuple[t
     """``(kept, held out)`` indices of a training split: ``fraction`` of each class, drawn with ``seed`` (the same
     split on every rank and at every resume), both in ascending order."""
     if not 0.0 < fraction < 1.0:
-        raise UserError(f"--val-fraction {fraction} must lie strictly between 0 and 1 (the share of the training "
+        raise UserError(f"--val-fraction {fraction:g} must lie strictly between 0 and 1 (the share of the training "
                         "images held out for validation)")
     g = torch.Generator().manual_seed(seed)
     held = []
