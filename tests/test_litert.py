@@ -107,11 +107,16 @@ def test_export_parity_metadata_and_graph(tflite, model_meta):
     assert not ops & {"BATCH_MATMUL", "CUSTOM"}
 
 
-def test_int8_is_full_integer_smaller_and_keeps_top1(tflite, tflite_int8):
+def test_int8_is_integer_in_one_xnnpack_partition_smaller_and_keeps_top1(tflite, tflite_int8):
     assert tflite_int8.details["scheme"].startswith("ai-edge-quantizer")
-    assert "QUANTIZE" not in tflite_int8.details["ops"]  # full integer: no float islands between int8 ops
-    it = interpreter.Interpreter(model_path=str(tflite_int8.path))
+    ops = tflite_int8.details["ops"]
+    # int8 everywhere but h-swish, which XNNPACK runs only in float: one DEQUANTIZE/QUANTIZE pair around each
+    assert ops["HARD_SWISH"] > 0 and ops["QUANTIZE"] == ops["DEQUANTIZE"] == ops["HARD_SWISH"]
+    it = interpreter.Interpreter(model_path=str(tflite_int8.path), num_threads=1)
     assert it.get_input_details()[0]["dtype"] == np.int8 and it.get_output_details()[0]["dtype"] == np.int8
+    it.allocate_tensors()  # the execution plan after delegation: the whole graph in one XNNPACK partition (an
+    #                        int8 h-swish left 19 ops outside it, 20 partitions, 4x slower than fp32)
+    assert [o["op_name"] for o in it._get_ops_details()].count("DELEGATE") == 1
     assert_int8_keeps_top1(tflite[0], tflite_int8, "litert", INT8_AGREEMENT)
 
 

@@ -4,11 +4,13 @@ metadata inside the flatbuffer, and the runner (the LiteRT ``Interpreter``, XNNP
 * Conversion: :func:`litert_torch.convert` of the task's export module (BatchNorm already folded by the exporter)
   at a fixed batch; the graph keeps the PyTorch NCHW input (litert-torch adds one TRANSPOSE to NHWC), or takes
   NHWC, what phone camera pipelines hand over, with ``nhwc=True`` (:func:`litert_torch.to_channel_last_io`).
-* int8: static full-integer quantization of the fp32 ``.tflite`` by the AI Edge Quantizer (its ``static_wi8_ai8``
-  recipe: int8 weights, per-channel for convolutions, int8 activations calibrated on real images, int8 input and
-  output). Chosen over litert-torch's PT2E quantizer, which annotates only conv/linear/add/pools and so leaves
-  QUANTIZE/DEQUANTIZE pairs around the rest (22-43 of them in V2/V3-Large/V4 Conv-S) and took 7-8x as long; on
-  trained Fashion-MNIST checkpoints both stay within 0.1 point of fp32 (BENCHMARKS.md, "LiteRT").
+* int8: static quantization of the fp32 ``.tflite`` by the AI Edge Quantizer (its ``static_wi8_ai8`` recipe:
+  int8 weights, per-channel for convolutions, int8 activations calibrated on real images, int8 input and output),
+  except h-swish, which stays float between a DEQUANTIZE and a QUANTIZE: XNNPACK has no int8 h-swish, and an int8
+  one ran outside the delegate, 20 partitions for V3-Small, 4x slower than fp32. Chosen over litert-torch's PT2E
+  quantizer, which annotates only conv/linear/add/pools and so leaves QUANTIZE/DEQUANTIZE pairs around the rest
+  (22-43 of them in V2/V3-Large/V4 Conv-S) and took 7-8x as long; on trained Fashion-MNIST checkpoints both stay
+  within 0.1 point of fp32 (BENCHMARKS.md, "LiteRT").
 * Metadata: every ``mobilenets.*`` property (the :class:`~mobilenets.checkpoint.CheckpointMeta`, precision,
   parity figures, the task's properties, the input layout) is a named entry of the flatbuffer's ``metadata``
   table, which the LiteRT runtime carries along and ignores; :func:`read_properties` reads them back.
@@ -87,7 +89,7 @@ def quantize(model: bytes, calibration: np.ndarray, *, nhwc: bool = False) -> tu
     ``calibration`` (N, C, H, W) images fed one at a time at the file's batch size."""
     optional_import("ai_edge_quantizer", CONVERT_EXTRA, "--int8 for LiteRT")
     from ai_edge_litert.interpreter import Interpreter
-    from ai_edge_quantizer import quantizer, recipe
+    from ai_edge_quantizer import algorithm_manager, qtyping, quantizer, recipe
 
     with quiet_native_stderr():
         interpreter = Interpreter(model_content=model)
@@ -101,6 +103,11 @@ def quantize(model: bytes, calibration: np.ndarray, *, nhwc: bool = False) -> tu
         x = np.concatenate([x] * (batch // len(x) + 1))
     samples = [{name: x[i:i + batch]} for i in range(0, len(x) - batch + 1, batch)]
     q = quantizer.Quantizer(bytearray(model), recipe.static_wi8_ai8())
+    # h-swish stays float (dequantize -> HARD_SWISH -> quantize): XNNPACK has no int8 h-swish, so an int8 one
+    # splits the graph into a delegate partition per activation, run 4x slower than fp32 on V3-Small
+    # (BENCHMARKS.md, "On-device formats"); in float, the whole graph stays one XNNPACK delegate
+    q.update_quantization_recipe(regex=".*", operation_name=qtyping.TFLOperationName.HARD_SWISH,
+                                 algorithm_key=algorithm_manager.AlgorithmName.NO_QUANTIZE)
     log.info("quantizing with the AI Edge Quantizer on %d images", len(samples) * batch)
     # Quiet: calibration keeps every tensor, and LiteRT warns that this is for debugging; its progress bar and
     # XNNPACK's line go to file descriptor 2.
@@ -109,7 +116,7 @@ def quantize(model: bytes, calibration: np.ndarray, *, nhwc: bool = False) -> tu
         calibrated = q.calibrate({key: samples}, num_threads=1)
         result = q.quantize(calibrated, enable_progress_bar=False, enable_progress_report=False)
     settings = {"scheme": "ai-edge-quantizer static_wi8_ai8", "weights": "int8 (per-channel convolutions)",
-                "activations": "int8", "io": "int8", "calibration": "min-max",
+                "activations": "int8 (h-swish in float)", "io": "int8", "calibration": "min-max",
                 "calibration_images": len(samples) * batch}
     return bytes(result.quantized_model), settings
 
