@@ -44,15 +44,17 @@ def scan(root: str | os.PathLike) -> tuple[list[Sample], list[str]]:
     return samples, class_names
 
 
-def split_samples(samples: list[Sample], val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
-    """A reproducible random split, stratified so every class keeps the same fraction."""
+def stratified_split(labels: list[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """``(train, val)`` indices of ``labels``: a reproducible random split, stratified so every class keeps the
+    same fraction (at least one validation item for a class of two or more). Image folders and Fashion-MNIST /
+    idx training splits are cut by it."""
     if not 0.0 < val_fraction < 1.0:
-        raise UserError(f"--val-fraction {val_fraction} must lie strictly between 0 and 1 when --data has no "
-                        "val/ folder")
+        raise UserError(f"--val-fraction {val_fraction:g} must lie strictly between 0 and 1 (the share of the "
+                        "training images held out for validation)")
     g = torch.Generator().manual_seed(seed)
-    by_class: dict[int, list[Sample]] = {}
-    for s in samples:
-        by_class.setdefault(s[1], []).append(s)
+    by_class: dict[int, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_class.setdefault(label, []).append(i)
     train, val = [], []
     for label in sorted(by_class):
         group = by_class[label]
@@ -61,6 +63,12 @@ def split_samples(samples: list[Sample], val_fraction: float, seed: int) -> tupl
         val += [group[i] for i in order[:n_val]]
         train += [group[i] for i in order[n_val:]]
     return train, val
+
+
+def split_samples(samples: list[Sample], val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """An image folder without val/: :func:`stratified_split` of its samples."""
+    train, val = stratified_split([s[1] for s in samples], val_fraction, seed)
+    return [samples[i] for i in train], [samples[i] for i in val]
 
 
 def find_splits(root: str | os.PathLike, val_fraction: float = 0.1, seed: int = 0

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from ..errors import UserError
 from ..preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from . import fashion_mnist
-from .image_folder import ImageFolderDataset, collate_skip_bad, find_splits
+from .image_folder import ImageFolderDataset, collate_skip_bad, find_splits, stratified_split
 from .transforms import TensorAugment, folder_transforms, preprocess
 
 FASHION = "fashion-mnist"
@@ -152,21 +152,10 @@ VAL_SPLITS = ("holdout", "test")
 
 
 def holdout_indices(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(kept, held out)`` indices of a training split: ``fraction`` of each class, drawn with ``seed`` (the same
-    split on every rank and at every resume), both in ascending order."""
-    if not 0.0 < fraction < 1.0:
-        raise UserError(f"--val-fraction {fraction:g} must lie strictly between 0 and 1 (the share of the training "
-                        "images held out for validation)")
-    g = torch.Generator().manual_seed(seed)
-    held = []
-    for c in torch.unique(labels):
-        members = torch.nonzero(labels == c).flatten()
-        n = round(len(members) * fraction)
-        held.append(members[torch.randperm(len(members), generator=g)[:n]])
-    held_out = torch.sort(torch.cat(held)).values
-    mask = torch.ones(len(labels), dtype=torch.bool)
-    mask[held_out] = False
-    return torch.nonzero(mask).flatten(), held_out
+    """``(kept, held out)`` indices of a training split: :func:`~.image_folder.stratified_split` (``fraction`` of
+    each class, drawn with ``seed``: the same split on every rank and at every resume), both in ascending order."""
+    keep, held = stratified_split(labels.tolist(), fraction, seed)
+    return torch.tensor(sorted(keep), dtype=torch.long), torch.tensor(sorted(held), dtype=torch.long)
 
 
 def build_train_val(cfg: DataConfig, pre: Preprocessing, rank: int = 0, world_size: int = 1):

@@ -164,8 +164,7 @@ def export_model(model: nn.Module, meta: CheckpointMeta, out: str | os.PathLike,
             return proto[0]
         job = ExportJob(module=module, fused=fused, meta=meta, outputs=task.outputs, batch=batch,
                         dynamic_batch=dynamic_batch, int8=int8, nhwc=nhwc, calibration=calibration,
-                        onnx=fp32_onnx,
-                        details=details, out=out)
+                        onnx=fp32_onnx, details=details, out=out)
         writer = importlib.import_module(f"{__package__}.{spec.writer}").writer(job)
         parity = _write_checked(out, writer, properties, check, details)
         return ExportResult(path=out, format=fmt, precision=precision, parity=parity, meta=meta,

@@ -41,8 +41,8 @@ def load_source(spec: str, *, weights: str | None = None) -> tuple[nn.Module, Ch
     model = create_model(spec, weights=weights).eval()
     entry = getattr(model, "weights_entry", None)
     if entry is not None:  # published weights: their own preprocessing and ImageNet's class names
-        return model, weights_meta(entry, getattr(model, "arch_options", {}))
-    return model, meta_for(model, spec, getattr(model, "arch_options", {}))
+        return model, weights_meta(entry, model.arch_options)
+    return model, meta_for(model, spec, model.arch_options)
 
 
 def meta_for(model: nn.Module, name: str, options: dict, class_names: list[str] | None = None,
