@@ -64,7 +64,7 @@ def test_cli_train_eval_predict_on_scenes(tmp_path, capsys):
     assert 0.0 <= record["map"] <= 1.0 and record["images"] == 6
 
     capsys.readouterr()
-    assert main(["eval", str(out / "best.safetensors"), "--json"]) == 0  # task read from the checkpoint
+    assert main(["eval", str(out / "best.safetensors"), "--json", "--limit-val", "6"]) == 0  # task from the file
     report = json.loads(capsys.readouterr().out)
     assert report["images"] == 6 and set(report) >= {"map", "map50", "per_class_ap"}
 

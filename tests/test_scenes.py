@@ -72,8 +72,10 @@ def test_test_scenes_use_the_test_items():
     test = FashionScenes("test", 8, SceneConfig(image_size=96))
     images, _, _ = load_fashion_mnist("test")
     assert torch.equal(test.items, images)
-    with pytest.raises(UserError, match="split"):
+    with pytest.raises(UserError, match="split 'val' with holdout=0"):  # val scenes need held-out items
         FashionScenes("val", 8)
+    with pytest.raises(UserError, match="unknown scenes split"):
+        FashionScenes("valid", 8)
     with pytest.raises(UserError, match="image_size"):
         SceneConfig(image_size=32)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import load_checkpoint
+from ..data.dense import SCENES
 from ..data.loaders import VAL_SPLITS, DataConfig, data_kind
 from ..data.transforms import AUGMENTATIONS, STRONG_ERASE_P, erase_probability
 from ..deploy.formats import BACKENDS
@@ -65,7 +66,8 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-bad", action="store_true",
                    help="skip (and count) unreadable images and invalid annotations instead of failing")
     p.add_argument("--limit-train", type=int, default=None, help="use only the first N training images")
-    p.add_argument("--limit-val", type=int, default=None, help="use only the first N validation images")
+    p.add_argument("--limit-val", type=int, default=None,
+                   help="use only the first N validation images (--data scenes: N validation scenes, default 1000)")
     d = p.add_argument_group("classification data")
     d.add_argument("--augment", choices=AUGMENTATIONS, default="basic",
                    help="none; basic: random crop + flip (default); strong: + random erasing "
@@ -81,18 +83,20 @@ def _train_options(p: argparse.ArgumentParser) -> None:
                    help="input channels (default: 1 for Fashion-MNIST, 3 otherwise)")
     d.add_argument("--val-fraction", type=float, default=None,
                    help="share of the training images held out for validation (default 0.1): of an image folder "
-                        "without a val/ subfolder, and of Fashion-MNIST's / an idx folder's training split")
+                        "without a val/ subfolder, of Fashion-MNIST's / an idx folder's training split, and of the "
+                        "items the scenes draw")
     d.add_argument("--val-split", choices=VAL_SPLITS, default=None,
-                   help="Fashion-MNIST / idx data: validate on --val-fraction of the training split, stratified by "
-                        "class (holdout, the default: best.safetensors is chosen on it), or on the test split "
-                        "(test: the curves then show test accuracy, so report last.safetensors, never best)")
+                   help="Fashion-MNIST / idx data and --data scenes: validate on --val-fraction of the training "
+                        "split, stratified by class (holdout, the default: best.safetensors is chosen on it; the "
+                        "training scenes never draw those items), or on the test split (test: the curves then show "
+                        "test figures, so report last.safetensors, never best)")
     s = p.add_argument_group("detection / segmentation data")
     s.add_argument("--scenes", type=int, default=None, help="--data scenes: number of training scenes (10000)")
     s.add_argument("--scene-size", type=int, default=None, help="canvas size of the scenes (default 128)")
     s.add_argument("--annotations", default=None, help="detect: COCO instances JSON of --data "
                                                        "(default: DATA/instances.json)")
     s.add_argument("--val-data", default=None,
-                   help="validation folder (default: the test split of scenes, or DATA/val)")
+                   help="validation folder of a data folder (default: DATA/val)")
     m = p.add_argument_group("model")
     m.add_argument("--width", type=float, default=None, help="width multiplier")
     m.add_argument("--dropout", type=float, default=None)
@@ -105,7 +109,10 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     m.add_argument("--norm-layer", default=None, help="batchnorm (default), frozenbatchnorm, groupnorm")
     m.add_argument("--weights", default=None, help="start from torchvision, timm or a checkpoint PATH "
                                                   "(the classifier gets a new head for this data)")
-    m.add_argument("--freeze", default="none", help="backbone, none or a stage index: frozen weights and BN stats")
+    m.add_argument("--freeze", default="none",
+                   help="backbone, none or a stage index k (stem + stages 0..k): frozen weights and BN stats; for "
+                        "detect / segment the backbone is the MobileNet under the head (extras, neck and heads "
+                        "train)")
     o = p.add_argument_group("recipe")
     o.add_argument("--recipe", default=None, choices=tuple(RECIPES),
                    help="default (AdamW, warm-up + cosine, label smoothing, EMA; classify's default), sgd, "
@@ -142,7 +149,9 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--skip-bad", action="store_true", help="skip (and count) unreadable images")
-    p.add_argument("--limit-val", type=int, default=None, help="evaluate only the first N images")
+    p.add_argument("--limit-val", type=int, default=None,
+                   help="evaluate only the first N images (scenes: the test set is the first 1000 test scenes at "
+                        "seed 0; N picks the first N instead)")
     p.add_argument("--val-fraction", type=float, default=None,
                    help="classify: the held-out share of an image folder (default: the checkpoint's)")
     p.add_argument("--scene-size", type=int, default=None, help="scenes: canvas size (default: the checkpoint's)")
@@ -199,15 +208,18 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                                  ("bn_momentum", args.bn_momentum))
                if v is not None}
     erase_probability(args.augment, args.erase)  # a bad --erase fails here, before the run folder is made
-    if args.val_split is not None and (task.name != "classify" or data_kind(data)[0] != "fashion"):
-        raise UserError(f"--val-split is for classification on Fashion-MNIST or idx data, which have a test split; "
-                        f"{task.name} on {data} validates on its own val data: drop --val-split")
+    scenes = task.name != "classify" and data == SCENES
+    if args.val_split is not None and not scenes and (task.name != "classify" or data_kind(data)[0] != "fashion"):
+        raise UserError(f"--val-split is for classification on Fashion-MNIST or idx data and for --data scenes, "
+                        f"which have a test split; {task.name} on {data} validates on its own val data: drop "
+                        "--val-split")
     if args.progressive_resize is not None and not (1 <= args.progressive_resize < (args.img_size or 32)):
         raise UserError(f"--progressive-resize {args.progressive_resize} must be at least 1 and smaller than "
                         f"--img-size {args.img_size or 32}; raise --img-size or leave the option out")
     cfg = DataConfig(data=data, batch_size=args.batch_size, augment=args.augment, erase=args.erase,
                      seed=args.seed, val_fraction=0.1 if args.val_fraction is None else args.val_fraction,
-                     val_split=args.val_split or "holdout", num_workers=args.workers, skip_bad=args.skip_bad,
+                     val_split=args.val_split or "holdout", scenes_val=args.val_split or "holdout",
+                     num_workers=args.workers, skip_bad=args.skip_bad,
                      limit_train=args.limit_train, limit_val=args.limit_val, scenes=args.scenes,
                      scene_size=args.scene_size, annotations=args.annotations, val_data=args.val_data)
     return TrainConfig(model=args.model, data=cfg, recipe=recipe, out=str(args.out), epochs=args.epochs,

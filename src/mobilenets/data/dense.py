@@ -1,8 +1,14 @@
 """The data of the dense tasks (detection, segmentation): the built-in Fashion-MNIST scenes, a COCO folder or a
 VOC-style mask folder, split into training and validation data, and the model input of raw images.
 
-``DATA/train`` and ``DATA/val`` subfolders are the two splits when present, else ``val_data``; without either the
-metrics are measured on the training images (and a warning says so).
+Scenes: training validates (and keeps ``best.safetensors``) on scenes of the training items held out from the
+training scenes (``val_fraction`` of each class, cut with the seed; :mod:`.scenes`); ``mobilenets eval`` reports
+the fixed test set, the first 1,000 scenes of the test split at seed 0 (``--limit-val N``: the first N) on the
+checkpoint's canvas. Runs written before this (``scenes_val="test"``) validated on the test scenes and trained on
+every training item, and resume so.
+
+Folders: ``DATA/train`` and ``DATA/val`` subfolders are the two splits when present, else ``val_data``; without
+either the metrics are measured on the training images (and a warning says so).
 """
 from __future__ import annotations
 
@@ -14,7 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.transforms import v2
 
-from .loaders import DataConfig
+from ..errors import UserError
+from .loaders import VAL_SPLITS, DataConfig
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +31,8 @@ STD = (0.5, 0.5, 0.5)
 DEFAULT_TRAIN_SCENES = 10_000
 DEFAULT_VAL_SCENES = 1_000
 DEFAULT_SCENE_SIZE = 128
+TEST_SCENES = 1_000  # the test set of ``mobilenets eval``: the first 1,000 test scenes at TEST_SEED
+TEST_SEED = 0
 
 
 def model_inputs(images: list[Tensor], size: int) -> Tensor:
@@ -39,21 +48,27 @@ def model_inputs(images: list[Tensor], size: int) -> Tensor:
 
 
 def open_scenes(cfg: DataConfig, split: str, transforms, targets: str, trained: dict | None = None):
-    """The ``split`` ("train" / "val") of the built-in Fashion-MNIST scenes. ``trained`` (a checkpoint's data
-    record) fixes size, seed and count for evaluation. Training scenes are rendered once and kept in memory when
-    no DataLoader workers would each need a copy."""
+    """The ``split`` of the built-in Fashion-MNIST scenes: "train" and "val" (training and its validation, as
+    ``cfg.scenes_val`` says), or "test" (the fixed test set of ``mobilenets eval``; ``trained``, a checkpoint's
+    data record, gives the canvas size). Training scenes are rendered once and kept in memory when no DataLoader
+    workers would each need a copy."""
     from .scenes import FashionScenes, SceneConfig
 
-    trained = dict(trained or {})
-    size = cfg.scene_size or trained.get("image_size") or DEFAULT_SCENE_SIZE
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"split={split!r}")
+    if cfg.scenes_val not in VAL_SPLITS:
+        raise UserError(f"--val-split {cfg.scenes_val!r} is not one of {', '.join(VAL_SPLITS)}")
+    size = cfg.scene_size or (trained or {}).get("image_size") or DEFAULT_SCENE_SIZE
+    config = SceneConfig(image_size=size)
+    if split == "test":
+        return FashionScenes("test", cfg.limit_val or TEST_SCENES, config, seed=TEST_SEED, transforms=transforms,
+                             targets=targets)
+    holdout = cfg.val_fraction if cfg.scenes_val == "holdout" else 0.0
     if split == "train":
-        n = cfg.scenes or cfg.limit_train or DEFAULT_TRAIN_SCENES
-    else:
-        n = cfg.limit_val or trained.get("val_scenes") or DEFAULT_VAL_SCENES
-    seed = trained.get("seed", cfg.seed)
-    cache = split == "train" and not cfg.num_workers
-    return FashionScenes("train" if split == "train" else "test", n, SceneConfig(image_size=size), seed=seed,
-                         transforms=transforms, targets=targets, cache=cache)
+        return FashionScenes("train", cfg.scenes or cfg.limit_train or DEFAULT_TRAIN_SCENES, config, seed=cfg.seed,
+                             transforms=transforms, targets=targets, cache=not cfg.num_workers, holdout=holdout)
+    return FashionScenes("val" if holdout else "test", cfg.limit_val or DEFAULT_VAL_SCENES, config, seed=cfg.seed,
+                         transforms=transforms, targets=targets, holdout=holdout)
 
 
 def split_folder(cfg: DataConfig, split: str) -> Path:
@@ -70,6 +85,9 @@ def split_folder(cfg: DataConfig, split: str) -> Path:
 
 
 def scenes_meta(train, val, input_size: int) -> dict:
-    """What a dense checkpoint records about scene data (``mobilenets eval`` rebuilds the same test scenes)."""
+    """What a dense checkpoint records about scene data: the canvas (``mobilenets eval`` renders its test scenes
+    on it) and which scenes chose the checkpoint (``val_split`` "holdout": held-out training items; "test": the
+    test scenes, as every run before validation scenes existed)."""
     return {"data": SCENES, "seed": train.seed, "image_size": train.config.image_size, "train_scenes": len(train),
-            "val_scenes": len(val), "input_size": input_size}
+            "val_scenes": len(val), "val_split": "holdout" if val.split == "val" else "test",
+            "val_fraction": val.holdout, "input_size": input_size}

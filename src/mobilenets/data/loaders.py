@@ -139,6 +139,9 @@ class DataConfig:
     limit_val: int | None = None
     # detection / segmentation (mobilenets.data.dense)
     scenes: int | None = None  # --data scenes: training scenes (default 10,000)
+    # --data scenes: "holdout" validates on scenes of val_fraction of the training items, which the training scenes
+    # never draw; "test" on the test scenes, training on every item (what runs written before this field did)
+    scenes_val: str = "holdout"
     scene_size: int | None = None  # canvas of the scenes (default 128)
     annotations: str | None = None  # COCO instances JSON of --data (default DATA/instances.json)
     val_data: str | None = None  # validation folder when --data has no train/ and val/

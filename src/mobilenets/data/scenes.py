@@ -9,9 +9,14 @@ so every object keeps most of its pixels. Ground truth comes from the pasted pix
 - ``labels``: Fashion-MNIST class + 1 (0 is the background),
 - ``mask``: per-pixel class (0 background, 1..10 items).
 
-Scene ``i`` of a split is a pure function of ``(seed, split, i)``: the same index always gives the same scene,
-in any process, with no file written. Train scenes draw items from Fashion-MNIST's 60,000 training images and
-test scenes from its 10,000 test images, so test items were never seen in training.
+Scene ``i`` of a split is a pure function of ``(seed, split, holdout, i)``: the same index always gives the same
+scene, in any process, with no file written. Three splits draw from disjoint items:
+
+- ``test``: Fashion-MNIST's 10,000 test images, never seen in training;
+- ``val``: the ``holdout`` share of each class of the 60,000 training images (a seeded stratified split,
+  :func:`~.image_folder.stratified_split`, the cut the classification holdout makes), to choose checkpoints on;
+- ``train``: the other training images; with ``holdout=0`` (the default, and every training run before
+  validation scenes existed) all 60,000.
 """
 from __future__ import annotations
 
@@ -29,8 +34,9 @@ from torchvision import tv_tensors
 
 from ..errors import UserError
 from .fashion_mnist import CLASS_NAMES, load_fashion_mnist
+from .image_folder import stratified_split
 
-SPLITS = {"train": 0, "test": 1}
+SPLITS = {"train": 0, "test": 1, "val": 2}  # the split's key in each scene's random stream
 ITEM_THRESHOLD = 0.1  # an item pixel is foreground when its intensity (0..1) exceeds this
 MIN_VISIBLE_PIXELS = 16
 
@@ -64,6 +70,10 @@ class FashionScenes(Dataset):
     SanitizeBoundingBoxes would filter a semantic mask like an instance mask). ``transforms``
     (torchvision.transforms.v2) are applied to ``(image, target)``.
 
+    ``holdout`` (0 <= h < 1): the share of each class of the training images that "train" scenes never draw and
+    "val" scenes draw from, cut with ``seed``; "train" and "val" scenes of the same ``seed`` and ``holdout`` never
+    share an item. "val" needs ``holdout > 0``; "test" ignores it.
+
     ``cache=True`` keeps every rendered scene in memory as 8-bit (about 65 kB a scene at 128 px), so that the
     epochs after the first skip the rendering (3-4 ms a scene, a third of an SSDLite training step on one core);
     its images are the renders rounded to 8 bits, as a stored photo would be, from the first epoch on. Each
@@ -73,16 +83,23 @@ class FashionScenes(Dataset):
 
     def __init__(self, split: str = "train", num_scenes: int | None = None, config: SceneConfig | None = None,
                  seed: int = 0, root: str | os.PathLike | None = None, transforms=None, targets: str = "both",
-                 cache: bool = False):
+                 cache: bool = False, holdout: float = 0.0):
         if split not in SPLITS:
-            raise UserError(f"unknown scenes split {split!r}; use 'train' or 'test'")
+            raise UserError(f"unknown scenes split {split!r}; use 'train', 'val' or 'test'")
+        if not 0.0 <= holdout < 1.0 or (split == "val" and holdout == 0.0):
+            raise UserError(f"scenes split {split!r} with holdout={holdout:g} (--val-fraction): the held-out share "
+                            "of the training items must lie in [0, 1), and above 0 for the 'val' split")
         self.split = split
         self.num_scenes = num_scenes if num_scenes is not None else (10000 if split == "train" else 1000)
         if self.num_scenes < 1:
             raise UserError(f"num_scenes={num_scenes}; need at least 1 scene")
         self.config = config or SceneConfig()
         self.seed = int(seed)
-        images, labels, _ = load_fashion_mnist(split, root)
+        self.holdout = float(holdout) if split != "test" else 0.0
+        images, labels, _ = load_fashion_mnist("test" if split == "test" else "train", root)
+        self.item_indices = held_out_items(labels, self.holdout, self.seed, split)  # None: every item
+        if self.item_indices is not None:
+            images, labels = images[self.item_indices], labels[self.item_indices]
         self.items = images  # (N, 28, 28) uint8
         self.item_labels = labels
         self.transforms = transforms
@@ -124,7 +141,7 @@ class FashionScenes(Dataset):
 
     def describe(self) -> dict:
         return {"kind": "fashion_scenes", "split": self.split, "num_scenes": self.num_scenes, "seed": self.seed,
-                **asdict(self.config)}
+                "holdout": self.holdout, **asdict(self.config)}
 
     # -- the generator ----------------------------------------------------------------------------------------
     def render(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -163,6 +180,15 @@ class FashionScenes(Dataset):
             mask[instance == j] = label
         return (image.clamp_(0, 1), torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
                 torch.tensor(kept, dtype=torch.int64), mask)
+
+
+def held_out_items(labels: torch.Tensor, holdout: float, seed: int, split: str) -> torch.Tensor | None:
+    """Indices (ascending) into the Fashion-MNIST training images that ``split`` draws from: the ``holdout``
+    share of each class for "val", the rest for "train"; None (every item of its split) without a holdout."""
+    if split == "test" or holdout == 0.0:
+        return None
+    keep, held = stratified_split(labels.tolist(), holdout, seed)
+    return torch.tensor(sorted(held if split == "val" else keep), dtype=torch.long)
 
 
 def _background(rng: np.random.Generator, s: int) -> torch.Tensor:

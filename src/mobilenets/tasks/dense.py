@@ -31,7 +31,8 @@ class DenseTask(Task):
 
     def open_split(self, cfg: DataConfig, split: str, transforms, class_names: list[str] | None = None,
                    trained: dict | None = None):
-        """The raw dataset of ``split`` ("train" / "val"); ``trained``: a checkpoint's data record."""
+        """The raw dataset of ``split`` ("train" / "val"; "test": the scenes' test set); ``trained``: a
+        checkpoint's data record."""
         raise NotImplementedError
 
     def collate(self, batch):
@@ -110,9 +111,12 @@ class DenseTask(Task):
         return built
 
     def open_eval_data(self, meta: CheckpointMeta, cfg: DataConfig):
+        """Scenes: the fixed test set (the first 1,000 test scenes at seed 0, or ``--limit-val N``) on the
+        checkpoint's canvas, whatever scenes training validated on; folders: their val split."""
+        if cfg.data != SCENES:
+            return self.open_split(cfg, "val", None, class_names=meta.class_names)
         trained = meta.extra.get("data", {}) if isinstance(meta.extra, dict) else {}
-        return self.open_split(cfg, "val", None, class_names=meta.class_names,
-                               trained=trained if cfg.data == SCENES else None)
+        return self.open_split(cfg, "test", None, class_names=meta.class_names, trained=trained)
 
     def eval_defaults(self, trained: dict) -> dict:
         return {"seed": trained.get("seed", 0)}

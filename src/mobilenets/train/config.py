@@ -41,15 +41,16 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         """The config of a run folder; one written before the task layer (mobilenets 0.1) for a detection or
-        segmentation run is refused in one line. One without ``data.val_split`` validated on the test split."""
+        segmentation run is refused in one line. One without ``data.val_split`` (``data.scenes_val``) validated on the
+        test split (the test scenes)."""
         if "recipe" not in d or "data" not in d or not isinstance(d["data"], dict):
             raise UserError(f"this run folder was written by mobilenets 0.1, whose {d.get('task', 'dense')} runs "
                             "kept a different config; its checkpoints still evaluate, predict and export, but it "
                             "cannot be resumed: start a new run with --weights RUN_DIR/last.safetensors")
         d = dict(d)
-        # runs written before val_split existed validated Fashion-MNIST / idx data on the test split: keep that,
-        # so that they resume exactly
-        d["data"] = DataConfig(**{"val_split": "test", **d["data"]})
+        # runs written before val_split (scenes_val) existed validated Fashion-MNIST / idx data (the scenes) on the
+        # test split: keep that, so that they resume exactly
+        d["data"] = DataConfig(**{"val_split": "test", "scenes_val": "test", **d["data"]})
         d["recipe"] = Recipe(**d["recipe"])
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
