@@ -1,9 +1,14 @@
 """``--freeze backbone|none|STAGE``: fix the parameters *and* the BN statistics of the first part of a model.
 
+The part counted is the model's MobileNet backbone (:func:`backbone_of`): the classifier itself, or the
+``features_only`` network a detection / segmentation head reads (``model.features``).
+
 - ``none``: everything trains;
-- ``backbone``: stem, every stage and the final conv are frozen; the pooled head (V3's 1x1 head conv) and the
-  classifier train;
-- ``STAGE`` (an integer k): the stem and stages 0..k are frozen.
+- ``backbone``: the backbone's stem, every stage and its final conv are frozen. What trains: a classifier's
+  pooled head (V3's 1x1 head conv) and classifier; SSDLite's extra blocks and prediction heads; YOLO's neck (the
+  depthwise PAN) and head; the LR-ASPP head; DeepLabV3's ASPP head and auxiliary head. A task backbone ends at
+  its deepest tap, so it holds exactly what the head reads and nothing else;
+- ``STAGE`` (an integer k): the stem and stages 0..k of the backbone are frozen.
 
 Frozen parts stay in eval mode during training (see :func:`keep_frozen_eval`), so their BN layers use and keep
 their running statistics; ``requires_grad=False`` alone would still update those statistics.
@@ -13,24 +18,38 @@ from __future__ import annotations
 from torch import nn
 
 from ..errors import UserError
+from ..model import MobileNet
+
+
+def backbone_of(model: nn.Module) -> MobileNet:
+    """The MobileNet that ``--freeze`` counts stages in: ``model`` itself, or the ``features_only`` backbone a
+    task model keeps in ``model.features``."""
+    if isinstance(model, MobileNet):
+        return model
+    features = getattr(model, "features", None)
+    if isinstance(features, MobileNet):
+        return features
+    raise UserError(f"--freeze: {type(model).__name__} has no MobileNet backbone to freeze; use --freeze none")
 
 
 def freeze(model: nn.Module, spec: str) -> list[nn.Module]:
     """Freeze the part of ``model`` that ``spec`` names; return the frozen sub-modules."""
     if spec == "none":
         return []
-    stages = model.stages
+    body = backbone_of(model)
+    stages = body.stages
+    last = len(stages) - 1
     if spec == "backbone":
-        parts = [model.stem, *stages, model.final_conv]
+        parts = [body.stem, *stages, body.final_conv]
     else:
         try:
             k = int(spec)
         except ValueError:
-            raise UserError(f"--freeze {spec!r}: use backbone, none or a stage index 0..{len(stages) - 1}") from None
-        if not 0 <= k < len(stages):
-            raise UserError(f"--freeze {k}: the model has stages 0..{len(stages) - 1}; use one of those, "
-                            "backbone or none")
-        parts = [model.stem, *stages[:k + 1]]
+            raise UserError(f"--freeze {spec!r}: use backbone, none or a stage index 0..{last}") from None
+        if not 0 <= k <= last:
+            raise UserError(f"--freeze {k}: the {'backbone' if body is not model else 'model'} has stages "
+                            f"0..{last}; use one of those, backbone or none")
+        parts = [body.stem, *stages[:k + 1]]
     for part in parts:
         part.requires_grad_(False)
     return parts
