@@ -1,8 +1,10 @@
-"""Assertions that several test files make the same way: a CLI failure is one line, and an int8 file is really
-int8, smaller, and keeps the fp32 file's top-1 on real test images."""
+"""Assertions that several test files make the same way: a CLI failure is one line; an int8 file is really int8,
+smaller, and keeps the fp32 model's top-1 on real test images; a float output agrees with a reference within a
+bound that follows from the computation, not from one CPU's rounding."""
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from mobilenets.data.samples import sample_inputs
 from mobilenets.deploy import open_runner
@@ -31,3 +33,58 @@ def assert_int8_keeps_top1(fp32_path, exported_int8, backend: str, min_agreement
     assert (a.argmax(1) == b.argmax(1)).mean() >= min_agreement
     assert exported_int8.parity.agreement >= min_agreement
     return fp32, int8
+
+
+def int8_top1_agreement(model, meta, path, backend: str, n: int = 200) -> float:
+    """Share of ``n`` Fashion-MNIST test images on which the file at ``path`` (run by ``backend``) gives eager
+    ``model``'s top-1 class."""
+    x = sample_inputs(meta.preprocessing, "fashion-mnist", n, split="test")
+    with torch.no_grad():
+        want = model.eval()(torch.from_numpy(x)).numpy()
+    got = open_runner(path, backend=backend).run(x)
+    return float((got.argmax(1) == want.argmax(1)).mean())
+
+
+# How far an fp32 evaluation of a network may land from another fp32 evaluation of the same network (another CPU's
+# kernels, another summation order, another runtime): a multiple of this computation's own fp32 rounding error,
+# measured on the same inputs as |fp32 - fp64| of eager PyTorch. Kernels differ in blocking and fused
+# multiply-adds, not in precision, so their errors are of that size; 16x leaves room for two of them in opposite
+# directions plus growth through the layers. The floor (64 float32 ulps of the output's magnitude) covers an output
+# whose own fp32 and fp64 values happen to coincide.
+FP32_SPREAD = 16.0
+FP32_FLOOR_ULPS = 64.0
+
+
+def fp32_bound(fp32: np.ndarray, fp64: np.ndarray) -> float:
+    """The largest |difference| to allow between another fp32 evaluation and ``fp32`` (both of one output, whose
+    float64 evaluation is ``fp64``)."""
+    fp32, fp64 = np.asarray(fp32, np.float64), np.asarray(fp64, np.float64)
+    scale = max(float(np.abs(fp64).max()), 1e-30)
+    return FP32_SPREAD * float(np.abs(fp32 - fp64).max()) + FP32_FLOOR_ULPS * float(np.finfo(np.float32).eps) * scale
+
+
+def float_references(module: torch.nn.Module, x) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """``module``'s outputs on ``x`` in fp32 and in fp64 (the module is left in fp32), each a list of arrays."""
+    def run(dtype):
+        m = module.to(dtype)
+        with torch.no_grad():
+            out = m(torch.as_tensor(np.asarray(x)).to(dtype))
+        out = out if isinstance(out, (tuple, list)) else (out,)
+        return [o.detach().double().numpy() for o in out]
+    try:
+        return run(torch.float32), run(torch.float64)
+    finally:
+        module.to(torch.float32)
+
+
+def assert_close_to_fp32(got, module: torch.nn.Module, x, names=None) -> None:
+    """Each output in ``got`` within :func:`fp32_bound` of ``module``'s fp32 output on ``x`` (eager PyTorch)."""
+    got = got if isinstance(got, (tuple, list)) else (got,)
+    fp32, fp64 = float_references(module, x)
+    assert len(got) == len(fp32)
+    for i, (g, a, b) in enumerate(zip(got, fp32, fp64)):
+        g = np.asarray(g, np.float64)
+        bound = fp32_bound(a, b)
+        diff = float(np.abs(g - a).max())
+        name = names[i] if names else i
+        assert diff <= bound, f"output {name}: max |diff| {diff:.3g} > {bound:.3g} (16x fp32's own error here)"

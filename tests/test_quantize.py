@@ -1,5 +1,6 @@
-"""int8: ONNX Runtime QDQ (per-channel weights) and OpenVINO NNCF, calibrated on real images; refusal on poor
-agreement; the CLI's one-line errors for bad calibration data."""
+"""int8: ONNX Runtime QDQ (per-channel weights) and OpenVINO NNCF, calibrated on real images, on a small classifier
+trained once per test run (tests/trained.py): each int8 file keeps the trained model's top-1 class on Fashion-MNIST
+test images; refusal on poor agreement; the CLI's one-line errors for bad calibration data."""
 from __future__ import annotations
 
 import collections
@@ -16,26 +17,33 @@ from mobilenets.errors import UserError
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from checks import one_line_error  # noqa: E402
-from test_export import SIZE, small_model  # noqa: E402
+from checks import int8_top1_agreement, one_line_error  # noqa: E402
 
 CALIB = 32
+# int8 against fp32 on 200 Fashion-MNIST test images of a trained classifier. Measured 0.97-1.00 here (EPYC VNNI,
+# and with the kernels capped at AVX2); a trained model's int8 error moves only the few inputs that sit near a tie.
+MIN_AGREEMENT = 0.9
 
 
 @pytest.fixture(scope="module")
-def model_meta():
-    return small_model("mobilenet_v2")
+def model_meta(trained):
+    model, meta, _ = trained("mobilenet_v2")
+    return model, meta
 
 
-@pytest.fixture()
-def image_folder(tmp_path):
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    """A folder of real images (Fashion-MNIST test images saved as PNG files, grey, 28 x 28)."""
     from PIL import Image
-    folder = tmp_path / "images" / "class_a"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for i in range(6):
-        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(folder / f"{i}.png")
-    return tmp_path / "images"
+
+    from mobilenets.data.fashion_mnist import load_fashion_mnist
+    images, labels, names = load_fashion_mnist("test")
+    root = tmp_path_factory.mktemp("images")
+    for i in range(48):
+        folder = root / names[int(labels[i])].replace("/", "-")
+        folder.mkdir(exist_ok=True)
+        Image.fromarray(images[i].numpy()).save(folder / f"{i}.png")
+    return root
 
 
 def test_onnxruntime_qdq_is_per_channel_and_close_to_fp32(model_meta, tmp_path, image_folder):
@@ -57,9 +65,11 @@ def test_onnxruntime_qdq_is_per_channel_and_close_to_fp32(model_meta, tmp_path, 
     assert props["mobilenets.precision"] == "int8"
     # The numbers really change (this is int8, not a relabelled fp32 file); how much accuracy that costs on a
     # trained checkpoint is a benchmark figure (BENCHMARKS.md), not something a random model can show.
-    assert result.parity.max_abs_diff > 1e-3 and result.parity.n == 6
-    assert result.parity.inputs == str(image_folder)  # parity ran on the real images, not random noise
-    assert open_runner(result.path).run(np.zeros((2, 1, SIZE, SIZE), np.float32)).shape == (2, 10)
+    assert result.parity.max_abs_diff > 1e-3 and result.parity.n == 48
+    assert result.parity.inputs == str(image_folder)  # parity ran on the given images, not random noise
+    size = meta.preprocessing.input_size
+    assert open_runner(result.path).run(np.zeros((2, *size), np.float32)).shape == (2, 10)
+    assert int8_top1_agreement(model, meta, result.path, "onnxruntime") >= MIN_AGREEMENT
 
 
 def test_openvino_nncf_int8(model_meta, tmp_path):
@@ -73,7 +83,8 @@ def test_openvino_nncf_int8(model_meta, tmp_path):
     assert 'type="FakeQuantize"' in xml or 'type="FakeConvert"' in xml
     runner = open_runner(result.path, backend="openvino")
     assert runner.meta == meta
-    assert result.parity.top1_agreement >= 0.5  # 32 Fashion-MNIST images: int8 mostly keeps the top-1 class
+    assert result.parity.top1_agreement >= MIN_AGREEMENT  # the exporter's own check, 32 test images
+    assert int8_top1_agreement(model, meta, result.path, "openvino") >= MIN_AGREEMENT
     line = accuracy_report(model, meta, result.path, limit=200)
     assert "Fashion-MNIST test accuracy (200 images): eager PyTorch" in line and "points)" in line
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from ..deploy.formats import FORMAT, FORMATS, RUNTIMES, SUFFIX
+from ..deploy.quantize import INT8_WEIGHTS
 
 
 def register(subparsers) -> None:
@@ -30,6 +31,9 @@ def register(subparsers) -> None:
     p.add_argument("--dynamic-batch", action="store_true", help="any batch size (default: a fixed batch)")
     p.add_argument("--batch", type=int, default=1, help="the fixed batch size of the file (default 1)")
     p.add_argument("--weights", default=None, help="for a model name: torchvision, timm or a weights file")
+    p.add_argument("--accept-licence", default=None, metavar="NAME",
+                   help="accept the licence of --weights by name (e.g. gemma for MobileNetV5's timm:gemma3n, under the "
+                        "Gemma Terms of Use); weights under such a licence are refused without it")
     p.add_argument("--nhwc", action="store_true",
                    help="litert: the file takes (N, H, W, C) images, as phone camera pipelines hand them over "
                         "(default: NCHW, as PyTorch)")
@@ -41,6 +45,10 @@ def register(subparsers) -> None:
     p.add_argument("--calibration-data", default=None, metavar="fashion-mnist|DIR",
                    help="images to calibrate int8 on (Fashion-MNIST: the training split)")
     p.add_argument("--calibration-samples", type=int, default=300, help="calibration images (default 300)")
+    p.add_argument("--int8-weights", choices=INT8_WEIGHTS, default=None,
+                   help="onnx/openvino/ort int8: 7bit (default) runs correctly on every CPU; 8bit uses the full "
+                        "weight range, which CPUs without VNNI (AVX2, early AVX-512) saturate: only for files that "
+                        "run on VNNI/AMX or ARM CPUs")
     p.add_argument("--accuracy", action="store_true",
                    help="also report Fashion-MNIST test accuracy of eager PyTorch and of the exported file")
     t = p.add_argument_group("Triton / KServe model repository (instead of --out)")
@@ -111,7 +119,7 @@ def export_command(args: argparse.Namespace) -> int:
     result = export_model(model, meta, out, fmt, dynamic_batch=args.dynamic_batch, batch=args.batch,
                           parity_data=args.data, parity_n=args.parity_samples, int8=args.int8,
                           calibration_data=args.calibration_data, calibration_n=args.calibration_samples,
-                          nhwc=args.nhwc)
+                          int8_weights=args.int8_weights, nhwc=args.nhwc)
     extra = "".join(f" + {out.with_suffix(suffix).name}" for suffix in FORMAT[fmt].companions)
     print(f"wrote {result.path}{extra} ({fmt}, {result.precision}, {meta.model})")
     print(result.parity_line)
@@ -137,11 +145,12 @@ def triton_command(args: argparse.Namespace) -> int:
 
     clashing = [flag for flag, value in (("--out", args.out), ("--format", args.format),
                                          ("--dynamic-batch", args.dynamic_batch), ("--batch", args.batch != 1),
-                                         ("--nhwc", args.nhwc))
+                                         ("--nhwc", args.nhwc), ("--int8-weights", args.int8_weights))
                 if value]
     if clashing:
         raise UserError(f"{', '.join(clashing)} {'does' if len(clashing) == 1 else 'do'} not apply to --triton DIR "
-                        "(--triton-backend sets the format, --max-batch the batch); drop them")
+                        "(--triton-backend sets the format, --max-batch the batch, int8 weights are 7-bit); drop "
+                        "them")
     model, meta = load_source(args.source, weights=args.weights)
     result = export_triton(model, meta, args.triton, name=args.name, backend=args.triton_backend or "onnxruntime",
                            int8=args.int8, instances=1 if args.instances is None else args.instances,

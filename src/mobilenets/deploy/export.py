@@ -58,6 +58,7 @@ from .formats import (
     staged,
 )
 from .onnx_graph import fold_batchnorm, set_properties, to_onnx
+from .quantize import INT8_WEIGHTS
 from .runtime import RUNNERS, Runner, TorchRunner
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ def export_model(model: nn.Module, meta: CheckpointMeta, out: str | os.PathLike,
                  parity_n: int | None = None,
                  tolerance: float | None = None, min_agreement: float | None = None,
                  int8: bool = False, calibration_data: str | None = None, calibration_n: int = 300,
-                 nhwc: bool = False) -> ExportResult:
+                 int8_weights: str | None = None, nhwc: bool = False) -> ExportResult:
     """Write ``model`` (of task ``meta.task``) to ``out`` in format ``fmt``; refuse (UserError, nothing
     written) when parity fails.
 
@@ -98,6 +99,9 @@ def export_model(model: nn.Module, meta: CheckpointMeta, out: str | os.PathLike,
     ``calibration_n`` images of ``calibration_data`` (the training split) and checks parity on the same source
     (the test split) unless ``parity_data`` says otherwise. ``nhwc``: the file takes (N, H, W, C) images (formats
     with ``channels_last``: LiteRT); the parity check feeds it the same images transposed, through its runner.
+    ``int8_weights`` ("7bit", the default, or "8bit"): the weight range of the ONNX Runtime and NNCF quantizers
+    (:mod:`.quantize`: 7-bit weights cannot saturate on CPUs without VNNI); refused for formats whose int8 has no
+    such setting.
     """
     if batch < 1:
         raise UserError(f"--batch {batch} must be at least 1")
@@ -122,6 +126,12 @@ def export_model(model: nn.Module, meta: CheckpointMeta, out: str | os.PathLike,
     if int8 and spec.int8 is None:
         raise UserError(f"--int8 is not available for --format {fmt}; int8 is written by --format "
                         f"{', '.join(f.name for f in FORMAT.values() if f.int8)}")
+    if int8_weights is not None and not (int8 and spec.int8_weights):
+        raise UserError(f"--int8-weights is for --int8 with --format "
+                        f"{', '.join(f.name for f in FORMAT.values() if f.int8_weights)}"
+                        + ("" if not int8 else f"; --format {fmt}'s int8 ({spec.int8}) does not saturate on any "
+                           "CPU and has no such setting") + ": drop it")
+    int8_weights = int8_weights or INT8_WEIGHTS[0]
     _check_dependencies(fmt, int8)
     if int8:
         if calibration_data is None:
@@ -164,6 +174,7 @@ def export_model(model: nn.Module, meta: CheckpointMeta, out: str | os.PathLike,
             return proto[0]
         job = ExportJob(module=module, fused=fused, meta=meta, outputs=task.outputs, batch=batch,
                         dynamic_batch=dynamic_batch, int8=int8, nhwc=nhwc, calibration=calibration,
+                        int8_weights=int8_weights,
                         onnx=fp32_onnx, details=details, out=out)
         writer = importlib.import_module(f"{__package__}.{spec.writer}").writer(job)
         parity = _write_checked(out, writer, properties, check, details)
@@ -175,10 +186,11 @@ def export_model(model: nn.Module, meta: CheckpointMeta, out: str | os.PathLike,
         proto = to_onnx(fused, tuple(meta.preprocessing.input_size), task.outputs, name=meta.model,
                         dynamic_batch=dynamic_batch, batch=batch)
         if int8:
-            from .quantize import quantize_onnx, quantize_openvino
+            from .quantize import quantize_onnx, quantize_openvino  # noqa: I001 - nncf / onnxruntime load late
 
             calibration = sample_inputs(meta.preprocessing, calibration_data, calibration_n, split="train", seed=0)
-            quantized, details = (quantize_openvino if fmt == "openvino" else quantize_onnx)(proto, calibration)
+            quantized, details = (quantize_openvino if fmt == "openvino" else quantize_onnx)(proto, calibration,
+                                                                                             int8_weights)
             writer = _ir_writer(quantized) if fmt == "openvino" else _onnx_writer(quantized)
         elif fmt == "onnx":
             writer = _onnx_writer(proto)

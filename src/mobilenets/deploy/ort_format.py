@@ -37,7 +37,7 @@ def writer(job: ExportJob) -> Writer:
     proto = job.onnx()
     if job.int8:
         from .quantize import quantize_onnx
-        proto, settings = quantize_onnx(proto, job.calibration)
+        proto, settings = quantize_onnx(proto, job.calibration, job.int8_weights)
         job.details.update(settings)
     job.details.update({"ort_target": TARGET_PLATFORM, "optimization": "Fixed, all levels"})
 

@@ -12,6 +12,19 @@ machine, see BENCHMARKS.md "Deployment"):
 
 Both take the fp32 ONNX graph of any task and return the quantized model and the settings used; writing and the
 parity check are the exporter's (:func:`mobilenets.deploy.export.export_model`).
+
+**Weight range** (``weights``, ``--int8-weights``). An int8 convolution multiplies uint8 activations by int8
+weights. CPUs with VNNI (AVX-512 VNNI, AVX-VNNI, AMX) accumulate the products in 32 bits; CPUs without it (AVX2,
+AVX-512 before VNNI) use VPMADDUBSW, which adds pairs of products into a *saturating* 16-bit lane: 2 x 255 x 127
+= 64,770 does not fit, so full-range weights clip wherever two large products meet, and the error depends on the
+CPU the file runs on, not on the file. With 7-bit weights (|w| <= 63: 2 x 255 x 63 = 32,130 <= 32,767) no pair
+can saturate, on any CPU. ``"7bit"`` (the default) is that: NNCF's ``OverflowFix.ENABLE`` (every convolution and
+MatMul), ONNX Runtime's ``reduce_range``. ``"8bit"`` keeps the full range (NNCF's own default fixes the first
+layer only), for files that will only run on VNNI / AMX / ARM CPUs. Measured on a trained V3-Small
+(BENCHMARKS.md "int8 on every host", ``benchmarks/int8_hosts.py``): on an emulated AVX2 CPU 8-bit weights lose
+up to 0.7 points where 7-bit weights stay within 0.2 of fp32, and on the VNNI host the two are within 0.1.
+XNNPACK (ExecuTorch, LiteRT) widens to 16 bits before multiplying and does not saturate: those formats have no
+such setting.
 """
 from __future__ import annotations
 
@@ -21,9 +34,18 @@ import tempfile
 
 import numpy as np
 
+from ..errors import UserError
 from .formats import optional_import
 
 log = logging.getLogger(__name__)
+
+INT8_WEIGHTS = ("7bit", "8bit")  # see "Weight range" above; the first is the default
+
+
+def _check_weights(weights: str) -> None:
+    if weights not in INT8_WEIGHTS:
+        raise UserError(f"int8 weights {weights!r}: use {' or '.join(INT8_WEIGHTS)} (7bit runs correctly on CPUs "
+                        "without VNNI; 8bit only on VNNI / AMX / ARM)")
 
 
 def calibration_batches(proto, calibration: np.ndarray) -> list[np.ndarray]:
@@ -35,8 +57,9 @@ def calibration_batches(proto, calibration: np.ndarray) -> list[np.ndarray]:
     return [calibration[i:i + batch] for i in range(0, len(calibration) - batch + 1, batch)]
 
 
-def quantize_openvino(proto, calibration: np.ndarray):
-    """``(openvino.Model, settings)``: NNCF int8 of the fp32 ONNX ``proto``."""
+def quantize_openvino(proto, calibration: np.ndarray, weights: str = INT8_WEIGHTS[0]):
+    """``(openvino.Model, settings)``: NNCF int8 of the fp32 ONNX ``proto`` with ``weights`` ("7bit" / "8bit")."""
+    _check_weights(weights)
     optional_import("openvino", "openvino", "int8 quantization for OpenVINO")
     nncf = optional_import("nncf", "openvino", "int8 quantization for OpenVINO")
     from .openvino_io import from_onnx
@@ -46,16 +69,20 @@ def quantize_openvino(proto, calibration: np.ndarray):
     # The squeeze-excite rescaling (x * h-sigmoid(s), V3's only Multiply) stays fp32: quantizing it adds a
     # requantization per block and made V3-Large int8 14% slower on the AVX-512 VNNI machine (BENCHMARKS.md).
     settings = {"scheme": "nncf", "preset": "performance (symmetric int8)", "fast_bias_correction": True,
-                "calibration_images": images, "fp32_ops": ["Multiply"]}
+                "calibration_images": images, "fp32_ops": ["Multiply"], "weight_range": weights}
+    overflow = nncf.OverflowFix.ENABLE if weights == "7bit" else nncf.OverflowFix.FIRST_LAYER
     log.info("quantizing with NNCF on %d images", images)
     quantized = nncf.quantize(from_onnx(proto), nncf.Dataset(batches), preset=nncf.QuantizationPreset.PERFORMANCE,
                               subset_size=len(batches), fast_bias_correction=True,
-                              ignored_scope=nncf.IgnoredScope(types=["Multiply"], validate=False))
+                              ignored_scope=nncf.IgnoredScope(types=["Multiply"], validate=False),
+                              advanced_parameters=nncf.AdvancedQuantizationParameters(overflow_fix=overflow))
     return quantized, settings
 
 
-def quantize_onnx(proto, calibration: np.ndarray):
-    """``(onnx.ModelProto, settings)``: ONNX Runtime QDQ int8 of the fp32 ``proto``."""
+def quantize_onnx(proto, calibration: np.ndarray, weights: str = INT8_WEIGHTS[0]):
+    """``(onnx.ModelProto, settings)``: ONNX Runtime QDQ int8 of the fp32 ``proto`` with ``weights`` ("7bit" /
+    "8bit")."""
+    _check_weights(weights)
     onnx = optional_import("onnx", "onnx", "int8 quantization for ONNX Runtime")
     optional_import("onnxruntime", "onnx", "int8 quantization for ONNX Runtime")
     from onnxruntime.quantization import (
@@ -78,13 +105,13 @@ def quantize_onnx(proto, calibration: np.ndarray):
 
     images = sum(len(b) for b in batches)
     settings = {"scheme": "onnxruntime-qdq", "per_channel": True, "activations": "uint8", "weights": "int8",
-                "calibration": "minmax", "calibration_images": images}
+                "calibration": "minmax", "calibration_images": images, "weight_range": weights}
     with tempfile.TemporaryDirectory(prefix="mobilenets-quant-") as tmp:
         fp32, int8 = os.path.join(tmp, "fp32.onnx"), os.path.join(tmp, "int8.onnx")
         onnx.save(proto, fp32)
         log.info("quantizing with ONNX Runtime (QDQ) on %d images", images)
         quantize_static(fp32, int8, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax)
+                        calibrate_method=CalibrationMethod.MinMax, reduce_range=weights == "7bit")
         quantized = onnx.load(int8)
     return quantized, settings
