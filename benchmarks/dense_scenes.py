@@ -1,8 +1,10 @@
 """Detection / segmentation benchmark on the built-in Fashion-MNIST scenes: train a task model under a time budget
-with the CLI, then measure it on the 1,000 test scenes (COCO mAP@[.5:.95] / mAP@.5, or mIoU / pixel accuracy),
+with the CLI, then measure it once on the 1,000 test scenes (COCO mAP@[.5:.95] / mAP@.5, or mIoU / pixel accuracy),
 with its parameters, MACs and CPU latency (batch 1, one thread, forward + post-processing; median of 30 runs
-through the package's timing harness, mobilenets.deploy.bench.harness). Training is ``mobilenets train``, the
-test figures are the task's own evaluation (``get_task(...).evaluate``, as ``mobilenets eval`` runs it).
+through the package's timing harness, mobilenets.deploy.bench.harness). Training is ``mobilenets train``, which
+keeps ``best.safetensors`` by ``--val-scenes`` validation scenes of held-out training items (never the test
+scenes); the test figures are the task's own evaluation on the test set ``mobilenets eval`` reports (the first
+``--test-scenes`` test scenes at seed 0, ``get_task(...).open_eval_data`` and ``evaluate``).
 
     .venv/bin/python benchmarks/dense_scenes.py --task detect --backbone mobilenet_v3_small --minutes 60 \\
         --scenes 30000 --out runs/bench/detect_v3s
@@ -28,7 +30,7 @@ import mobilenets
 from mobilenets.checkpoint import load_checkpoint
 from mobilenets.cli import main as cli
 from mobilenets.data.dense import model_inputs
-from mobilenets.data.scenes import FashionScenes, SceneConfig
+from mobilenets.data.loaders import DataConfig
 from mobilenets.deploy.bench.harness import interleave, timed
 from mobilenets.tasks import get_task
 
@@ -58,7 +60,8 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=1, help="training threads")
     p.add_argument("--workers", type=int, default=0,
                    help="scene-rendering processes (0: render in the trainer once and keep the scenes in memory)")
-    p.add_argument("--val-scenes", type=int, default=300, help="scenes evaluated after each epoch")
+    p.add_argument("--val-scenes", type=int, default=300,
+                   help="validation scenes (held-out training items) evaluated after each epoch; pick best")
     p.add_argument("--test-scenes", type=int, default=1000, help="test scenes of the final measurement")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--skip-train", action="store_true", help="only measure OUT/run")
@@ -83,8 +86,7 @@ def main() -> int:
     torch.set_num_threads(1)
     model, meta = load_checkpoint(run / "best.safetensors", task=args.task)
     size = meta.preprocessing.input_size[-1]
-    test = FashionScenes("test", args.test_scenes, SceneConfig(image_size=args.scene_size),
-                         seed=meta.extra["data"]["seed"], targets=args.task)
+    test = task.open_eval_data(meta, DataConfig("scenes", limit_val=args.test_scenes))  # as `mobilenets eval`
     metrics = task.evaluate(model, test, preprocessing=meta.preprocessing, class_names=meta.class_names,
                             device=torch.device("cpu"))
     report = task.report(metrics, meta.class_names)  # per-class figures named: per_class_ap / per_class_iou
@@ -100,6 +102,7 @@ def main() -> int:
         "benchmark": " ".join([".venv/bin/python", "benchmarks/dense_scenes.py", *sys.argv[1:]]),
         "model": meta.model, "options": meta.options, "input_size": size,
         **{k: metrics[k] for k in headline}, "test_scenes": metrics["images"],
+        "chosen_on": meta.extra["data"].get("val_split", "test"),  # holdout: validation scenes of held-out items
         per_class: report[per_class],
         "params": prof.params, "macs": prof.macs, f"macs_{reference_size}": prof_ref.macs,
         "latency_ms_1_thread": latency,

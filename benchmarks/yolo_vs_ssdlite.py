@@ -1,13 +1,14 @@
 """YOLO (YOLOv8-style head, depthwise PAN) against SSDLite on the same backbone, input, data, seed and budget.
 
 Both train side by side on the built-in Fashion-MNIST scenes (two ``mobilenets train`` processes, one thread each,
-``--time-limit MINUTES``), then each ``best.safetensors`` (picked on ``--val-scenes`` val scenes) is measured with
-``mobilenets eval --limit-val TEST --json`` on the first TEST test scenes (1,000: the scenes of the SSDLite row of
-BENCHMARKS.md), with its parameters and MACs at the input size and its batch-1 latency, one thread, on ONNX Runtime
-and OpenVINO (the parity-checked export :func:`mobilenets.deploy.open.open_runner` builds from the checkpoint) and
-eager PyTorch: the network alone, and network + NMS (``postprocess_detections`` with the checkpoint's stored
-settings, what ``mobilenets predict`` runs). Latencies are medians over interleaved rounds of every (model,
-backend) pair in random order (``mobilenets.deploy.bench.harness.interleave``).
+``--time-limit MINUTES``), then each ``best.safetensors`` (picked on ``--val-scenes`` validation scenes of
+held-out training items, never the test scenes) is measured once with ``mobilenets eval --limit-val TEST --json``
+on the first TEST scenes of eval's fixed test set (1,000 test scenes at seed 0), with its parameters and MACs at
+the input size and its batch-1 latency, one thread, on ONNX Runtime and OpenVINO (the parity-checked export
+:func:`mobilenets.deploy.open.open_runner` builds from the checkpoint) and eager PyTorch: the network alone, and
+network + NMS (``postprocess_detections`` with the checkpoint's stored settings, what ``mobilenets predict``
+runs). Latencies are medians over interleaved rounds of every (model, backend) pair in random order
+(``mobilenets.deploy.bench.harness.interleave``).
 
     .venv/bin/python benchmarks/yolo_vs_ssdlite.py --minutes 52 --scenes 30000 --out runs/bench/yolo_vs_ssdlite
     .venv/bin/python benchmarks/yolo_vs_ssdlite.py --minutes 0.5 --scenes 200 --out /tmp/yvs   # smoke test
@@ -72,7 +73,7 @@ def train_side_by_side(commands: dict[str, list[str]], out: Path) -> None:
 
 
 def evaluate(ckpt: Path, test_scenes: int) -> dict:
-    """``mobilenets eval --limit-val N --json`` on the checkpoint's test scenes (one thread)."""
+    """``mobilenets eval --limit-val N --json``: the first N scenes of eval's fixed test set (one thread)."""
     done = subprocess.run(cli("eval", str(ckpt), "--limit-val", str(test_scenes), "--json", "--threads", "1",
                               "--no-progress"), capture_output=True, text=True, env={**os.environ, **ONE_THREAD})
     if done.returncode != 0:
@@ -128,7 +129,8 @@ def main() -> int:
     p.add_argument("--scene-size", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--val-scenes", type=int, default=300, help="scenes evaluated after each epoch (picks best)")
+    p.add_argument("--val-scenes", type=int, default=300,
+                   help="validation scenes (held-out training items) evaluated after each epoch (picks best)")
     p.add_argument("--test-scenes", type=int, default=1000, help="test scenes of the final measurement")
     p.add_argument("--rounds", type=int, default=10, help="interleaved latency rounds")
     p.add_argument("--out", type=Path, required=True)
@@ -153,6 +155,7 @@ def main() -> int:
         rows[m] = {"command": "mobilenets " + " ".join(commands[m]), "model": meta.model, "options": meta.options,
                    "input_size": size, "map": report["map"], "map50": report["map50"],
                    "test_scenes": report["images"], "objects": report["objects"],
+                   "chosen_on": meta.extra["data"].get("val_split", "test"),  # holdout: held-out training items
                    "per_class_ap": report["per_class_ap"], "params": prof.params, "macs": prof.macs,
                    "nms": {k: getattr(model, k) for k in NMS_SETTINGS},
                    "epochs": records[-1]["epoch"], "steps": records[-1]["step"],
