@@ -7,28 +7,40 @@ from mobilenets import UserError
 from mobilenets.model import Location, Select
 from mobilenets.registry import get_entry
 
-CLASSIFIERS = mobilenets.list_models("classify")
+# MobileNetV5-300M (294M parameters) is covered by test_v5.py on the meta device and, block for block, by
+# mobilenet_v5_base, which is built here at width 0.25 (12M parameters) so that these tests stay quick.
+LARGE = {"mobilenet_v5_300m", "mobilenet_v5_300m_enc"}
+pytestmark = pytest.mark.usefixtures("one_thread")  # two shared cores: one thread each is faster
+CLASSIFIERS = [n for n in mobilenets.list_models("classify") if n not in LARGE]
+NARROW = {"mobilenet_v5_base": {"width_multiplier": 0.25}}
 
 
-def test_registry_lists_the_four_papers_variants():
-    assert {"mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small"} <= set(CLASSIFIERS)
+def create(name, **options):
+    return mobilenets.create_model(name, **{**NARROW.get(name, {}), **options})
+
+
+def test_registry_lists_the_five_generations():
+    assert {"mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small", "mobilenet_v4_conv_small",
+            "mobilenet_v5_base"} <= set(CLASSIFIERS)
+    assert LARGE <= set(mobilenets.list_models("classify"))
 
 
 @pytest.mark.parametrize("name", CLASSIFIERS)
 @pytest.mark.parametrize("size", [(32, 32), (64, 96), (224, 224)])
 def test_output_shape_at_several_resolutions(name, size):
-    model = mobilenets.create_model(name, num_classes=7).eval()
+    model = create(name, num_classes=7).eval()
     with torch.no_grad():
         assert model(torch.randn(2, 3, *size)).shape == (2, 7)
 
 
 @pytest.mark.parametrize("name", CLASSIFIERS)
 def test_contract_features_head_and_reset(name):
-    model = mobilenets.create_model(name, num_classes=5, in_chans=1).eval()
+    model = create(name, num_classes=5, in_chans=1).eval()
     x = torch.randn(1, 1, 64, 64)
     with torch.no_grad():
         feats = model.forward_features(x)
-        assert feats.shape == (1, model.num_features, 2, 2)
+        size = (2, 2) if model.neck is None else (model.arch.neck.resolution,) * 2  # V5's neck: 16x16 always
+        assert feats.shape == (1, model.num_features, *size)
         assert model.forward_head(feats, pre_logits=True).shape == (1, model.head_hidden_size)
         torch.testing.assert_close(model.forward_head(feats), model(x))
         model.reset_classifier(3)
@@ -39,7 +51,7 @@ def test_contract_features_head_and_reset(name):
 
 @pytest.mark.parametrize("name", CLASSIFIERS)
 def test_every_parameter_receives_a_gradient(name):
-    model = mobilenets.create_model(name, num_classes=4).train()
+    model = create(name, num_classes=4).train()
     model(torch.randn(2, 3, 64, 64)).sum().backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not missing
@@ -50,7 +62,7 @@ def test_every_parameter_receives_a_gradient(name):
 def test_feature_info_matches_real_feature_maps(name, output_stride):
     """Every feature_info entry is the map its module really computes: captured here with hooks on the named
     module (the input of the block's depthwise conv for an expansion), independently of forward_intermediates."""
-    model = mobilenets.create_model(name, output_stride=output_stride).eval()
+    model = create(name, output_stride=output_stride).eval()
     size = 96
     captured, handles = {}, []
     for i, info in enumerate(model.feature_info):
@@ -80,7 +92,7 @@ def test_feature_info_matches_real_feature_maps(name, output_stride):
                                              if i.location in (Location.STAGE, Location.FINAL)]
     # features_only: the same maps from a network without pooling, head or classifier
     torch.manual_seed(0)
-    backbone = mobilenets.create_model(name, output_stride=output_stride, features_only=True, out_indices=[1, 2])
+    backbone = create(name, output_stride=output_stride, features_only=True, out_indices=[1, 2])
     assert not hasattr(backbone, "classifier") and not hasattr(backbone, "global_pool")
     backbone.load_state_dict({k: v for k, v in model.state_dict().items() if k in backbone.state_dict()})
     with torch.no_grad():
@@ -91,17 +103,16 @@ def test_feature_info_matches_real_feature_maps(name, output_stride):
 
 @pytest.mark.parametrize("name", CLASSIFIERS)
 def test_features_only_builds_nothing_after_the_deepest_map(name):
-    full = mobilenets.create_model(name, features_only=True)
-    assert sum(p.numel() for p in full.parameters()) < sum(
-        p.numel() for p in mobilenets.create_model(name).parameters())
+    full = create(name, features_only=True)
+    assert sum(p.numel() for p in full.parameters()) < sum(p.numel() for p in create(name).parameters())
     stride8 = Select(Location.STAGE, 8)
-    early = mobilenets.create_model(name, features_only=True, out_indices=[stride8])
+    early = create(name, features_only=True, out_indices=[stride8])
     assert early.feature_info[early.out_indices[0]].reduction == 8
     assert len(early.stages) < len(full.stages) and isinstance(early.final_conv, torch.nn.Identity)
     with pytest.raises(mobilenets.UserError, match="out_indices"):
-        mobilenets.create_model(name, features_only=True, out_indices=[99])
+        create(name, features_only=True, out_indices=[99])
     with pytest.raises(mobilenets.UserError, match="features_only"):
-        mobilenets.create_model(name, out_indices=[0])
+        create(name, out_indices=[0])
 
 
 def test_small_inputs_that_leave_a_map_are_accepted():
@@ -123,7 +134,7 @@ def test_output_stride_dilates_instead_of_striding():
 
 @pytest.mark.parametrize("name", CLASSIFIERS)
 def test_torch_export(name):
-    model = mobilenets.create_model(name, num_classes=3, width_multiplier=0.5).eval()
+    model = mobilenets.create_model(name, num_classes=3, width_multiplier=0.25 if name in NARROW else 0.5).eval()
     x = torch.randn(1, 3, 64, 64)
     exported = torch.export.export(model, (x,))
     with torch.no_grad():

@@ -1,4 +1,4 @@
-"""mobilenets: MobileNet V1, V2 and V3 as published -- model zoo, training, detection/segmentation heads and
+"""mobilenets: MobileNet V1 to V5 as published -- model zoo, training, detection/segmentation heads and
 fast CPU deployment.
 
     >>> import mobilenets
@@ -6,7 +6,7 @@ fast CPU deployment.
     >>> mobilenets.profile(model, input_size=(1, 224, 224)).macs
 """
 from . import heads  # noqa: F401  (register the task models)
-from .archs import v1, v2, v3, v4  # noqa: F401,I001  (register the zoo: run their @register_model decorators)
+from .archs import v1, v2, v3, v4, v5  # noqa: F401,I001  (register the zoo: run their @register_model decorators)
 from .errors import UserError
 from .profile import profile
 from .registry import create_model, list_models

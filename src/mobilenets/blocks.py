@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
-from .layers import Act, ConvNormAct, LayerScale, MultiQueryAttention, NormFactory, SqueezeExcite
+from .layers import Act, ConvNormAct, LayerScale, MultiQueryAttention, NormFactory, SqueezeExcite, make_divisible
 
 
 class DepthwiseSeparable(nn.Module):
@@ -110,7 +111,8 @@ class UniversalInvertedBottleneck(nn.Module):
     """
 
     def __init__(self, in_ch: int, out_ch: int, *, expanded: int, start_kernel: int, mid_kernel: int, stride: int,
-                 act: Act, norm: NormFactory, layer_scale: float | None = None, dilation: int = 1):
+                 act: Act, norm: NormFactory, layer_scale: float | None = None, dilation: int = 1,
+                 residual: bool = True):
         super().__init__()
         if stride > 1 and not (start_kernel or mid_kernel):
             raise ValueError("a strided UIB needs a depthwise conv to carry the stride")
@@ -123,7 +125,7 @@ class UniversalInvertedBottleneck(nn.Module):
                                norm=norm, act=act) if mid_kernel else nn.Identity())
         self.project = ConvNormAct(expanded, out_ch, 1, norm=norm, act=None)
         self.layer_scale = LayerScale(out_ch, layer_scale) if layer_scale else nn.Identity()
-        self.use_residual = stride == 1 and in_ch == out_ch
+        self.use_residual = residual and stride == 1 and in_ch == out_ch
         self.out_channels = out_ch
         # SSDLite's tap (V2 paper section 6.2) is the expanded map entering the strided depthwise conv: the
         # middle one. Blocks without a middle depthwise conv (ConvNext-like, FFN) have no such map.
@@ -163,3 +165,43 @@ class MobileMQA(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.layer_scale(self.attn(self.norm(x)))
+
+
+class MultiScaleFusionAdapter(nn.Module):
+    """MobileNetV5's Multi-Scale Fusion Adapter (MSFA), the neck of the Gemma 3n vision encoder (Google's Gemma 3n
+    developer guide, June 2025; no paper; timm ``MobileNetV5MultiScaleFusionAdapter``), on the outputs of the last
+    stages (highest resolution first):
+
+        each map upsampled (nearest) to the size of the first one
+        concatenated along the channels
+        FFN: 1x1 expansion conv-norm-act, 1x1 projection conv-norm   (a UIB without depthwise convs or residual)
+        resized to ``resolution`` x ``resolution``: average pooling when the size divides evenly, else bilinear
+        norm
+
+    The output has the same size at every input resolution: (B, out, 16, 16), the 256 "soft tokens" Gemma 3n
+    reads from an image.
+    """
+
+    def __init__(self, in_chs: list[int], out_ch: int, *, resolution: int, expansion: float, act: Act,
+                 norm: NormFactory):
+        super().__init__()
+        in_ch = sum(in_chs)
+        self.resolution = resolution
+        self.ffn = UniversalInvertedBottleneck(in_ch, out_ch, expanded=make_divisible(in_ch * expansion),
+                                               start_kernel=0, mid_kernel=0, stride=1, act=act, norm=norm,
+                                               residual=False)
+        self.norm = norm(out_ch)
+        self.out_channels = out_ch
+
+    def forward(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        size = maps[0].shape[-2:]  # the highest resolution: (H/16, W/16) for MobileNetV5
+        maps = [m if m.shape[-2] >= size[0] and m.shape[-1] >= size[1]
+                else F.interpolate(m, size=size, mode="nearest") for m in maps]
+        x = self.ffn(torch.cat(maps, dim=1))  # (B, out, H/16, W/16)
+        r = self.resolution
+        if tuple(size) != (r, r):
+            if size[0] % r or size[1] % r:
+                x = F.interpolate(x, size=(r, r), mode="bilinear", align_corners=False)
+            else:  # 768 px in: 48 -> 16 with 3x3 pooling
+                x = F.avg_pool2d(x, kernel_size=(size[0] // r, size[1] // r))
+        return self.norm(x)  # (B, out, r, r)

@@ -110,5 +110,6 @@ def weights_meta(entry, options: dict | None = None) -> CheckpointMeta:
     """The metadata of a model built on published weights (a :class:`~mobilenets.weights.WeightEntry`): ImageNet
     class names and the publisher's preprocessing, so that ``predict`` names classes as the publisher does."""
     return CheckpointMeta(model=entry.model, options={**entry.options, **(options or {})},
-                          class_names=imagenet_class_names(), preprocessing=entry.preprocessing,
+                          class_names=imagenet_class_names() if entry.classifier else [],
+                          preprocessing=entry.preprocessing,
                           extra={"weights": entry.tag, "url": entry.url, "imagenet_top1": entry.top1})

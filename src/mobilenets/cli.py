@@ -36,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    if getattr(args, "accept_licence", None):  # for this process and the workers it starts (torchrun)
+        from .weights import ACCEPT_ENV
+        os.environ[ACCEPT_ENV] = ",".join(filter(None, (os.environ.get(ACCEPT_ENV), args.accept_licence)))
     try:
         return int(args.handler(args) or 0)
     except UserError as e:

@@ -40,10 +40,13 @@ class Act(str, Enum):
     RELU6 = "relu6"
     HSWISH = "hswish"
     GELU = "gelu"  # MobileNetV4-Hybrid-L (TF and timm definitions; the paper's tables do not say)
+    GELU_TANH = "gelu_tanh"  # MobileNetV5 (Gemma 3n): GELU's tanh approximation, as its weights were trained with
 
     def layer(self) -> nn.Module:
         if self is Act.GELU:
             return nn.GELU()  # the exact erf form, as timm's Hybrid-L weights were trained with
+        if self is Act.GELU_TANH:
+            return nn.GELU(approximate="tanh")
         # nn.Hardswish is the paper's h-swish, x * ReLU6(x + 3) / 6 (V3 section 5.2); it exports to the
         # native ONNX HardSwish op.
         return {Act.RELU: nn.ReLU, Act.RELU6: nn.ReLU6, Act.HSWISH: nn.Hardswish}[self](inplace=True)
@@ -51,7 +54,30 @@ class Act(str, Enum):
 
 NormFactory = Callable[[int], nn.Module]
 
-NORM_LAYERS = ("batchnorm", "syncbatchnorm", "frozenbatchnorm", "groupnorm")
+NORM_LAYERS = ("batchnorm", "syncbatchnorm", "frozenbatchnorm", "groupnorm", "rmsnorm2d")
+
+
+class RMSNorm2d(nn.Module):
+    """RMS normalisation over the channels of each pixel of a (B, C, H, W) map, with a per-channel weight and no
+    bias or running statistics (Zhang & Sennrich, arXiv:1910.07467; MobileNetV5's norm everywhere, timm
+    ``RmsNorm2d``): ``x / sqrt(mean_c(x^2) + eps) * weight``.
+
+    Written out (pow, mean, rsqrt, mul) rather than through ``F.rms_norm`` on a permuted map, so that it exports
+    to any ONNX opset (``RMSNormalization`` only exists from opset 23) and quantizers see plain float ops. Unlike
+    BatchNorm it depends on the pixel's own values, so it cannot be folded into the preceding convolution.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + self.eps)  # (B, 1, H, W)
+        return x * scale * self.weight.view(1, -1, 1, 1)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps:g}"
 
 
 def norm_factory(kind: str | NormFactory = "batchnorm", eps: float = 1e-5, momentum: float = 0.1) -> NormFactory:
@@ -59,9 +85,12 @@ def norm_factory(kind: str | NormFactory = "batchnorm", eps: float = 1e-5, momen
 
     ``momentum`` is PyTorch's: the weight of the *new* batch statistic. TensorFlow's BN ``decay`` is the weight of
     the *old* running value, so TF decay 0.997 is PyTorch momentum 0.003 (torchvision's V3 uses 0.01).
+    ``"rmsnorm2d"`` (MobileNetV5) takes ``eps`` and has no momentum: it keeps no statistics.
     """
     if callable(kind):
         return kind
+    if kind == "rmsnorm2d":
+        return partial(RMSNorm2d, eps=eps)
     if kind == "batchnorm":
         return partial(nn.BatchNorm2d, eps=eps, momentum=momentum)
     if kind == "syncbatchnorm":
@@ -79,14 +108,55 @@ def norm_factory(kind: str | NormFactory = "batchnorm", eps: float = 1e-5, momen
     raise UserError(f"unknown norm_layer {kind!r}; choose one of {', '.join(NORM_LAYERS)} or pass a callable")
 
 
+class TFSameConv2d(nn.Conv2d):
+    """A convolution with TensorFlow's "SAME" padding: the output has ceil(input / stride) pixels and the padding
+    that takes is split with the odd pixel at the bottom/right, computed from each input's size. At stride 1 and
+    odd kernels this is the symmetric padding of every other conv here; it differs at stride 2 on even inputs (TF
+    pads only bottom/right by one, symmetric padding pads both sides), which is what weights trained in TF (timm's
+    ``tf_`` ports, the Gemma 3n vision tower) expect. timm: ``Conv2dSame``.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.padding = (0, 0)
+
+    @classmethod
+    def like(cls, conv: nn.Conv2d) -> "TFSameConv2d":
+        """The same convolution (shapes, stride, dilation, groups, bias) with TF padding; weights not copied."""
+        return cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, 0, conv.dilation,
+                   conv.groups, conv.bias is not None, device=conv.weight.device, dtype=conv.weight.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads = []
+        for size, k, s, d in zip(reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride),
+                                 reversed(self.dilation)):  # F.pad lists the last dimension first: W, then H
+            total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
+            pads += [total // 2, total - total // 2]
+        return super().forward(F.pad(x, pads) if any(pads) else x)
+
+
+def use_tf_same_padding(model: nn.Module) -> int:
+    """Give every strided convolution inside ``model`` TF "SAME" padding (:class:`TFSameConv2d`); the others
+    (stride 1, odd kernels) already pad the same way. Returns how many were changed. Module paths and parameter
+    names do not change, so checkpoints load either way."""
+    changed = 0
+    for module in model.modules():
+        conv = getattr(module, "conv", None)
+        if isinstance(module, ConvNormAct) and type(conv) is nn.Conv2d and max(conv.stride) > 1:
+            module.conv = TFSameConv2d.like(conv)
+            changed += 1
+    return changed
+
+
 class ConvNormAct(nn.Module):
-    """conv (no bias) -> norm -> activation; ``act=None`` gives a linear layer (V2's linear bottleneck)."""
+    """conv -> norm -> activation; ``act=None`` gives a linear layer (V2's linear bottleneck). The conv has no
+    bias (the norm's shift replaces it) unless ``bias`` (MobileNetV5's stem, whose RMSNorm has no shift)."""
 
     def __init__(self, in_ch: int, out_ch: int, kernel: int = 1, stride: int = 1, *, groups: int = 1,
-                 dilation: int = 1, norm: NormFactory, act: Act | None = None):
+                 dilation: int = 1, norm: NormFactory, act: Act | None = None, bias: bool = False):
         super().__init__()
         padding = (kernel - 1) // 2 * dilation  # "same" output size for odd kernels at stride 1
-        self.conv = nn.Conv2d(in_ch, out_ch, kernel, stride, padding, dilation=dilation, groups=groups, bias=False)
+        self.conv = nn.Conv2d(in_ch, out_ch, kernel, stride, padding, dilation=dilation, groups=groups, bias=bias)
         self.bn = norm(out_ch)
         self.act = act.layer() if act is not None else nn.Identity()
         self.out_channels = out_ch

@@ -7,6 +7,10 @@ Width multipliers and dilation (``output_stride``) are applied here, once, for e
 - a stride-2 block that would take the total stride past ``output_stride`` keeps stride 1 and dilates the
   depthwise convs from there on (DeepLab's atrous trick, V2 paper section 6.3).
 
+MobileNetV5 ends in a neck (:class:`~mobilenets.blocks.MultiScaleFusionAdapter`) that reads the outputs of its
+last two stages instead of a final conv; ``forward_features`` returns the neck's fixed-size map. Built with
+``encoder=True`` a model has no pooling, head or classifier and ``forward`` returns that map as tokens.
+
 The builder also records ``feature_info``: every map a task head may read (stage outputs, the output and the
 expansion of each stage's reducing block, the final conv), with its channels and reduction. ``features_only=True``
 builds the same network without pooling, head or classifier (and without the stages and final conv after the
@@ -28,16 +32,18 @@ from .blocks import (
     FusedInvertedBottleneck,
     InvertedResidual,
     MobileMQA,
+    MultiScaleFusionAdapter,
     UniversalInvertedBottleneck,
 )
 from .errors import UserError
-from .layers import ConvNormAct, PooledConvNorm, make_divisible, norm_factory
+from .layers import ConvNormAct, PooledConvNorm, make_divisible, norm_factory, use_tf_same_padding
 
 if TYPE_CHECKING:  # the row types are data the builder reads; archs/ imports this module
     from .archs.spec import Architecture, Unit
 
 OUTPUT_STRIDES = (8, 16, 32)
 DILATION_POLICIES = ("tf", "torchvision")
+PADDINGS = ("symmetric", "tf_same")
 
 
 class Location(str, Enum):
@@ -99,7 +105,8 @@ class MobileNet(nn.Module):
 
     forward(x) = forward_head(forward_features(x)); ``forward_intermediates`` returns maps listed in
     ``feature_info``. Built with ``features_only=True`` the model has no pooling, head or classifier and
-    ``forward(x)`` returns the maps of ``out_indices``.
+    ``forward(x)`` returns the maps of ``out_indices``; built with ``encoder=True`` it has no pooling, head or
+    classifier either and ``forward(x)`` returns ``forward_tokens(x)``.
     """
 
     # What a checkpoint needs to rebuild this exact network (set by create_model; see checkpoint.py).
@@ -109,7 +116,8 @@ class MobileNet(nn.Module):
     def __init__(self, arch: Architecture, *, stem: nn.Module, stages: nn.Sequential, final_conv: nn.Module,
                  head_fc: nn.Module | None, head_act: nn.Module | None, num_features: int, head_hidden_size: int,
                  num_classes: int, dropout: float, in_chans: int, feature_info: list[FeatureInfo],
-                 out_indices: tuple[int, ...] | None = None):
+                 out_indices: tuple[int, ...] | None = None, neck: MultiScaleFusionAdapter | None = None,
+                 neck_taps: tuple[int, ...] = (), encoder: bool = False):
         super().__init__()
         self.arch = arch
         self.arch_options = {}
@@ -117,11 +125,16 @@ class MobileNet(nn.Module):
         self.stem = stem
         self.stages = stages
         self.final_conv = final_conv
+        self.neck = neck  # V5: reads the outputs of stages ``neck_taps``; None elsewhere
+        self.neck_taps = neck_taps
         self.feature_info = feature_info
         self.num_features = num_features  # channels of forward_features' output
         self.features_only = out_indices is not None
+        self.encoder = encoder
         self.out_indices = out_indices  # features_only: the feature_info entries forward returns
-        if not self.features_only:
+        if encoder:
+            self.num_classes = 0
+        elif not self.features_only:
             self.global_pool = nn.AdaptiveAvgPool2d(1)
             self.head_fc = head_fc
             self.head_act = head_act
@@ -144,7 +157,20 @@ class MobileNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        return self.final_conv(self.stages(self.stem(x)))  # (B, num_features, H/32, W/32) at output_stride 32
+        if self.neck is None:
+            return self.final_conv(self.stages(self.stem(x)))  # (B, num_features, H/32, W/32) at output_stride 32
+        x, taps = self.stem(x), []
+        for s, stage in enumerate(self.stages):
+            x = stage(x)
+            if s in self.neck_taps:
+                taps.append(x)  # V5: (B, 640, H/16, W/16), (B, 1280, H/32, W/32)
+        return self.neck(taps)  # V5: (B, 2048, 16, 16) at every input size
+
+    def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward_features`` as a sequence of tokens, one per pixel in row-major order: (B, H*W, C). For
+        MobileNetV5, the (B, 256, 2048) image tokens Gemma 3n's language model reads (its vision tower
+        flattens the neck's 16 x 16 map the same way)."""
+        return self.forward_features(x).flatten(2).transpose(1, 2)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.global_pool(x).flatten(1)  # (B, num_features)
@@ -156,11 +182,14 @@ class MobileNet(nn.Module):
     def forward(self, x: torch.Tensor):
         if self.features_only:
             return self.forward_intermediates(x, self.out_indices)  # list of (B, C_i, H/r_i, W/r_i)
+        if self.encoder:
+            return self.forward_tokens(x)  # (B, N, num_features)
         return self.forward_head(self.forward_features(x))
 
     def forward_intermediates(self, x: torch.Tensor, indices: Sequence[int] | None = None) -> list[torch.Tensor]:
         """The maps of ``feature_info`` entries ``indices`` (default: the stage outputs and the final conv), in
-        the order of ``indices``. One pass; it stops after the deepest requested map."""
+        the order of ``indices``. One pass; it stops after the deepest requested map. (V5's neck output is not
+        a ``feature_info`` map: its size does not follow the input's; ``forward_features`` returns it.)"""
         self.check_input(x)
         if indices is None:
             indices = [i for i, f in enumerate(self.feature_info) if f.location in (Location.STAGE, Location.FINAL)]
@@ -197,6 +226,9 @@ class MobileNet(nn.Module):
         """Replace the classifier by a fresh one with ``num_classes`` outputs (0: none, pre-logits out)."""
         if self.features_only:
             raise UserError("a features_only model has no classifier; build it without features_only")
+        if self.encoder:
+            raise UserError(f"{self.arch.name} built as an encoder has no classifier; build it with encoder=False "
+                            "(mobilenet_v5_300m for MobileNetV5)")
         if num_classes < 0:
             raise UserError(f"num_classes must be >= 0, got {num_classes}")
         self.num_classes = num_classes
@@ -224,7 +256,7 @@ def _init_weights(model: nn.Module) -> None:
             nn.init.kaiming_normal_(m.weight, mode="fan_out")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):  # (RMSNorm2d starts at weight 1 by itself)
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Linear):
@@ -232,13 +264,14 @@ def _init_weights(model: nn.Module) -> None:
 
 
 BUILD_OPTIONS = ("width_multiplier", "num_classes", "in_chans", "dropout", "output_stride", "norm_layer",
-                 "bn_eps", "bn_momentum", "dilation_policy", "features_only", "out_indices")
+                 "bn_eps", "bn_momentum", "dilation_policy", "features_only", "out_indices", "padding", "encoder")
 
 
-def build(arch: Architecture, *, width_multiplier: float = 1.0, num_classes: int = 1000, in_chans: int = 3,
-          dropout: float | None = None, output_stride: int = 32, norm_layer="batchnorm",
+def build(arch: Architecture, *, width_multiplier: float = 1.0, num_classes: int | None = None, in_chans: int = 3,
+          dropout: float | None = None, output_stride: int = 32, norm_layer=None,
           bn_eps: float | None = None, bn_momentum: float | None = None, dilation_policy: str = "tf",
-          features_only: bool = False, out_indices: Sequence[int | Select] | None = None) -> MobileNet:
+          features_only: bool = False, out_indices: Sequence[int | Select] | None = None,
+          padding: str = "symmetric", encoder: bool = False) -> MobileNet:
     """Build ``arch`` at the given width.
 
     dilation_policy: where the first dilated block starts when ``output_stride`` < 32. "tf" (the DeepLab /
@@ -248,6 +281,14 @@ def build(arch: Architecture, *, width_multiplier: float = 1.0, num_classes: int
     features_only: no pooling, head or classifier; ``forward`` returns the maps ``out_indices`` (indices into
     ``feature_info`` or :class:`Select` queries; default the stage outputs and the final conv, timm's
     convention). Stages and the final conv after the deepest requested map are not built.
+
+    padding: "symmetric" (PyTorch's, every published PyTorch weight) or "tf_same" (TensorFlow's "SAME" on the
+    strided convs, :class:`~mobilenets.layers.TFSameConv2d`: for weights trained in TF, e.g. the Gemma 3n encoder
+    and timm's ``tf_`` ports). It changes outputs, not parameters.
+
+    norm_layer: None is the architecture's own (BatchNorm; V5: RMSNorm2d).
+
+    encoder: no pooling, head or classifier; ``forward`` returns ``forward_tokens`` (B, N, C).
     """
     w = float(width_multiplier)
     if not w > 0:
@@ -258,19 +299,29 @@ def build(arch: Architecture, *, width_multiplier: float = 1.0, num_classes: int
         raise UserError(f"dilation_policy must be one of {DILATION_POLICIES}, got {dilation_policy!r}")
     if int(in_chans) != in_chans or in_chans < 1:
         raise UserError(f"in_chans must be a positive integer (1 for grayscale, 3 for RGB), got {in_chans}")
+    if padding not in PADDINGS:
+        raise UserError(f"padding must be one of {PADDINGS}, got {padding!r}")
+    if encoder and features_only:
+        raise UserError("choose one of encoder=True (token output) and features_only=True (feature maps)")
+    if encoder and num_classes:
+        raise UserError(f"an encoder has no classifier, but num_classes={num_classes} was given; build it with "
+                        "encoder=False for a classifier")
+    num_classes = 1000 if num_classes is None else num_classes
     if int(num_classes) != num_classes or num_classes < 0:
         raise UserError(f"num_classes must be an integer >= 0 (0: features only), got {num_classes}")
     dropout = arch.dropout if dropout is None else float(dropout)
     if not 0.0 <= dropout < 1.0:
         raise UserError(f"dropout must be in [0, 1), got {dropout}")
-    norm = norm_factory(norm_layer, arch.bn_eps if bn_eps is None else bn_eps,
+    norm = norm_factory(arch.norm_layer if norm_layer is None else norm_layer,
+                        arch.bn_eps if bn_eps is None else bn_eps,
                         arch.bn_momentum if bn_momentum is None else bn_momentum)
 
     def width(ch: int, keep_below_1: bool = False) -> int:
         return make_divisible(ch * (max(w, 1.0) if keep_below_1 else w))
 
     stem_ch = width(arch.stem.out, arch.stem.keep_below_1)
-    stem = ConvNormAct(in_chans, stem_ch, arch.stem.kernel, arch.stem.stride, norm=norm, act=arch.stem.act)
+    stem = ConvNormAct(in_chans, stem_ch, arch.stem.kernel, arch.stem.stride, norm=norm, act=arch.stem.act,
+                       bias=arch.stem.bias)
 
     stages, feature_info = [], []
     current, in_ch = [], stem_ch
@@ -314,10 +365,22 @@ def build(arch: Architecture, *, width_multiplier: float = 1.0, num_classes: int
         final_conv = ConvNormAct(in_ch, final_ch, 1, norm=norm, act=arch.final_conv.act)
         feature_info.append(FeatureInfo("final_conv", final_ch, reduction, Location.FINAL))
 
+    neck, neck_taps = None, ()
+    if arch.neck is not None and not features_only:
+        stage_widths = [f.channels for f in feature_info if f.location == Location.STAGE]
+        neck_taps = tuple(sorted(t % len(stage_widths) for t in arch.neck.taps))
+        neck = MultiScaleFusionAdapter([stage_widths[t] for t in neck_taps], arch.neck.out,
+                                       resolution=arch.neck.resolution, expansion=arch.neck.expansion,
+                                       act=arch.neck.act, norm=norm)
+
     head_fc: nn.Module | None = nn.Identity()
     head_act: nn.Module | None = nn.Identity()
     kept = None
-    if features_only:
+    if encoder:
+        num_features = arch.neck.out if neck is not None else feature_info[-1].channels
+        head_fc = head_act = None
+        head_hidden = 0
+    elif features_only:
         kept = _resolve_indices(out_indices, feature_info)
         deepest = feature_info[max(kept)]
         if deepest.location != Location.FINAL:
@@ -332,7 +395,7 @@ def build(arch: Architecture, *, width_multiplier: float = 1.0, num_classes: int
     else:
         if out_indices is not None:
             raise UserError("out_indices needs features_only=True")
-        num_features = feature_info[-1].channels
+        num_features = arch.neck.out if neck is not None else feature_info[-1].channels
         head_hidden = num_features
         if arch.head is not None:
             head_hidden = arch.head.out
@@ -342,10 +405,14 @@ def build(arch: Architecture, *, width_multiplier: float = 1.0, num_classes: int
                 head_fc = nn.Linear(num_features, head_hidden)  # == a 1x1 conv with bias on the pooled map, no BN
             head_act = arch.head.act.layer()
 
+    if padding == "tf_same":
+        for part in (stem, *stages):
+            use_tf_same_padding(part)
     return MobileNet(arch, stem=stem, stages=nn.Sequential(*stages), final_conv=final_conv, head_fc=head_fc,
                      head_act=head_act, num_features=num_features, head_hidden_size=head_hidden,
                      num_classes=int(num_classes), dropout=dropout, in_chans=int(in_chans),
-                     feature_info=feature_info, out_indices=kept)
+                     feature_info=feature_info, out_indices=kept, neck=neck, neck_taps=neck_taps,
+                     encoder=bool(encoder))
 
 
 def _resolve_indices(out_indices, info: list[FeatureInfo]) -> tuple[int, ...]:

@@ -14,7 +14,7 @@ from torch import nn
 
 from .errors import UserError
 from .model import BUILD_OPTIONS
-from .weights import create_with_weights
+from .weights import WEIGHTS, create_with_weights
 
 
 @dataclass(frozen=True)
@@ -44,9 +44,14 @@ def register_model(name: str, *, task: str = "classify", default_resolution: int
     return wrap
 
 
-def list_models(task: str | None = None) -> list[str]:
-    """Names of every registered model, optionally only those of one task."""
-    return sorted(n for n, e in _REGISTRY.items() if task is None or e.task == task)
+def list_models(task: str | None = None, weights: bool = False) -> list:
+    """Names of every registered model, optionally only those of one task. With ``weights=True``: every published
+    checkpoint instead, as ``(name, tag, width_multiplier)``: build it with
+    ``create_model(name, weights=tag, width_multiplier=width_multiplier)``."""
+    names = sorted(n for n, e in _REGISTRY.items() if task is None or e.task == task)
+    if not weights:
+        return names
+    return sorted(key for key in WEIGHTS if key[0] in names)
 
 
 def get_entry(name: str) -> ModelEntry:
@@ -66,11 +71,14 @@ def accepted_options(entry: ModelEntry) -> list[str]:
     return names
 
 
-def create_model(name: str, *, weights: str | None = None, **options) -> nn.Module:
+def create_model(name: str, *, weights: str | None = None, accept_licence: str | None = None,
+                 **options) -> nn.Module:
     """Build a registered model.
 
-    ``weights`` is ``None`` (random init), ``"torchvision"`` / ``"timm"`` (official ImageNet weights, downloaded
-    into the cache with a checksum check) or a path to a local checkpoint. Every other keyword is an
+    ``weights`` is ``None`` (random init), ``"torchvision"`` / ``"timm"`` / ``"timm:TAG"`` (published weights,
+    downloaded into the cache with a checksum check; ``list_models(weights=True)`` lists the tags) or a path to a
+    local checkpoint. Weights under a restrictive licence (MobileNetV5's ``"timm:gemma3n"``: the Gemma Terms of
+    Use) load only with ``accept_licence`` naming it (``accept_licence="gemma"``). Every other keyword is an
     architecture option (``width_multiplier``, ``num_classes``, ``in_chans``, ...).
     """
     entry = get_entry(name)
@@ -83,7 +91,7 @@ def create_model(name: str, *, weights: str | None = None, **options) -> nn.Modu
     if weights is None:
         model = entry.builder(**kwargs)
     else:
-        model = create_with_weights(entry, weights, kwargs)
+        model = create_with_weights(entry, weights, kwargs, accept_licence)
     # What a checkpoint needs to rebuild this exact network (see checkpoint.py), including the options that
     # published weights imply (fix_stem, bn_eps: set by create_with_weights / load_weights).
     model.arch_name = name

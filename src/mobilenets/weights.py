@@ -38,9 +38,12 @@ class WeightEntry:
     url: str
     sha256: str | None  # full digest or its leading hex digits (torchvision puts 8 in the file name)
     preprocessing: Preprocessing
-    top1: float  # ImageNet-1k val accuracy the publisher reports (at preprocessing.input_size)
+    top1: float | None  # ImageNet-1k val accuracy the publisher reports (at preprocessing.input_size); None: none
     options: dict = field(default_factory=dict)  # architecture options the weights were trained with
     variant: str = ""  # "" for the source's default checkpoint of the model and width; else weights="timm:VARIANT"
+    licence: str = ""  # "": the source's permissive licence (BSD / Apache-2.0); else a key of LICENCES, which the
+    #                    caller must accept explicitly (create_model(..., accept_licence=KEY))
+    classifier: bool = True  # False: a feature extractor's weights; the model's classifier keeps its random init
 
     @property
     def tag(self) -> str:
@@ -50,6 +53,26 @@ class WeightEntry:
     @property
     def key(self) -> tuple[str, str, float]:
         return self.model, self.tag, float(self.options.get("width_multiplier", 1.0))
+
+
+# Licences that must be accepted by name before their weights are downloaded or loaded.
+LICENCES = {
+    "gemma": "the Gemma Terms of Use (https://ai.google.dev/gemma/terms) and the Gemma Prohibited Use Policy "
+             "(https://ai.google.dev/gemma/prohibited_use_policy)",
+}
+ACCEPT_ENV = "MOBILENETS_ACCEPT_LICENCE"  # comma-separated LICENCES keys; what the CLI's --accept-licence sets
+
+
+def check_licence(entry: WeightEntry, accept_licence: str | None = None) -> None:
+    """Refuse ``entry`` unless its licence is permissive or accepted by name (``accept_licence``, or the
+    environment variable ACCEPT_ENV that ``--accept-licence`` sets for the command and its worker processes)."""
+    if not entry.licence:
+        return
+    accepted = {a.strip() for a in (accept_licence or "").split(",") + os.environ.get(ACCEPT_ENV, "").split(",")}
+    if entry.licence not in accepted:
+        raise UserError(f"the {entry.model} weights {entry.tag!r} are published under {LICENCES[entry.licence]}, "
+                        f"not an open-source licence; read it, and if you accept it pass "
+                        f"accept_licence={entry.licence!r} (CLI: --accept-licence {entry.licence})")
 
 
 _TV = "https://download.pytorch.org/models/"
@@ -121,6 +144,12 @@ WEIGHTS: dict[tuple[str, str, float], WeightEntry] = {
               default=False),
         _timm(_V4 + "hybrid_large", "mobilenetv4_hybrid_large.ix_e600_r384_in1k", 384, 0.95, 83.996),
         _timm(_V4 + "hybrid_large", "mobilenetv4_hybrid_large.e600_r384_in1k", 384, 0.95, 83.826, default=False),
+        # MobileNetV5: Gemma 3n's vision encoder (no classifier, no ImageNet figure), Gemma licence. 768 px in
+        # [0, 1] (mean 0, std 1), no crop. One file for both builds; the _enc one pads as Gemma 3n does.
+        *(WeightEntry(name, "timm", _HF.format("mobilenetv5_300m.gemma3n"), None,
+                      Preprocessing((3, 768, 768), 768, mean=(0.0,) * 3, std=(1.0,) * 3, interpolation="bicubic"),
+                      None, variant="gemma3n", licence="gemma", classifier=False)
+          for name in ("mobilenet_v5_300m", "mobilenet_v5_300m_enc")),
     )
 }
 
@@ -174,15 +203,17 @@ def fetch(entry: WeightEntry) -> Path:
     return dest
 
 
-def create_with_weights(entry, weights: str, options: dict) -> nn.Module:
+def create_with_weights(entry, weights: str, options: dict, accept_licence: str | None = None) -> nn.Module:
     """``create_model(name, weights=...)``: build with the weights' own options, then load them.
 
     A ``num_classes`` other than the checkpoint's keeps a fresh classifier; an ``in_chans`` other than 3 adapts
-    the stem (see :func:`adapt_stem`).
+    the stem (see :func:`adapt_stem`). Weights under a licence of LICENCES need ``accept_licence`` (see
+    :func:`check_licence`) before anything is downloaded.
     """
     width = float(options.get("width_multiplier", 1.0))
     known = WEIGHTS.get((entry.name, weights, width))
     if known is not None:
+        check_licence(known, accept_licence)
         path, opts = fetch(known), {**known.options, **options}
     elif weights.split(":")[0] in ("torchvision", "timm"):
         source = weights.split(":")[0]
@@ -192,11 +223,16 @@ def create_with_weights(entry, weights: str, options: dict) -> nn.Module:
                         f"available: {', '.join(have) or 'none'}")
     else:
         path, opts = Path(weights), options
+    state = read_state_dict(path)  # an unreadable file fails here, before a long build (V5: 300M parameters)
     model = entry.builder(**opts)
     # the weights' own options (fix_stem, bn_eps, ...) belong to the model's description (checkpoints rebuild it)
     model.arch_options = dict(opts)
-    skip = ("classifier.",) if opts.get("num_classes", 1000) != 1000 else ()
-    load_weights(model, path, skip=skip)
+    fresh_head = opts.get("num_classes", 1000) != 1000 or (known is not None and not known.classifier)
+    skip = ("classifier.",) if fresh_head else ()
+    load_weights(model, state, skip=skip, source_name=str(path))
+    if known is not None and not known.classifier and getattr(model, "num_classes", 0):
+        log.info("%s holds no classifier: %s's %d-class classifier keeps its random init; train it, e.g. "
+                 "mobilenets train --freeze backbone", known.tag, entry.name, model.num_classes)
     model.weights_entry = known
     return model
 
@@ -294,9 +330,11 @@ def _timm_v4_block(block: nn.Module, ours: str, theirs: str) -> dict[str, str] |
 
 
 def timm_module_map(model: nn.Module) -> dict[str, str]:
-    """Our module paths -> timm's EfficientNet / MobileNetV3 / MobileNetV4 paths (``conv_stem``, ``blocks.s.b.*``,
-    ...). Paths of modules the model does not have (e.g. an absent start depthwise conv) match nothing."""
-    m = _conv_bn("stem", "conv_stem", "bn1")
+    """Our module paths -> timm's EfficientNet / MobileNetV3 / MobileNetV4 / MobileNetV5 paths (``conv_stem``,
+    ``blocks.s.b.*``, ``msfa.*``, ...). Paths of modules the model does not have (e.g. an absent start depthwise
+    conv) match nothing."""
+    v5 = model.arch.neck is not None  # timm's MobileNetV5 keeps its stem as one ConvNormAct
+    m = _conv_bn("stem", "conv_stem.conv", "conv_stem.bn") if v5 else _conv_bn("stem", "conv_stem", "bn1")
     for s, stage in enumerate(model.stages):
         for b, block in enumerate(stage):
             ours, theirs = f"stages.{s}.{b}", f"blocks.{s}.{b}"
@@ -324,6 +362,10 @@ def timm_module_map(model: nn.Module) -> dict[str, str]:
             m["head_fc"] = "conv_head"
     elif model.arch.final_conv is not None:  # V2: timm's conv_head + bn2
         m.update(_conv_bn("final_conv", "conv_head", "bn2"))
+    if v5:  # the Multi-Scale Fusion Adapter
+        m.update(_conv_bn("neck.ffn.expand", "msfa.ffn.pw_exp.conv", "msfa.ffn.pw_exp.bn"))
+        m.update(_conv_bn("neck.ffn.project", "msfa.ffn.pw_proj.conv", "msfa.ffn.pw_proj.bn"))
+        m["neck.norm"] = "msfa.norm"
     m["classifier"] = "classifier"
     return m
 
@@ -436,18 +478,24 @@ def _fit_timm_bn_eps(model: nn.Module, source: str) -> None:
         model.arch_options["bn_eps"] = TIMM_BN_EPS
 
 
-def load_weights(model: nn.Module, source, *, skip: tuple[str, ...] = ()) -> nn.Module:
+# Where Hugging Face Transformers' Gemma 3n checkpoints keep the timm MobileNetV5 vision tower.
+GEMMA3N_PREFIX = "model.vision_tower.timm_model."
+
+
+def load_weights(model: nn.Module, source, *, skip: tuple[str, ...] = (), source_name: str | None = None) -> nn.Module:
     """Load a checkpoint saved by torchvision, timm or mobilenets into ``model`` (in place; returned too).
 
     ``source`` is a path (.safetensors, .pth, .pt) or a state dict. Parameter names are mapped automatically;
     anything that does not fit raises :class:`~mobilenets.errors.UserError` listing every bad key. A timm file
     also sets the model's BN eps to timm's 1e-5 (logged), unless the model was built with another ``bn_eps``,
-    which is refused.
+    which is refused. ``source_name`` names a state dict in messages (default "state dict").
     """
     if isinstance(source, dict):
-        state, name = source, "state dict"
+        state, name = source, source_name or "state dict"
     else:
         state, name = read_state_dict(source), str(source)
+    if any(k.startswith(GEMMA3N_PREFIX) for k in state):  # a whole Gemma 3n checkpoint: keep its vision tower
+        state = {k[len(GEMMA3N_PREFIX):]: v for k, v in state.items() if k.startswith(GEMMA3N_PREFIX)}
     timm_file = not hasattr(model, "foreign_module_map") and detect_format(state.keys()) == "timm"
     if timm_file:
         _check_timm_bn_eps(model, name)

@@ -39,6 +39,7 @@ class Stem:
     stride: int = 2
     kernel: int = 3
     keep_below_1: bool = False  # keep ``out`` at multipliers below 1 (timm's ``fix_stem``; V4's default)
+    bias: bool = False  # V5: the conv has a bias (its RMSNorm has no shift)
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,19 @@ class HeadFC:
 
 
 @dataclass(frozen=True)
+class FusionNeck:
+    """MobileNetV5's Multi-Scale Fusion Adapter in place of V4's final conv and head: the outputs of the stages
+    ``taps`` (negative: counted from the last) fused into ``out`` channels at ``resolution`` x ``resolution``
+    (see :class:`~mobilenets.blocks.MultiScaleFusionAdapter`). ``out`` never scales with the width."""
+
+    out: int
+    resolution: int
+    taps: tuple[int, ...] = (-2, -1)
+    expansion: float = 2.0  # the FFN's expanded width / its (concatenated) input width
+    act: Act = Act.GELU_TANH
+
+
+@dataclass(frozen=True)
 class Architecture:
     """A whole variant: the paper's table plus the defaults of the reference implementation."""
 
@@ -119,8 +133,10 @@ class Architecture:
     rows: tuple
     final_conv: FinalConv | None = None
     head: HeadFC | None = None
+    neck: FusionNeck | None = None  # V5: replaces final_conv and head
     dropout: float = 0.2
-    bn_eps: float = 1e-5
+    norm_layer: str = "batchnorm"  # V5: "rmsnorm2d"
+    bn_eps: float = 1e-5  # the norm's eps (RMSNorm's too)
     bn_momentum: float = 0.1
     paper_figures: dict = field(default_factory=dict)  # (width, resolution) -> (top-1, M MACs, M params)
 

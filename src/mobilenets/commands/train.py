@@ -109,6 +109,9 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     m.add_argument("--norm-layer", default=None, help="batchnorm (default), frozenbatchnorm, groupnorm")
     m.add_argument("--weights", default=None, help="start from torchvision, timm or a checkpoint PATH "
                                                   "(the classifier gets a new head for this data)")
+    m.add_argument("--accept-licence", default=None, metavar="NAME",
+                   help="accept the licence of --weights by name (e.g. gemma for MobileNetV5's timm:gemma3n, under the "
+                        "Gemma Terms of Use); weights under such a licence are refused without it")
     m.add_argument("--freeze", default="none",
                    help="backbone, none or a stage index k (stem + stages 0..k): frozen weights and BN stats; for "
                         "detect / segment the backbone is the MobileNet under the head (extras, neck and heads "
