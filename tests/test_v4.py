@@ -250,7 +250,7 @@ def test_export_by_name_keeps_the_weights_own_preprocessing(tmp_path, monkeypatc
 
 def test_every_v4_checkpoint_has_its_own_preprocessing():
     v4 = {k: e for k, e in weights.WEIGHTS.items() if k[0].startswith("mobilenet_v4_")}
-    assert len(v4) == 15 and all("huggingface.co/timm/mobilenetv4_" in e.url for e in v4.values())
+    assert len(v4) == 16 and all("huggingface.co/timm/mobilenetv4_" in e.url for e in v4.values())  # 16: conv_aa
     e3600 = weights.WEIGHTS[("mobilenet_v4_conv_small", "timm:e3600_r256_in1k", 1.0)]
     assert (e3600.preprocessing.input_size, e3600.preprocessing.resize, e3600.top1) == ((3, 256, 256), 269, 74.534)
     large = weights.WEIGHTS[("mobilenet_v4_hybrid_large", "timm", 1.0)]

@@ -4,6 +4,7 @@ models on the meta device), outputs against timm on the same random weights (mob
 weights through a local file. One thread, seconds each."""
 import os
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -330,3 +331,51 @@ def test_accept_licence_flag_reaches_the_loader(tmp_path, monkeypatch, capsys):
     assert "Gemma Terms" not in err and "unfit file" in err
     assert (tmp_path / "cache" / "weights" / "mobilenetv5_300m.gemma3n.safetensors").is_file()
     assert os.environ[weights.ACCEPT_ENV] == "gemma"  # what torchrun workers inherit
+
+
+# -- export ----------------------------------------------------------------------------------------------------
+def small_v5(seed: int = 0):
+    """mobilenet_v5_base at width 0.25 with 10 classes, its norm weights and layer scales drawn at random (at init
+    the 1e-5 layer scales make every block the identity, where any export would 'agree') and a classifier whose
+    logits are O(1); 64 px inputs."""
+    from mobilenets.checkpoint import CheckpointMeta, Preprocessing
+    torch.manual_seed(seed)
+    options = {"width_multiplier": 0.25, "num_classes": 10}
+    model = mobilenets.create_model("mobilenet_v5_base", **options).eval()
+    with torch.no_grad():
+        for key, p in model.named_parameters():
+            if p.dim() == 1 and not key.startswith("classifier"):
+                p.uniform_(0.5, 1.5)
+        torch.nn.init.normal_(model.classifier.weight, std=0.5)
+    pre = Preprocessing(input_size=(3, 64, 64), resize=64, mean=(0.5,) * 3, std=(0.5,) * 3)
+    meta = CheckpointMeta(model="mobilenet_v5_base", options=options, class_names=[f"c{i}" for i in range(10)],
+                          preprocessing=pre)
+    return model, meta
+
+
+@pytest.mark.parametrize("fmt, suffix", [("onnx", ".onnx"), ("openvino", ".xml")])
+def test_export_with_parity(tmp_path, fmt, suffix):
+    """RMSNorm exports as plain float ops (pow, mean, sqrt, div, mul) at the exporter's opset, GELU-tanh as tanh,
+    the neck's resize as Resize; the exporter's parity check passes and the file's logits equal eager's."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    if fmt == "openvino":
+        pytest.importorskip("openvino")
+    from mobilenets.deploy import export_model, open_runner
+    model, meta = small_v5()
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        want = model(x)
+        for m in model.modules():  # the attention branches matter: without them the logits change
+            if isinstance(m, MobileMQA):
+                m.layer_scale.gamma.data.mul_(0)
+        assert (model(x) - want).abs().max() > 0.1 * want.abs().max()
+    model, _ = small_v5()
+    result = export_model(model, meta, tmp_path / f"v5{suffix}", fmt, parity_n=4)
+    assert result.parity.passed and result.precision == "fp32"
+    got = open_runner(result.path, backend="onnxruntime" if fmt == "onnx" else "openvino").run(x.numpy())
+    assert np.abs(got - want.numpy()).max() <= result.parity.tolerance
+    if fmt == "onnx":
+        import onnx
+        ops = {n.op_type for n in onnx.load(str(result.path)).graph.node}
+        assert {"ReduceMean", "Pow", "Tanh", "Resize", "Softmax"} <= ops and "BatchNormalization" not in ops

@@ -148,9 +148,28 @@ def use_tf_same_padding(model: nn.Module) -> int:
     return changed
 
 
+def use_antialiased_downsampling(module: nn.Module) -> int:
+    """Anti-aliased downsampling (Zhang, "Making Convolutional Networks Shift-Invariant Again", arXiv:1904.11486,
+    with the simplest low-pass filter; timm ``aa_layer='avg'``): every strided conv-norm-act inside ``module`` runs
+    at stride 1 and is followed by 2x2 average pooling with stride 2. Attention's key/value downsampling is left
+    alone (timm's is too). Parameters and their names do not change; MACs of those convs grow 4x. Returns how many
+    were changed."""
+    changed = 0
+    for name, m in module.named_modules():
+        if isinstance(m, ConvNormAct) and max(m.conv.stride) > 1 and ".key_down" not in f".{name}" \
+                and ".value_down" not in f".{name}":
+            if m.conv.stride != (2, 2):
+                raise UserError(f"anti-aliased downsampling pools by 2; {name} has stride {m.conv.stride}")
+            m.conv.stride = (1, 1)
+            m.aa = nn.AvgPool2d(2)
+            changed += 1
+    return changed
+
+
 class ConvNormAct(nn.Module):
-    """conv -> norm -> activation; ``act=None`` gives a linear layer (V2's linear bottleneck). The conv has no
-    bias (the norm's shift replaces it) unless ``bias`` (MobileNetV5's stem, whose RMSNorm has no shift)."""
+    """conv -> norm -> activation (-> ``aa``: anti-aliasing pool, see :func:`use_antialiased_downsampling`;
+    identity otherwise); ``act=None`` gives a linear layer (V2's linear bottleneck). The conv has no bias (the
+    norm's shift replaces it) unless ``bias`` (MobileNetV5's stem, whose RMSNorm has no shift)."""
 
     def __init__(self, in_ch: int, out_ch: int, kernel: int = 1, stride: int = 1, *, groups: int = 1,
                  dilation: int = 1, norm: NormFactory, act: Act | None = None, bias: bool = False):
@@ -159,10 +178,11 @@ class ConvNormAct(nn.Module):
         self.conv = nn.Conv2d(in_ch, out_ch, kernel, stride, padding, dilation=dilation, groups=groups, bias=bias)
         self.bn = norm(out_ch)
         self.act = act.layer() if act is not None else nn.Identity()
+        self.aa = nn.Identity()
         self.out_channels = out_ch
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.bn(self.conv(x)))
+        return self.aa(self.act(self.bn(self.conv(x))))
 
 
 class SqueezeExcite(nn.Module):

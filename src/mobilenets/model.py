@@ -36,7 +36,14 @@ from .blocks import (
     UniversalInvertedBottleneck,
 )
 from .errors import UserError
-from .layers import ConvNormAct, PooledConvNorm, make_divisible, norm_factory, use_tf_same_padding
+from .layers import (
+    ConvNormAct,
+    PooledConvNorm,
+    make_divisible,
+    norm_factory,
+    use_antialiased_downsampling,
+    use_tf_same_padding,
+)
 
 if TYPE_CHECKING:  # the row types are data the builder reads; archs/ imports this module
     from .archs.spec import Architecture, Unit
@@ -264,14 +271,15 @@ def _init_weights(model: nn.Module) -> None:
 
 
 BUILD_OPTIONS = ("width_multiplier", "num_classes", "in_chans", "dropout", "output_stride", "norm_layer",
-                 "bn_eps", "bn_momentum", "dilation_policy", "features_only", "out_indices", "padding", "encoder")
+                 "bn_eps", "bn_momentum", "dilation_policy", "features_only", "out_indices", "padding", "encoder",
+                 "antialias")
 
 
 def build(arch: Architecture, *, width_multiplier: float = 1.0, num_classes: int | None = None, in_chans: int = 3,
           dropout: float | None = None, output_stride: int = 32, norm_layer=None,
           bn_eps: float | None = None, bn_momentum: float | None = None, dilation_policy: str = "tf",
           features_only: bool = False, out_indices: Sequence[int | Select] | None = None,
-          padding: str = "symmetric", encoder: bool = False) -> MobileNet:
+          padding: str = "symmetric", encoder: bool = False, antialias: bool = False) -> MobileNet:
     """Build ``arch`` at the given width.
 
     dilation_policy: where the first dilated block starts when ``output_stride`` < 32. "tf" (the DeepLab /
@@ -289,6 +297,10 @@ def build(arch: Architecture, *, width_multiplier: float = 1.0, num_classes: int
     norm_layer: None is the architecture's own (BatchNorm; V5: RMSNorm2d).
 
     encoder: no pooling, head or classifier; ``forward`` returns ``forward_tokens`` (B, N, C).
+
+    antialias: anti-aliased downsampling in the blocks (the stem keeps its stride): each strided conv runs at
+    stride 1 and 2x2 average pooling follows (:func:`~mobilenets.layers.use_antialiased_downsampling`; timm's
+    ``mobilenetv4_conv_aa_large``, whose in12k -> in1k weights are the best public MobileNet ImageNet weights).
     """
     w = float(width_multiplier)
     if not w > 0:
@@ -408,6 +420,9 @@ def build(arch: Architecture, *, width_multiplier: float = 1.0, num_classes: int
     if padding == "tf_same":
         for part in (stem, *stages):
             use_tf_same_padding(part)
+    if antialias:
+        for part in stages:
+            use_antialiased_downsampling(part)
     return MobileNet(arch, stem=stem, stages=nn.Sequential(*stages), final_conv=final_conv, head_fc=head_fc,
                      head_act=head_act, num_features=num_features, head_hidden_size=head_hidden,
                      num_classes=int(num_classes), dropout=dropout, in_chans=int(in_chans),

@@ -79,18 +79,23 @@ _TV = "https://download.pytorch.org/models/"
 _HF = "https://huggingface.co/timm/{}/resolve/main/model.safetensors"
 _IMAGENET = dict(mean=IMAGENET_MEAN, std=IMAGENET_STD)
 _INCEPTION = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+_UNIT = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))  # images in [0, 1], not normalised
 _TIMM_BN = {"bn_eps": 1e-5, "bn_momentum": 0.1}  # timm's MobileNetV2/V3 (PyTorch's BN defaults)
+_TF_PORT = {"bn_eps": 1e-3, "padding": "tf_same"}  # timm's tf_ ports of TF checkpoints
 
 
-def _timm(model: str, hub_name: str, size: int, crop_pct: float, top1: float, *, inception: bool = False,
-          default: bool = True, **options) -> WeightEntry:
+def _timm(model: str, hub_name: str, size: int, crop_pct: float, top1: float | None, *, inception: bool = False,
+          default: bool = True, variant: str | None = None, interpolation: str = "bicubic",
+          stats: dict | None = None, classifier: bool = True, **options) -> WeightEntry:
     """A timm checkpoint on the Hugging Face hub, evaluated bicubic at ``size`` px after resizing the shorter
     side to floor(size / crop_pct) (timm's ``crop_pct``); ``top1`` is timm's results-imagenet.csv figure there.
-    Non-default checkpoints are named by their timm tag: ``weights="timm:e3600_r256_in1k"``."""
-    pre = Preprocessing((3, size, size), int(size / crop_pct), **(_INCEPTION if inception else _IMAGENET),
-                        interpolation="bicubic")
-    return WeightEntry(model, "timm", _HF.format(hub_name), None, pre, top1, options,
-                       variant="" if default else hub_name.split(".", 1)[1])
+    Non-default checkpoints are named by their timm tag: ``weights="timm:e3600_r256_in1k"``, or by ``variant``."""
+    pre = Preprocessing((3, size, size), int(size / crop_pct),
+                        **(stats or (_INCEPTION if inception else _IMAGENET)), interpolation=interpolation)
+    if variant is None:
+        variant = "" if default else hub_name.split(".", 1)[1]
+    return WeightEntry(model, "timm", _HF.format(hub_name), None, pre, top1, options, variant=variant,
+                       classifier=classifier)
 
 
 _V4 = "mobilenet_v4_"
@@ -144,6 +149,34 @@ WEIGHTS: dict[tuple[str, str, float], WeightEntry] = {
               default=False),
         _timm(_V4 + "hybrid_large", "mobilenetv4_hybrid_large.ix_e600_r384_in1k", 384, 0.95, 83.996),
         _timm(_V4 + "hybrid_large", "mobilenetv4_hybrid_large.e600_r384_in1k", 384, 0.95, 83.826, default=False),
+        # Further timm weights for architectures and widths the zoo builds with timm's exact parameters (issue 31);
+        # top-1 from timm's results table as REFERENCE_V5.md section 2.1 records it.
+        _timm("mobilenet_v2", "mobilenetv2_140.ra_in1k", 224, 0.875, 76.528, width_multiplier=1.4, **_TIMM_BN),
+        _timm("mobilenet_v2", "mobilenetv2_050.lamb_in1k", 224, 0.875, 65.928, width_multiplier=0.5, **_TIMM_BN),
+        _timm("mobilenet_v1", "mobilenetv1_125.ra4_e3600_r224_in1k", 224, 0.9, 76.92, inception=True,
+              width_multiplier=1.25),
+        # MobileNetV4 Conv-L with anti-aliased downsampling (timm mobilenetv4_conv_aa_large), pretrained on
+        # ImageNet-12k, fine-tuned on 1k at 448 px and evaluated at 544 px without a crop: the best public MobileNet
+        # ImageNet weights.
+        _timm(_V4 + "conv_large", "mobilenetv4_conv_aa_large.e230_r448_in12k_ft_in1k", 544, 1.0, 84.99,
+              variant="aa_e230_r448_in12k_ft_in1k", antialias=True),
+        # MobileNetV3-Large pretrained on ImageNet-21k (Alibaba MIIL, arXiv:2104.10972): fine-tuned on 1k, and the
+        # 21k backbone alone (its 11,221-class head is left out: a start for fine-tuning). [0, 1] inputs, bilinear.
+        _timm("mobilenet_v3_large", "mobilenetv3_large_100.miil_in21k_ft_in1k", 224, 0.875, 77.92,
+              variant="miil_in21k_ft_in1k", interpolation="bilinear", stats=_UNIT, **_TIMM_BN),
+        _timm("mobilenet_v3_large", "mobilenetv3_large_100.miil_in21k", 224, 0.875, None, variant="miil_in21k",
+              interpolation="bilinear", stats=_UNIT, classifier=False, **_TIMM_BN),
+        # The TF-slim MobileNetV3 checkpoints ported by timm (tf_mobilenetv3_*): TF "SAME" padding, BN eps 1e-3,
+        # Inception mean/std, bilinear; weights="timm:tf" (and timm:tf_minimal for the minimalistic models).
+        *(_timm(model, f"tf_mobilenetv3_{size}_{tag}.in1k", 224, 0.875, top1, variant="tf" + minimal,
+                inception=True, interpolation="bilinear", **_TF_PORT, **extra)
+          for model, size, tag, minimal, top1, extra in (
+              ("mobilenet_v3_large", "large", "100", "", 75.51, {}),
+              ("mobilenet_v3_large", "large", "075", "", 73.442, {"width_multiplier": 0.75}),
+              ("mobilenet_v3_small", "small", "100", "", 67.922, {}),
+              ("mobilenet_v3_small", "small", "075", "", 65.706, {"width_multiplier": 0.75}),
+              ("mobilenet_v3_large", "large", "minimal_100", "_minimal", 72.27, {"minimal": True}),
+              ("mobilenet_v3_small", "small", "minimal_100", "_minimal", 62.892, {"minimal": True}))),
         # MobileNetV5: Gemma 3n's vision encoder (no classifier, no ImageNet figure), Gemma licence. 768 px in
         # [0, 1] (mean 0, std 1), no crop. One file for both builds; the _enc one pads as Gemma 3n does.
         *(WeightEntry(name, "timm", _HF.format("mobilenetv5_300m.gemma3n"), None,
@@ -229,7 +262,8 @@ def create_with_weights(entry, weights: str, options: dict, accept_licence: str 
     model.arch_options = dict(opts)
     fresh_head = opts.get("num_classes", 1000) != 1000 or (known is not None and not known.classifier)
     skip = ("classifier.",) if fresh_head else ()
-    load_weights(model, state, skip=skip, source_name=str(path))
+    eps = known.options.get("bn_eps", TIMM_BN_EPS) if known is not None and known.source == "timm" else TIMM_BN_EPS
+    load_weights(model, state, skip=skip, source_name=str(path), timm_bn_eps=eps)
     if known is not None and not known.classifier and getattr(model, "num_classes", 0):
         log.info("%s holds no classifier: %s's %d-class classifier keeps its random init; train it, e.g. "
                  "mobilenets train --freeze backbone", known.tag, entry.name, model.num_classes)
@@ -449,9 +483,10 @@ def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], *,
     model.load_state_dict({**ours, **new})
 
 
-# timm's MobileNets normalise with PyTorch's BN eps (its tf_ ports use 1e-3, but also TF "same" padding, which no
-# mobilenets model reproduces); V3 here defaults to the TF reference's 1e-3, which shifts the outputs of timm's
-# weights (~6e-3 on the logits with random statistics, more with trained ones).
+# timm's MobileNets normalise with PyTorch's BN eps (its tf_ ports use 1e-3 and TF "same" padding: their weight
+# entries build with bn_eps=1e-3, padding="tf_same" and load with timm_bn_eps=1e-3); V3 here defaults to the TF
+# reference's 1e-3, which shifts the outputs of timm's weights (~6e-3 on the logits with random statistics, more
+# with trained ones).
 TIMM_BN_EPS = 1e-5
 
 
@@ -459,36 +494,38 @@ def _bn_layers(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if hasattr(m, "eps") and getattr(m, "running_var", None) is not None]
 
 
-def _check_timm_bn_eps(model: nn.Module, source: str) -> None:
+def _check_timm_bn_eps(model: nn.Module, source: str, eps: float = TIMM_BN_EPS) -> None:
     chosen = (getattr(model, "arch_options", None) or {}).get("bn_eps")
-    if chosen is not None and chosen != TIMM_BN_EPS:
-        raise UserError(f"{source} holds timm weights, trained with BN eps {TIMM_BN_EPS:g}, but the model was built "
-                        f"with bn_eps={chosen:g}; build it with bn_eps={TIMM_BN_EPS:g} or without bn_eps")
+    if chosen is not None and chosen != eps:
+        raise UserError(f"{source} holds timm weights, trained with BN eps {eps:g}, but the model was built "
+                        f"with bn_eps={chosen:g}; build it with bn_eps={eps:g} or without bn_eps")
 
 
-def _fit_timm_bn_eps(model: nn.Module, source: str) -> None:
+def _fit_timm_bn_eps(model: nn.Module, source: str, eps: float = TIMM_BN_EPS) -> None:
     """Give every BN layer timm's eps, and record it in the model's options so that checkpoints keep it."""
-    changed = [m for m in _bn_layers(model) if m.eps != TIMM_BN_EPS]
+    changed = [m for m in _bn_layers(model) if m.eps != eps]
     if changed:
         log.info("%s: timm weights: BN eps of %d layers set from %g to %g, as they were trained", source,
-                 len(changed), changed[0].eps, TIMM_BN_EPS)
+                 len(changed), changed[0].eps, eps)
         for m in changed:
-            m.eps = TIMM_BN_EPS
+            m.eps = eps
     if getattr(model, "arch_options", None) is not None and (changed or "bn_eps" in model.arch_options):
-        model.arch_options["bn_eps"] = TIMM_BN_EPS
+        model.arch_options["bn_eps"] = eps
 
 
 # Where Hugging Face Transformers' Gemma 3n checkpoints keep the timm MobileNetV5 vision tower.
 GEMMA3N_PREFIX = "model.vision_tower.timm_model."
 
 
-def load_weights(model: nn.Module, source, *, skip: tuple[str, ...] = (), source_name: str | None = None) -> nn.Module:
+def load_weights(model: nn.Module, source, *, skip: tuple[str, ...] = (), source_name: str | None = None,
+                 timm_bn_eps: float = TIMM_BN_EPS) -> nn.Module:
     """Load a checkpoint saved by torchvision, timm or mobilenets into ``model`` (in place; returned too).
 
     ``source`` is a path (.safetensors, .pth, .pt) or a state dict. Parameter names are mapped automatically;
     anything that does not fit raises :class:`~mobilenets.errors.UserError` listing every bad key. A timm file
     also sets the model's BN eps to timm's 1e-5 (logged), unless the model was built with another ``bn_eps``,
-    which is refused. ``source_name`` names a state dict in messages (default "state dict").
+    which is refused; ``timm_bn_eps=1e-3`` for timm's ``tf_`` ports (build those with ``padding="tf_same"``).
+    ``source_name`` names a state dict in messages (default "state dict").
     """
     if isinstance(source, dict):
         state, name = source, source_name or "state dict"
@@ -498,7 +535,7 @@ def load_weights(model: nn.Module, source, *, skip: tuple[str, ...] = (), source
         state = {k[len(GEMMA3N_PREFIX):]: v for k, v in state.items() if k.startswith(GEMMA3N_PREFIX)}
     timm_file = not hasattr(model, "foreign_module_map") and detect_format(state.keys()) == "timm"
     if timm_file:
-        _check_timm_bn_eps(model, name)
+        _check_timm_bn_eps(model, name, timm_bn_eps)
     try:
         load_state_dict_checked(model, state, source=name, module_map=module_map_for(model, state.keys()),
                                 skip=skip)
@@ -510,5 +547,5 @@ def load_weights(model: nn.Module, source, *, skip: tuple[str, ...] = (), source
                             f"here): build the model with fix_stem=True") from None
         raise
     if timm_file:
-        _fit_timm_bn_eps(model, name)
+        _fit_timm_bn_eps(model, name, timm_bn_eps)
     return model

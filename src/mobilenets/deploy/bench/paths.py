@@ -5,8 +5,8 @@ runs (our exports and the peers') and :func:`load`, which a worker process calls
   (BN folded, GlobalAveragePool, parity-checked) and run by :mod:`~mobilenets.deploy.runtime`'s runners, plus
   eager PyTorch (batch 1 only: at batch 32 one eager run takes seconds on a busy machine).
 * ``peer``: torchvision's ``mobilenet_v2`` / ``mobilenet_v3_large`` / ``mobilenet_v3_small`` and timm's
-  ``mobilenetv1_100``, ``mobilenetv2_140`` and ``mobilenetv4_*`` (built by timm, random init: nothing is
-  downloaded), exported with plain ``torch.onnx.export`` (its defaults: the dynamo exporter, opset 18)
+  ``mobilenetv1_100``, ``mobilenetv2_140``, ``mobilenetv4_*`` and ``mobilenetv5_*`` (built by timm, random init:
+  nothing is downloaded), exported with plain ``torch.onnx.export`` (its defaults: the dynamo exporter, opset 18)
   and run with the runtimes' default settings apart from the thread count (and fp32 precision for OpenVINO,
   whose default on AVX-512 BF16 CPUs is bf16), plus eager PyTorch.
 * ``peer+tuned`` (``tuned_peers=True``): the reference ONNX files run by our runners. Our runner settings are
@@ -41,7 +41,8 @@ PEERS = {"mobilenet_v1": ("timm", "mobilenetv1_100"), "mobilenet_v2": ("torchvis
          "mobilenet_v3_large": ("torchvision", "mobilenet_v3_large"),
          "mobilenet_v3_small": ("torchvision", "mobilenet_v3_small"),
          **{f"mobilenet_v4_{v}": ("timm", f"mobilenetv4_{v}") for v in (
-             "conv_small", "conv_medium", "conv_large", "hybrid_medium", "hybrid_large")}}
+             "conv_small", "conv_medium", "conv_large", "hybrid_medium", "hybrid_large")},
+         **{f"mobilenet_v5_{v}": ("timm", f"mobilenetv5_{v}") for v in ("300m", "300m_enc", "base")}}
 INPUT_SIZE = (3, 224, 224)  # ImageNet-sized inputs: V1-V3 as published
 
 
