@@ -131,3 +131,25 @@ def test_every_tag_is_listed_and_builds_on_the_meta_device():
         entry = weights.WEIGHTS[(name, tag, width)]
         with torch.device("meta"):  # the entry's options build (no download: the model only)
             mobilenets.create_model(name, **{"width_multiplier": width, **entry.options})
+
+
+def test_models_command_lists_every_weight_tag(capsys):
+    from mobilenets.cli import main
+    assert main(["models", "--weights"]) == 0
+    lines = capsys.readouterr().out.splitlines()[1:]
+    assert len(lines) == len(weights.WEIGHTS)
+    gemma = [ln for ln in lines if "timm:gemma3n" in ln]
+    assert len(gemma) == 2 and all(ln.split()[-1] == "gemma" and " - " in ln for ln in gemma)
+    assert any(ln.split()[:3] == ["mobilenet_v4_conv_large", "timm:aa_e230_r448_in12k_ft_in1k", "1"] and
+               "84.990" in ln for ln in lines)
+
+
+def test_bench_peers_of_v5_are_timms_same_models():
+    from mobilenets.deploy.bench.paths import PEERS
+    for name in ("mobilenet_v5_300m", "mobilenet_v5_300m_enc", "mobilenet_v5_base"):
+        library, peer = PEERS[name]
+        with torch.device("meta"):
+            ours, ref = mobilenets.create_model(name, num_classes=0 if "enc" not in name else None), \
+                timm.create_model(peer, num_classes=0)
+        assert library == "timm" and peer == name.replace("mobilenet_v5_", "mobilenetv5_")
+        assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in ref.parameters())
