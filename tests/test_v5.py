@@ -379,3 +379,17 @@ def test_export_with_parity(tmp_path, fmt, suffix):
         import onnx
         ops = {n.op_type for n in onnx.load(str(result.path)).graph.node}
         assert {"ReduceMean", "Pow", "Tanh", "Resize", "Softmax"} <= ops and "BatchNormalization" not in ops
+
+
+@pytest.mark.parametrize("head", ["ssdlite", "lraspp"])
+def test_dense_heads_take_a_v5_backbone(head):
+    """The heads read V5's stage maps through feature_info (SSDLite: the expansion of the first stride-32 UIB);
+    the neck is not built under a head."""
+    model = mobilenets.create_model(head, backbone="mobilenet_v5_base", num_classes=3, width_multiplier=0.25).eval()
+    assert model.features.neck is None
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 96, 128))
+    if head == "lraspp":
+        assert out.shape == (1, 3, 96, 128)
+    else:
+        assert out["cls_logits"].shape[-1] == 3

@@ -98,11 +98,13 @@ def _match_registry(path: Path, state: dict[str, torch.Tensor]) -> tuple[nn.Modu
                         "mobilenets, torchvision or timm MobileNet checkpoint")
     options = {"in_chans": int(convs[0].shape[1]), "num_classes": int(linears[-1].shape[0])}
     for name in list_models(task="classify"):
-        model = create_model(name, **options)
-        try:
-            load_weights(model, state)
+        try:  # probe on the meta device: key names and shapes only, no 300M-parameter builds for a mismatch
+            with torch.device("meta"):
+                load_weights(create_model(name, **options), state)
         except (UserError, RuntimeError, KeyError):
             continue
+        model = create_model(name, **options)
+        load_weights(model, state)
         log.info("%s matched %s %s", path, name, options)
         return model.eval(), meta_for(model, name, options)
     raise UserError(f"{path} is not a mobilenets, torchvision or timm MobileNet checkpoint (its {len(state)} "
