@@ -115,3 +115,57 @@ def test_cli_calibration_errors(model_meta, tmp_path, capsys):
     assert "--int8 is not available for --format exported-program" in one_line_error(capsys)
     assert not out.exists() and not (tmp_path / "q.pt2").exists()
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def _int8_conv_weights(path) -> list[np.ndarray]:
+    """The int8 convolution weights stored in an int8 file (ONNX initializers / OpenVINO i8 constants)."""
+    if path.suffix == ".onnx":
+        from onnx import numpy_helper
+        return [numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer
+                if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 4]
+    import openvino as ov
+    return [op.get_data() for op in ov.Core().read_model(str(path)).get_ops()
+            if op.get_type_name() == "Constant" and op.get_element_type() == ov.Type.i8
+            and len(op.get_output_shape(0)) == 4]
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
+def test_int8_weight_range(model_meta, tmp_path, capsys, fmt):
+    """7-bit weights (the default) keep every product pair of a uint8 activation and an int8 weight inside the
+    16-bit lane that CPUs without VNNI saturate (2 x 255 x |w| <= 32,767); 8-bit weights use the full range, and the
+    CLI says in one line what that costs on such CPUs and how to avoid it."""
+    if fmt == "openvino":
+        pytest.importorskip("openvino")
+        pytest.importorskip("nncf")
+    model, meta = model_meta
+    ranges, suffix = {}, ".onnx" if fmt == "onnx" else ".xml"
+    for weights in (None, "8bit"):
+        result = export_model(model, meta, tmp_path / f"{weights}{suffix}", fmt,
+                              int8=True, calibration_data="fashion-mnist", calibration_n=CALIB, parity_n=16,
+                              min_agreement=0.0, int8_weights=weights)
+        assert result.details["weight_range"] == (weights or "7bit")
+        stored = _int8_conv_weights(result.path)
+        assert len(stored) >= 10  # every convolution of the V2 (its weights, not only the first layer's)
+        ranges[weights] = max(int(np.abs(w.astype(np.int32)).max()) for w in stored)
+    assert 2 * 255 * ranges[None] <= 32_767 and ranges[None] >= 60
+    assert ranges["8bit"] == 127
+    with pytest.raises(UserError, match="--int8-weights is for --int8"):
+        export_model(model, meta, tmp_path / f"x{suffix}", fmt, int8_weights="8bit")  # fp32: no int8 weights
+
+
+def test_cli_int8_weights_note_and_refusals(model_meta, tmp_path, capsys):
+    model, meta = model_meta
+    ckpt = tmp_path / "v2.safetensors"
+    save_checkpoint(ckpt, model, meta)
+    out = tmp_path / "q.onnx"
+    assert main(["export", str(ckpt), "--int8", "--format", "onnx", "--calibration-data", "fashion-mnist",
+                 "--calibration-samples", str(CALIB), "--parity-samples", "16", "--int8-weights", "8bit",
+                 "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "weight_range=8bit" in captured.out
+    note = [line for line in captured.err.splitlines() if line.startswith("note:")]
+    assert len(note) == 1 and "without VNNI" in note[0] and "--int8-weights 7bit" in note[0]
+    assert main(["export", str(ckpt), "--int8", "--format", "executorch", "--calibration-data", "fashion-mnist",
+                 "--int8-weights", "8bit", "--out", str(tmp_path / "q.pte")]) == 2
+    assert "does not saturate on any CPU" in one_line_error(capsys)
+    assert not (tmp_path / "q.pte").exists()

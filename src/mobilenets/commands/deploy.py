@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from ..deploy.formats import FORMAT, FORMATS, RUNTIMES, SUFFIX
-from ..deploy.quantize import INT8_WEIGHTS
+from ..deploy.quantize import INT8_WEIGHTS, weight_range_note
 
 
 def register(subparsers) -> None:
@@ -128,6 +128,9 @@ def export_command(args: argparse.Namespace) -> int:
     if result.details:
         label = "quantization" if result.precision == "int8" else "conversion"
         print(f"{label}: " + ", ".join(f"{k}={v}" for k, v in result.details.items() if k != "structure"))
+    note = weight_range_note(result.details.get("weight_range", ""))
+    if note:
+        print(f"note: {note} (--int8-weights 7bit)", file=sys.stderr)
     if args.accuracy:
         from ..deploy.accuracy import accuracy_report
         print(accuracy_report(model, meta, result.path))

@@ -17,12 +17,13 @@ parity check are the exporter's (:func:`mobilenets.deploy.export.export_model`).
 weights. CPUs with VNNI (AVX-512 VNNI, AVX-VNNI, AMX) accumulate the products in 32 bits; CPUs without it (AVX2,
 AVX-512 before VNNI) use VPMADDUBSW, which adds pairs of products into a *saturating* 16-bit lane: 2 x 255 x 127
 = 64,770 does not fit, so full-range weights clip wherever two large products meet, and the error depends on the
-CPU the file runs on, not on the file. With 7-bit weights (|w| <= 63: 2 x 255 x 63 = 32,130 <= 32,767) no pair
+CPU the file runs on, not on the file. With 7-bit weights (|w| <= 64: 2 x 255 x 64 = 32,640 <= 32,767) no pair
 can saturate, on any CPU. ``"7bit"`` (the default) is that: NNCF's ``OverflowFix.ENABLE`` (every convolution and
 MatMul), ONNX Runtime's ``reduce_range``. ``"8bit"`` keeps the full range (NNCF's own default fixes the first
-layer only), for files that will only run on VNNI / AMX / ARM CPUs. Measured on a trained V3-Small
-(BENCHMARKS.md "int8 on every host", ``benchmarks/int8_hosts.py``): on an emulated AVX2 CPU 8-bit weights lose
-up to 0.7 points where 7-bit weights stay within 0.2 of fp32, and on the VNNI host the two are within 0.1.
+layer only), for files that will only run on VNNI / AMX / ARM CPUs. Measured on a trained V3-Small, 10,000
+Fashion-MNIST test images (BENCHMARKS.md "int8 on every host", ``benchmarks/int8_hosts.py``): on an emulated AVX2
+CPU 8-bit weights lose 0.76 points (NNCF) and 0.85 (ONNX Runtime) where 7-bit weights lose 0.14 and 0.00; on the
+AVX-512 VNNI host 8-bit weights lose 0.27 and 0.10, 7-bit weights 0.14 and 0.00.
 XNNPACK (ExecuTorch, LiteRT) widens to 16 bits before multiplying and does not saturate: those formats have no
 such setting.
 """
@@ -46,6 +47,14 @@ def _check_weights(weights: str) -> None:
     if weights not in INT8_WEIGHTS:
         raise UserError(f"int8 weights {weights!r}: use {' or '.join(INT8_WEIGHTS)} (7bit runs correctly on CPUs "
                         "without VNNI; 8bit only on VNNI / AMX / ARM)")
+
+
+def weight_range_note(weights: str) -> str | None:
+    """One line for the user when ``weights`` can cost accuracy on some CPUs (``None`` when it cannot)."""
+    if weights == "8bit":
+        return ("8-bit int8 weights saturate on CPUs without VNNI (AVX2, AVX-512 before Cascade Lake): -0.76 points "
+                "measured on an AVX2 CPU; export with 7-bit weights (the default) for files that may run there")
+    return None
 
 
 def calibration_batches(proto, calibration: np.ndarray) -> list[np.ndarray]:
