@@ -50,10 +50,15 @@ browser:
 demo: venv data
 	$(VENV)/bin/mobilenets demo --out runs/demo
 
+# The suite runs on two workers (pytest-xdist), then its numerics-sensitive files again with the CPU kernels held
+# below this host's instruction set (tests/lowered_isa.py); both passes share the classifiers trained for the tests.
+PYTEST_WORKERS ?= 2
 test: venv data browser
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/lint-imports
-	$(VPY) -m pytest -q
+	trained=$$(mktemp -d) && export MOBILENETS_TEST_TRAINED=$$trained && \
+	$(VPY) -m pytest -q -n $(PYTEST_WORKERS) && $(VPY) tests/lowered_isa.py -q -n $(PYTEST_WORKERS); \
+	rc=$$?; rm -rf $$trained; exit $$rc
 
 bench: venv data  # the minutes-long benchmarks; the hour-long ones are listed in BENCHMARKS.md
 	$(VPY) benchmarks/zoo_params_macs.py

@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import pytest
@@ -7,18 +8,28 @@ import torch
 # implementations, or int8 against fp32. `make test` runs them a second time with the CPU kernels held to a lower
 # instruction set (tests/lowered_isa.py), so that a tolerance tuned on one CPU fails on every host.
 NUMERICS = {"test_compat.py", "test_export.py", "test_heads.py", "test_lowered_isa.py", "test_quantize.py",
-            "test_reference.py", "test_runtime.py", "test_serve_oip.py", "test_task_predict.py",
-            "test_triton_export.py", "test_v4.py", "test_weights.py", "test_yolo.py"}
+            "test_reference.py", "test_runtime.py", "test_serve_oip.py", "test_task_predict.py", "test_timm_weights.py",
+            "test_triton_export.py", "test_v4.py", "test_v4_everywhere.py", "test_v5.py", "test_weights.py",
+            "test_yolo.py"}
+# The files that take longest (converters, subprocesses, 300M-parameter models): `pytest -m "not slow"` is the quick
+# inner loop (about half the time); `make test` and CI run everything.
+SLOW = {"test_distributed.py", "test_litert.py", "test_mobile_formats.py", "test_serve_process.py",
+        "test_v4_everywhere.py", "test_v5.py"}
+TRAINED_ENV = "MOBILENETS_TEST_TRAINED"  # a folder for the trained classifiers, shared by make test's two passes
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "numerics: numerics-sensitive; rerun with lowered CPU kernels (make test)")
+    config.addinivalue_line("markers", "slow: the longest files; -m 'not slow' for a quick inner loop")
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if Path(str(item.fspath)).name in NUMERICS:
+        name = Path(str(item.fspath)).name
+        if name in NUMERICS:
             item.add_marker(pytest.mark.numerics)
+        if name in SLOW:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(autouse=True)
@@ -60,4 +71,9 @@ def trained(tmp_path_factory):
     """``trained(name)`` -> ``(model, meta, checkpoint)``: a small classifier trained on Fashion-MNIST once per
     test run (tests/trained.py)."""
     from trained import TrainedClassifiers
+    shared = os.environ.get(TRAINED_ENV)
+    if shared:  # make test: one folder for both passes
+        return TrainedClassifiers(Path(shared))
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # one folder for the workers of this run
+        return TrainedClassifiers(tmp_path_factory.getbasetemp().parent / "trained")
     return TrainedClassifiers(tmp_path_factory.mktemp("trained"))

@@ -113,3 +113,11 @@ def test_training_keeps_the_frozen_backbone_and_trains_the_head(task, name, spec
     assert main([*argv[:-5], "--out", str(tmp_path / "bad"), "--no-progress", "--threads", "1"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--freeze 'neck': use backbone, none or a stage index 0.." in err
+
+
+def test_v5_classifier_on_the_frozen_encoder():
+    """V5's encoder is the stem, the stages and the fusion neck (what the Gemma 3n weights hold): --freeze backbone
+    leaves only the classifier to train, on the encoder's pooled 2048 features."""
+    model = mobilenets.create_model("mobilenet_v5_base", num_classes=10, width_multiplier=0.25)
+    freeze(model, "backbone")
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {"classifier.weight", "classifier.bias"}

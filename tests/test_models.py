@@ -186,3 +186,10 @@ def test_norm_layer_choice(norm):
     with torch.no_grad():
         assert model(torch.randn(1, 3, 64, 64)).shape == (1, 2)
     assert get_entry("mobilenet_v3_small").task == "classify"
+
+
+def test_a_misspelt_block_is_refused_not_built_as_another():
+    from mobilenets.archs.spec import BLOCKS, Unit
+    with pytest.raises(ValueError, match="unknown block 'uibb': use one of depthwise_separable"):
+        Unit("uibb", out=16, stride=1)
+    assert all(Unit(name, out=16, stride=1).block == name for name in BLOCKS)

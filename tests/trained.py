@@ -7,6 +7,7 @@ library's own trainer (``fit``), validated on its default held-out split; ``last
 """
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from mobilenets.checkpoint import CheckpointMeta, load_checkpoint
@@ -35,7 +36,11 @@ def train_classifier(name: str, out: Path) -> Path:
 
 
 class TrainedClassifiers:
-    """``trained(name)`` -> ``(model, meta, checkpoint path)``, trained on first use and kept for the session."""
+    """``trained(name)`` -> ``(model, meta, checkpoint path)``, trained on first use and kept for the session.
+
+    ``root`` may be shared by several processes (pytest-xdist workers, and the lowered-ISA pass of ``make test``
+    through ``MOBILENETS_TEST_TRAINED``): a lock per name makes the first one train and the others wait and load
+    its checkpoint; a ``done`` file marks a finished training, so an interrupted one is made again."""
 
     def __init__(self, root: Path):
         self.root = root
@@ -43,7 +48,16 @@ class TrainedClassifiers:
 
     def __call__(self, name: str):
         if name not in self._done:
-            self._done[name] = train_classifier(name, self.root / name)
+            from filelock import FileLock
+            self.root.mkdir(parents=True, exist_ok=True)
+            out, done = self.root / name, self.root / f"{name}.done"
+            with FileLock(str(self.root / f"{name}.lock")):
+                if not done.is_file():
+                    if out.exists():
+                        shutil.rmtree(out)
+                    last = train_classifier(name, out)
+                    done.write_text(str(last))
+                self._done[name] = Path(done.read_text())
         model, meta = load_checkpoint(self._done[name])
         return model, meta, self._done[name]
 

@@ -462,6 +462,8 @@ def _make_block(unit: Unit, in_ch: int, out_ch: int, stride: int, dilation: int,
         # heads and key width are not scaled by the width multiplier (timm, TF); the block keeps its width
         return MobileMQA(in_ch, heads=unit.heads, key_dim=unit.key_dim, kv_stride=unit.kv_stride, norm=norm,
                          layer_scale=unit.layer_scale, kv_kernel=unit.kernel, dilation=dilation)
+    if unit.block != "inverted_residual":
+        raise ValueError(f"no builder for block {unit.block!r}")  # a new name in spec.BLOCKS needs a branch here
     expanded = in_ch if unit.expansion == 1 else make_divisible(in_ch * unit.expansion)
     se_reduced = make_divisible(expanded / 4) if unit.se else None  # V3 section 5.3: 1/4 of the expansion
     return InvertedResidual(in_ch, out_ch, expanded=expanded, kernel=unit.kernel, stride=stride, act=unit.act,

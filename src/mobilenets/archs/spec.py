@@ -10,6 +10,9 @@ from dataclasses import dataclass, field, replace
 
 from ..layers import Act
 
+# The paper blocks a row may name (model.py builds each with its own class).
+BLOCKS = ("depthwise_separable", "inverted_residual", "conv", "fused_ib", "uib", "mobile_mqa")
+
 
 @dataclass(frozen=True)
 class Unit:
@@ -28,6 +31,10 @@ class Unit:
     key_dim: int = 0
     kv_stride: int = 1
     stage: int | None = None  # the paper's stage, for tables that number them (V4); None: by width (see model.py)
+
+    def __post_init__(self):
+        if self.block not in BLOCKS:  # a misspelt block must not silently build another block
+            raise ValueError(f"unknown block {self.block!r}: use one of {', '.join(BLOCKS)}")
 
 
 @dataclass(frozen=True)

@@ -4,10 +4,11 @@ The part counted is the model's MobileNet backbone (:func:`backbone_of`): the cl
 ``features_only`` network a detection / segmentation head reads (``model.features``).
 
 - ``none``: everything trains;
-- ``backbone``: the backbone's stem, every stage and its final conv are frozen. What trains: a classifier's
-  pooled head (V3's 1x1 head conv) and classifier; SSDLite's extra blocks and prediction heads; YOLO's neck (the
-  depthwise PAN) and head; the LR-ASPP head; DeepLabV3's ASPP head and auxiliary head. A task backbone ends at
-  its deepest tap, so it holds exactly what the head reads and nothing else;
+- ``backbone``: the backbone's stem, every stage and its final conv (V5: and its fusion neck, the rest of the
+  encoder) are frozen. What trains: a classifier's pooled head (V3's 1x1 head conv) and classifier; SSDLite's
+  extra blocks and prediction heads; YOLO's neck (the depthwise PAN) and head; the LR-ASPP head; DeepLabV3's ASPP
+  head and auxiliary head. A task backbone ends at its deepest tap, so it holds exactly what the head reads and
+  nothing else;
 - ``STAGE`` (an integer k): the stem and stages 0..k of the backbone are frozen.
 
 Frozen parts stay in eval mode during training (see :func:`keep_frozen_eval`), so their BN layers use and keep
@@ -39,8 +40,9 @@ def freeze(model: nn.Module, spec: str) -> list[nn.Module]:
     body = backbone_of(model)
     stages = body.stages
     last = len(stages) - 1
-    if spec == "backbone":
-        parts = [body.stem, *stages, body.final_conv]
+    if spec == "backbone":  # V5: its fusion neck is part of the encoder (the Gemma 3n weights hold it)
+        neck = getattr(body, "neck", None)
+        parts = [body.stem, *stages, body.final_conv, *([neck] if isinstance(neck, nn.Module) else [])]
     else:
         try:
             k = int(spec)
