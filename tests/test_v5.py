@@ -393,3 +393,34 @@ def test_dense_heads_take_a_v5_backbone(head):
         assert out.shape == (1, 3, 96, 128)
     else:
         assert out["cls_logits"].shape[-1] == 3
+
+
+@pytest.mark.parametrize("fmt, suffix", [("onnx", ".onnx"), ("openvino", ".xml")])
+def test_int8_keeps_rmsnorm_in_float(tmp_path, fmt, suffix):
+    """int8 of V5 (ONNX Runtime QDQ, OpenVINO NNCF): every RMSNorm's ops (square, mean, +eps, sqrt, reciprocal,
+    scale, weight) stay float, no quantize-dequantize pair feeds them, and the exporter's parity check passes."""
+    pytest.importorskip("onnxruntime")
+    if fmt == "openvino":
+        pytest.importorskip("openvino")
+        pytest.importorskip("nncf")
+    from mobilenets.deploy import export_model
+    model, meta = small_v5()
+    norms = sum(isinstance(m, RMSNorm2d) for m in model.modules())
+    result = export_model(model, meta, tmp_path / f"q{suffix}", fmt, int8=True, calibration_data="fashion-mnist",
+                          calibration_n=16, parity_n=8, min_agreement=0.0)
+    assert result.precision == "int8" and result.parity.passed
+    assert f"RMSNorm ({7 * norms} ops)" in result.details["fp32_ops"]
+    if fmt == "onnx":
+        import onnx
+        graph = onnx.load(str(result.path)).graph
+        producer = {o: n.op_type for n in graph.node for o in n.output}
+        squares = [n for n in graph.node if n.op_type == "ReduceMean"]
+        assert len(squares) == norms and all(producer[n.input[0]] == "Pow" for n in squares)
+        assert sum(n.op_type == "QuantizeLinear" for n in graph.node) > 0  # the convolutions are int8
+    else:
+        import openvino as ov
+        means = [op for op in ov.Core().read_model(str(result.path)).get_ops() if op.get_type_name() == "ReduceMean"
+                 and op.input_value(0).get_node().get_type_name() == "Power"]
+        assert len(means) == norms
+        for mean in means:
+            assert mean.input_value(0).get_node().input_value(0).get_node().get_type_name() != "FakeQuantize"

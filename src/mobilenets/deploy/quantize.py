@@ -57,6 +57,52 @@ def weight_range_note(weights: str) -> str | None:
     return None
 
 
+# RMSNorm (V5) as the exporters decompose it: x * 1 / sqrt(mean(x^2) + eps) * weight. The ops of one instance, by
+# their ONNX and OpenVINO names, from the square to the weight multiply.
+_RMS_CHAIN = {"onnx": ("Pow", "ReduceMean", "Add", "Sqrt", ("Div", "Reciprocal"), "Mul", "Mul"),
+              "openvino": ("Power", "ReduceMean", "Add", "Sqrt", ("Divide",), "Multiply", "Multiply")}
+
+
+def _rms_norm_names(nodes, consumers, kind: str) -> list[str]:
+    """Names of the nodes of every decomposed RMSNorm, found by following the chain above from each square whose
+    consumer is a mean. ``nodes``: ``(name, type, node)``; ``consumers(node)``: the ``(name, type, node)`` it feeds."""
+    chain = _RMS_CHAIN[kind]
+    found = []
+    for name, kind_, node in nodes:
+        if kind_ != chain[0]:
+            continue
+        run, here = [name], node
+        for want in chain[1:]:
+            want = want if isinstance(want, tuple) else (want,)
+            nxt = [c for c in consumers(here) if c[1] in want]
+            if len(nxt) != 1:
+                break
+            run.append(nxt[0][0])
+            here = nxt[0][2]
+        if len(run) >= len(chain) - 1:  # up to x / rms, with or without a weight multiply
+            found += run
+    return found
+
+
+def rms_norm_nodes_onnx(proto) -> list[str]:
+    """The ONNX node names of every decomposed RMSNorm in ``proto`` (kept in float by int8)."""
+    feeds: dict[str, list] = {}
+    for n in proto.graph.node:
+        for i in n.input:
+            feeds.setdefault(i, []).append(n)
+    return _rms_norm_names([(n.name, n.op_type, n) for n in proto.graph.node],
+                           lambda n: [(c.name, c.op_type, c) for o in n.output for c in feeds.get(o, [])], "onnx")
+
+
+def rms_norm_nodes_openvino(model) -> list[str]:
+    """The OpenVINO op names of every decomposed RMSNorm in ``model`` (kept in float by int8)."""
+    def consumers(op):
+        return [(t.get_node().get_friendly_name(), t.get_node().get_type_name(), t.get_node())
+                for out in op.outputs() for t in out.get_target_inputs()]
+    return _rms_norm_names([(op.get_friendly_name(), op.get_type_name(), op) for op in model.get_ops()], consumers,
+                           "openvino")
+
+
 def calibration_batches(proto, calibration: np.ndarray) -> list[np.ndarray]:
     """``calibration`` images (N, C, H, W) cut into batches of the graph's fixed batch (8 when dynamic)."""
     dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
@@ -80,10 +126,14 @@ def quantize_openvino(proto, calibration: np.ndarray, weights: str = INT8_WEIGHT
     settings = {"scheme": "nncf", "preset": "performance (symmetric int8)", "fast_bias_correction": True,
                 "calibration_images": images, "fp32_ops": ["Multiply"], "weight_range": weights}
     overflow = nncf.OverflowFix.ENABLE if weights == "7bit" else nncf.OverflowFix.FIRST_LAYER
+    model = from_onnx(proto)
+    rms = rms_norm_nodes_openvino(model)  # V5's RMSNorm stays float (its mean of squares needs the range)
+    if rms:
+        settings["fp32_ops"].append(f"RMSNorm ({len(rms)} ops)")
     log.info("quantizing with NNCF on %d images", images)
-    quantized = nncf.quantize(from_onnx(proto), nncf.Dataset(batches), preset=nncf.QuantizationPreset.PERFORMANCE,
+    quantized = nncf.quantize(model, nncf.Dataset(batches), preset=nncf.QuantizationPreset.PERFORMANCE,
                               subset_size=len(batches), fast_bias_correction=True,
-                              ignored_scope=nncf.IgnoredScope(types=["Multiply"], validate=False),
+                              ignored_scope=nncf.IgnoredScope(types=["Multiply"], names=rms, validate=False),
                               advanced_parameters=nncf.AdvancedQuantizationParameters(overflow_fix=overflow))
     return quantized, settings
 
@@ -115,12 +165,16 @@ def quantize_onnx(proto, calibration: np.ndarray, weights: str = INT8_WEIGHTS[0]
     images = sum(len(b) for b in batches)
     settings = {"scheme": "onnxruntime-qdq", "per_channel": True, "activations": "uint8", "weights": "int8",
                 "calibration": "minmax", "calibration_images": images, "weight_range": weights}
+    rms = rms_norm_nodes_onnx(proto)  # V5's RMSNorm stays float (its mean of squares needs the range)
+    if rms:
+        settings["fp32_ops"] = [f"RMSNorm ({len(rms)} ops)"]
     with tempfile.TemporaryDirectory(prefix="mobilenets-quant-") as tmp:
         fp32, int8 = os.path.join(tmp, "fp32.onnx"), os.path.join(tmp, "int8.onnx")
         onnx.save(proto, fp32)
         log.info("quantizing with ONNX Runtime (QDQ) on %d images", images)
         quantize_static(fp32, int8, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax, reduce_range=weights == "7bit")
+                        calibrate_method=CalibrationMethod.MinMax, reduce_range=weights == "7bit",
+                        nodes_to_exclude=rms)
         quantized = onnx.load(int8)
     return quantized, settings
