@@ -10,6 +10,8 @@ import io
 import json
 import threading
 import time
+import urllib.error
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -279,3 +281,13 @@ def test_a_failing_inference_is_a_500_and_the_server_goes_on(served):
         status, _, got = post(base, encoded(picture(1)))
         assert status == 500 and got == {"error": "internal error: RuntimeError: runtime exploded second line"}
         assert post(base, encoded(picture(1)))[0] == 200
+
+
+def test_plain_urllib_post_over_the_cap_reads_the_413(url):
+    """A client that sends the whole body before reading (urllib, no Expect: 100-continue) gets the 413 JSON, not a
+    connection reset: the server reads and discards the rest of the body first (up to serve.app.DRAIN_BYTES)."""
+    body = b"\xff" * (20 << 20)  # 20 MB against the 256 kB cap
+    request = urllib.request.Request(url + "/predict", data=body, headers={"Content-Type": "image/jpeg"})
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(request, timeout=60)
+    assert err.value.code == 413 and "over the limit" in json.loads(err.value.read())["error"]
