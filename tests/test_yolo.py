@@ -8,7 +8,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import mobilenets
-from mobilenets.checkpoint import CheckpointMeta, read_checkpoint
+from mobilenets.checkpoint import CheckpointMeta, load_checkpoint, read_checkpoint
 from mobilenets.cli import main
 from mobilenets.data.scenes import FashionScenes, SceneConfig
 from mobilenets.errors import UserError
@@ -187,9 +187,10 @@ def test_cli_train_eval_predict_export(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "--task", "detect", "--model", "yolo", "--backbone", "mobilenet_v3_small", "--width", "0.5",
                  "--data", "scenes", "--scenes", "16", "--limit-val", "4", "--scene-size", "64", "--epochs", "1",
-                 "--batch-size", "8", "--out", str(out), "--no-progress", "--threads", "1"]) == 0
+                 "--batch-size", "8", "--out", str(out), "--no-progress", "--threads", "1", "--neck-width", "32"]) == 0
     _, meta = read_checkpoint(out / "best.safetensors")
     assert meta.model == "yolo" and meta.options["backbone"] == "mobilenet_v3_small" and len(meta.class_names) == 11
+    assert meta.options["neck_width"] == 32 and load_checkpoint(out / "best.safetensors")[0].neck_width == 32
     record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert {"loss_box", "loss_dfl", "loss_cls"} <= set(record) and record["images"] == 4
 
@@ -257,3 +258,12 @@ def test_profile_and_summary(capsys):
     assert main(["summary", "yolo_mobilenet_v3_small", "--resolution", "128", "--num-classes", "11"]) == 0
     text = capsys.readouterr().out
     assert "neck.laterals.0" in text and f"{p.params / 1e6:.3f} M params" in text
+
+
+def test_neck_width_is_for_yolo_only(tmp_path, capsys):
+    for model, width, message in (("ssdlite", "32", "only the YOLO head has a neck"), ("yolo", "4", "at least 8")):
+        assert main(["train", "--task", "detect", "--model", model, "--data", "scenes", "--neck-width", width,
+                     "--out", str(tmp_path / model), "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err
+        assert not (tmp_path / model).exists()

@@ -101,6 +101,9 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     m.add_argument("--width", type=float, default=None, help="width multiplier")
     m.add_argument("--dropout", type=float, default=None)
     m.add_argument("--output-stride", type=int, choices=(8, 16, 32), default=None)
+    m.add_argument("--neck-width", type=int, default=None, metavar="CHANNELS",
+                   help="detect --model yolo: channels of the depthwise PAN neck and the head (default: 1.5x the "
+                        "stride-16 tap, a multiple of 16 in 32..128; 64 on V3-Small)")
     m.add_argument("--bn-momentum", type=float, default=None,
                    help="BN running-statistics momentum (PyTorch convention; short runs want ~0.1)")
     m.add_argument("--bn-recalibrate", type=int, default=None, metavar="BATCHES",
@@ -206,7 +209,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                             depthwise_weight_decay=args.depthwise_wd, momentum=args.momentum,
                             warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
                             ema_decay=args.ema_decay)
+    if args.neck_width is not None and (args.model != "yolo" or args.neck_width < 8):
+        raise UserError(f"--neck-width {args.neck_width}: " + ("at least 8 channels" if args.model == "yolo" else
+                        f"only the YOLO head has a neck (--task detect --model yolo), not {args.model}; drop it"))
     options = {k: v for k, v in (("width_multiplier", args.width), ("dropout", args.dropout),
+                                 ("neck_width", args.neck_width),
                                  ("output_stride", args.output_stride), ("norm_layer", args.norm_layer),
                                  ("bn_momentum", args.bn_momentum))
                if v is not None}
