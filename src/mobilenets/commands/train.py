@@ -22,6 +22,7 @@ from ..errors import UserError
 from ..tasks import TASKS, get_task
 from ..tasks.base import save_png
 from ..train.config import TrainConfig
+from ..train.precision import PRECISIONS
 from ..train.recipes import PROGRESSIVE_RAMP_END, RECIPES, resolve_recipe
 from ..train.state import read_config
 from ..train.trainer import fit, open_run
@@ -136,6 +137,9 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     r.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     r.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     r.add_argument("--compile", action="store_true", help="torch.compile the training step")
+    r.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="the training step's autocast (default fp32, the fast one on CPUs; bf16 / fp16 for GPUs, "
+                        "fp16 with a gradient scaler); weights, BN and evaluation stay fp32")
     r.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across processes (GPU only)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -235,6 +239,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(model=args.model, data=cfg, recipe=recipe, out=str(args.out), epochs=args.epochs,
                        model_options=options, img_size=args.img_size, in_chans=args.in_chans, weights=args.weights,
                        freeze=args.freeze, channels_last=args.channels_last, compile=args.compile,
+                       precision=args.precision,
                        sync_bn=args.sync_bn, device=args.device, threads=args.threads,
                        progress=not args.no_progress, time_limit=args.time_limit,
                        bn_recalibrate=args.bn_recalibrate, progressive_resize=args.progressive_resize,

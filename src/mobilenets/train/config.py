@@ -24,6 +24,7 @@ class TrainConfig:
     freeze: str = "none"
     channels_last: bool = True
     compile: bool = False
+    precision: str = "fp32"  # the training step's autocast: fp32, bf16 or fp16 (train/precision.py)
     sync_bn: bool = False
     device: str = "auto"
     threads: int | None = None

@@ -15,6 +15,7 @@ from ..tasks.base import to_input
 from . import distributed
 from .distributed import World
 from .freeze import keep_frozen_eval
+from .precision import autocast
 
 if TYPE_CHECKING:
     from ..tasks import Task
@@ -51,12 +52,13 @@ class TrainingStep(nn.Module):
 def train_one_epoch(step: nn.Module, batches, optimizer: torch.optim.Optimizer, scheduler, *, epoch: int,
                     world: World, ema=None, frozen: list[nn.Module] = (), channels_last: bool = False,
                     progress: bool = True, max_steps: int | None = None, size: int | None = None,
-                    deadline=None) -> dict:
+                    deadline=None, precision: str = "fp32", scaler=None) -> dict:
     """Train over ``batches`` once (or until ``deadline`` passes, on every rank alike); returns the mean loss and
     loss terms, the summed task counts, images/s. Raises :class:`Diverged`.
 
     ``step`` is a :class:`TrainingStep` (possibly DDP-wrapped). ``size``: resize each batch to size x size pixels
-    first (bilinear, antialiased), for ``--progressive-resize``.
+    first (bilinear, antialiased), for ``--progressive-resize``. ``precision``: the forward's autocast
+    (:mod:`.precision`); ``scaler``: fp16's gradient scaler.
     """
     step.train()
     model = _unwrap(step).model
@@ -76,13 +78,20 @@ def train_one_epoch(step: nn.Module, batches, optimizer: torch.optim.Optimizer, 
         if size is not None and tuple(x.shape[-2:]) != (size, size):  # on the device, where the step runs
             x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         x, y = to_input(x, world.device, channels_last), to_device(y, world.device)
-        loss, terms, batch_counts = step(x, y)
+        with autocast(precision, world.device):
+            loss, terms, batch_counts = step(x, y)
+        loss = loss.float()
         bad = not math.isfinite(loss.item())
         if distributed.any_flag(bad, world):
             raise Diverged(epoch, i, loss.item())
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:  # fp16: scaled backward; a step whose gradients overflowed is skipped and the scale lowered
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
         scheduler.step()
         if ema is not None:
             ema.update_parameters(model)

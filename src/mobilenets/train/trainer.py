@@ -34,6 +34,7 @@ from .config import TrainConfig
 from .ema import create_ema
 from .freeze import freeze
 from .loop import Diverged, TrainingStep, recalibrate_bn, train_one_epoch
+from .precision import check_precision, grad_scaler
 from .recipes import Deadline, build_optimizer, build_scheduler, progressive_size, scaled_lr
 from .report import write_metrics
 from .state import RunFiles, ensure_dir, load_state, save_state, seed_epoch, write_config
@@ -84,6 +85,8 @@ def _fit(task: Task, cfg: TrainConfig, run: RunFiles, world: distributed.World, 
     step = distributed.wrap(TrainingStep(task, model, recipe.label_smoothing), world, cfg.sync_bn)
     global_batch = cfg.data.batch_size * world.world_size
     optimizer = build_optimizer(model, recipe, global_batch)
+    check_precision(cfg.precision)
+    scaler = grad_scaler(cfg.precision, world.device)
     state = load_state(run.state) if resume else None
     # wall time of earlier sessions of this run counts too
     deadline = Deadline(cfg.time_limit, state["elapsed"] if state else 0.0)
@@ -96,6 +99,8 @@ def _fit(task: Task, cfg: TrainConfig, run: RunFiles, world: distributed.World, 
             ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         start_epoch, history, best = state["epoch"], state["history"], state["best"]
         if state.get("stopped"):
             log.info("%s ended at its time limit; nothing left to train", run.root)
@@ -124,7 +129,7 @@ def _fit(task: Task, cfg: TrainConfig, run: RunFiles, world: distributed.World, 
         try:
             stats = train_one_epoch(step_net, data.train, optimizer, scheduler, epoch=epoch, world=world, ema=ema,
                                     frozen=frozen, channels_last=cfg.channels_last, progress=cfg.progress,
-                                    size=size, deadline=deadline)
+                                    size=size, deadline=deadline, precision=cfg.precision, scaler=scaler)
         except Diverged as e:
             kept = (f"the last good checkpoint is {run.last} (epoch {epoch})" if epoch > 0
                     else "no checkpoint was written")
@@ -156,6 +161,7 @@ def _fit(task: Task, cfg: TrainConfig, run: RunFiles, world: distributed.World, 
             save_state(run.state, {"epoch": epoch + 1, "model": model.state_dict(),
                                    "ema": ema.state_dict() if ema is not None else None,
                                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                   "scaler": scaler.state_dict() if scaler is not None else None,
                                    "history": history, "best": best, "elapsed": deadline.elapsed(),
                                    "stopped": stopped})
             log.info("epoch %d/%d%s  loss %.4f  %s  %.0f img/s  %.0f s", epoch + 1, cfg.epochs,
