@@ -137,6 +137,12 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     r.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     r.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     r.add_argument("--compile", action="store_true", help="torch.compile the training step")
+    r.add_argument("--teacher", nargs="+", default=None, metavar="CKPT",
+                   help="classification: distil from these trained classifiers (the mean of their softmax for "
+                        "several), each fed in its own preprocessing; same classes as the data")
+    r.add_argument("--kd-temperature", type=float, default=4.0, help="--teacher: softmax temperature (default 4)")
+    r.add_argument("--kd-weight", type=float, default=0.5,
+                   help="--teacher: share of the distillation term in the loss, 0..1 (default 0.5)")
     r.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="the training step's autocast (default fp32, the fast one on CPUs; bf16 / fp16 for GPUs, "
                         "fp16 with a gradient scaler); weights, BN and evaluation stay fp32")
@@ -213,6 +219,16 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                             depthwise_weight_decay=args.depthwise_wd, momentum=args.momentum,
                             warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
                             ema_decay=args.ema_decay)
+    if args.teacher:
+        if task.name != "classify":
+            raise UserError(f"--teacher is for classification; {task.name} has no distillation loss: drop it")
+        missing = [t for t in args.teacher if not Path(t).is_file()]
+        if missing:
+            raise UserError(f"--teacher {missing[0]}: no such checkpoint; pass a trained classifier's "
+                            ".safetensors file (RUN/last.safetensors)")
+        if not args.kd_temperature > 0 or not 0 <= args.kd_weight <= 1:
+            raise UserError(f"--kd-temperature {args.kd_temperature} must be above 0 and --kd-weight "
+                            f"{args.kd_weight} within 0..1")
     if args.neck_width is not None and (args.model != "yolo" or args.neck_width < 8):
         raise UserError(f"--neck-width {args.neck_width}: " + ("at least 8 channels" if args.model == "yolo" else
                         f"only the YOLO head has a neck (--task detect --model yolo), not {args.model}; drop it"))
@@ -239,7 +255,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(model=args.model, data=cfg, recipe=recipe, out=str(args.out), epochs=args.epochs,
                        model_options=options, img_size=args.img_size, in_chans=args.in_chans, weights=args.weights,
                        freeze=args.freeze, channels_last=args.channels_last, compile=args.compile,
-                       precision=args.precision,
+                       precision=args.precision, teachers=list(args.teacher or []),
+                       kd_temperature=args.kd_temperature, kd_weight=args.kd_weight,
                        sync_bn=args.sync_bn, device=args.device, threads=args.threads,
                        progress=not args.no_progress, time_limit=args.time_limit,
                        bn_recalibrate=args.bn_recalibrate, progressive_resize=args.progressive_resize,

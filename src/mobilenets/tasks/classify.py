@@ -107,10 +107,18 @@ class Classify(Task):
                             "model itself with --model")
         return create_model(model, weights=weights, num_classes=num_classes, in_chans=in_chans, **options)
 
-    def loss(self, model, inputs, targets, label_smoothing=0.0):
+    def loss(self, model, inputs, targets, label_smoothing=0.0, soft_targets=None):
+        """Cross-entropy against the labels; with ``soft_targets = (teacher probabilities at T, T, weight)``
+        (``--teacher``) ``(1 - weight) * CE + weight * T^2 * KL``, both terms logged."""
         logits = model(inputs)
         loss = F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
-        return loss, {}, {"correct": (logits.detach().argmax(1) == targets).sum()}
+        terms = {}
+        if soft_targets is not None:
+            probs, temperature, weight = soft_targets
+            kd = distillation_loss(logits, probs, temperature)
+            terms = {"loss_ce": loss.detach(), "loss_kd": kd.detach()}
+            loss = (1 - weight) * loss + weight * kd
+        return loss, terms, {"correct": (logits.detach().argmax(1) == targets).sum()}
 
     def evaluate(self, model, val, *, preprocessing, class_names, device, channels_last=False, progress=False):
         batches = val
@@ -124,6 +132,7 @@ class Classify(Task):
                 "train_acc": train.get("correct", 0) / max(train["seen"], 1),
                 "train_images_per_s": train["images_per_s"], "train_seconds": train["seconds"],
                 **({"train_size": train["size"]} if train.get("size") else {}),
+                **{k: train[k] for k in ("loss_ce", "loss_kd") if k in train},
                 "val_loss": metrics["loss"], "val_top1": metrics["top1"], "val_top5": metrics["top5"], "lr": lr,
                 "skipped_images": train["skipped"] + metrics["skipped_images"]}
 
@@ -199,3 +208,10 @@ class Classify(Task):
 
     def result_line(self, result: dict) -> str:
         return ", ".join(f"{t['class']} {t['probability']:.3f}" for t in result["top"])
+
+
+def distillation_loss(student_logits, teacher_probs, temperature: float):
+    """``T^2 * KL(teacher || student)`` at temperature ``T``, averaged over the batch (Hinton et al. 2015; the T^2
+    keeps the gradient's scale independent of ``T``)."""
+    log_q = F.log_softmax(student_logits.float() / temperature, dim=1)
+    return F.kl_div(log_q, teacher_probs, reduction="batchmean") * temperature ** 2

@@ -25,6 +25,9 @@ class TrainConfig:
     channels_last: bool = True
     compile: bool = False
     precision: str = "fp32"  # the training step's autocast: fp32, bf16 or fp16 (train/precision.py)
+    teachers: list[str] = field(default_factory=list)  # --teacher: classification checkpoints to distil from
+    kd_temperature: float = 4.0
+    kd_weight: float = 0.5
     sync_bn: bool = False
     device: str = "auto"
     threads: int | None = None

@@ -41,12 +41,19 @@ class TrainingStep(nn.Module):
     that a task whose loss calls more than ``model.forward`` (a detector's matching, a segmenter's aux head)
     still runs through DDP's forward."""
 
-    def __init__(self, task: Task, model: nn.Module, label_smoothing: float = 0.0):
+    def __init__(self, task: Task, model: nn.Module, label_smoothing: float = 0.0, teachers=None,
+                 temperature: float = 4.0, weight: float = 0.5):
         super().__init__()
         self.task, self.model, self.label_smoothing = task, model, label_smoothing
+        # --teacher (train/distill.py): kept out of the module tree, so DDP, .train() and .to() leave it alone
+        object.__setattr__(self, "teachers", teachers)
+        self.temperature, self.weight = temperature, weight
 
     def forward(self, inputs: torch.Tensor, targets):
-        return self.task.loss(self.model, inputs, targets, self.label_smoothing)
+        if self.teachers is None:
+            return self.task.loss(self.model, inputs, targets, self.label_smoothing)
+        soft = (self.teachers.probs(inputs, self.temperature), self.temperature, self.weight)
+        return self.task.loss(self.model, inputs, targets, self.label_smoothing, soft_targets=soft)
 
 
 def train_one_epoch(step: nn.Module, batches, optimizer: torch.optim.Optimizer, scheduler, *, epoch: int,

@@ -31,6 +31,7 @@ from ..plots import plot_curves
 from ..tasks import Task
 from . import distributed
 from .config import TrainConfig
+from .distill import Teachers
 from .ema import create_ema
 from .freeze import freeze
 from .loop import Diverged, TrainingStep, recalibrate_bn, train_one_epoch
@@ -82,7 +83,13 @@ def _fit(task: Task, cfg: TrainConfig, run: RunFiles, world: distributed.World, 
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model.to(world.device, memory_format=memory_format)
     ema = create_ema(model, recipe.ema_decay)
-    step = distributed.wrap(TrainingStep(task, model, recipe.label_smoothing), world, cfg.sync_bn)
+    teachers = None
+    if cfg.teachers:
+        if task.name != "classify":
+            raise UserError(f"--teacher is for classification; {task.name} has no distillation loss: drop it")
+        teachers = Teachers(tuple(cfg.teachers), data.class_names, data.preprocessing, world.device)
+    step = distributed.wrap(TrainingStep(task, model, recipe.label_smoothing, teachers, cfg.kd_temperature,
+                                         cfg.kd_weight), world, cfg.sync_bn)
     global_batch = cfg.data.batch_size * world.world_size
     optimizer = build_optimizer(model, recipe, global_batch)
     check_precision(cfg.precision)
