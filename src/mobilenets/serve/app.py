@@ -112,33 +112,24 @@ class State:
 DRAIN_BYTES = 64 << 20
 
 
-async def _drain(request: Request) -> None:
-    read = 0
-    async for chunk in request.stream():
-        read += len(chunk)
-        if read > DRAIN_BYTES:
-            return
-
-
 async def read_body(request: Request, cap: int) -> bytes:
-    """The request body, refusing (413) more than ``cap`` bytes: at once from Content-Length, else as it
-    streams in; either way the rest of the body is read and discarded first (up to ``DRAIN_BYTES``)."""
+    """The request body, refusing (413) more than ``cap`` bytes: from Content-Length, else as it streams in;
+    either way the rest of the body is read and discarded first (up to ``DRAIN_BYTES``)."""
     length = request.headers.get("content-length")
-    if length is not None:
-        if not length.isdigit():
-            raise ServeError(400, f"Content-Length {length!r} is not a number")
-        if int(length) > cap:
-            if int(length) <= DRAIN_BYTES:
-                await _drain(request)
-            raise ServeError(413, f"upload of {int(length):,} bytes is over the limit of {cap:,} bytes; send a "
-                                  "smaller file (the server's --max-upload-mb)")
+    if length is not None and not length.isdigit():
+        raise ServeError(400, f"Content-Length {length!r} is not a number")
+    declared = int(length) if length is not None else 0
     chunks, size = [], 0
-    async for chunk in request.stream():  # past the cap: read on (discarding) up to DRAIN_BYTES, then refuse
-        size += len(chunk)
-        if size > DRAIN_BYTES:
-            break
-        if size <= cap:
-            chunks.append(chunk)
+    if declared <= DRAIN_BYTES:  # past the cap: read on (discarding) up to DRAIN_BYTES, then refuse
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > DRAIN_BYTES:
+                break
+            if size <= cap:
+                chunks.append(chunk)
+    if declared > cap:
+        raise ServeError(413, f"upload of {declared:,} bytes is over the limit of {cap:,} bytes; send a "
+                              "smaller file (the server's --max-upload-mb)")
     if size > cap:
         raise ServeError(413, f"upload over the limit of {cap:,} bytes; send a smaller file (the server's "
                               "--max-upload-mb)")

@@ -9,18 +9,14 @@ teacher's input size, normalised with the teacher's mean and std. Their classes 
 """
 from __future__ import annotations
 
-import os
-
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torchvision.transforms.v2 import functional as TF
 
 from ..checkpoint import load_checkpoint
 from ..errors import UserError
 from ..preprocessing import Preprocessing
-from ..tasks.classify import distillation_loss
-
-__all__ = ["Teachers", "distillation_loss", "to_teacher_input"]
 
 
 def to_teacher_input(x: torch.Tensor, student: Preprocessing, teacher: Preprocessing) -> torch.Tensor:
@@ -39,9 +35,7 @@ def to_teacher_input(x: torch.Tensor, student: Preprocessing, teacher: Preproces
     size = tuple(teacher.input_size[1:])
     if tuple(pixels.shape[-2:]) != size:
         pixels = F.interpolate(pixels, size=size, mode="bilinear", antialias=True, align_corners=False)
-    t_mean = torch.tensor(teacher.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    t_std = torch.tensor(teacher.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    return (pixels - t_mean) / t_std
+    return TF.normalize(pixels, list(teacher.mean), list(teacher.std))
 
 
 class Teachers:
@@ -51,10 +45,7 @@ class Teachers:
                  device: torch.device):
         self.models: list[tuple[nn.Module, Preprocessing]] = []
         for path in paths:
-            if not os.path.isfile(path):
-                raise UserError(f"--teacher {path}: no such checkpoint; pass a .safetensors file of a trained "
-                                "classifier (RUN/last.safetensors)")
-            model, meta = load_checkpoint(path)
+            model, meta = load_checkpoint(path)  # a missing or foreign file is refused there, in one line
             if meta.task != "classify":
                 raise UserError(f"--teacher {path} is a {meta.task} checkpoint; a teacher must be a classifier")
             if list(meta.class_names) != list(class_names):
