@@ -47,9 +47,9 @@ class Teachers:
         for path in paths:
             model, meta = load_checkpoint(path)  # a missing or foreign file is refused there, in one line
             if meta.task != "classify":
-                raise UserError(f"--teacher {path} is a {meta.task} checkpoint; a teacher must be a classifier")
+                raise UserError(f"teacher {path} is a {meta.task} checkpoint; a teacher must be a classifier")
             if list(meta.class_names) != list(class_names):
-                raise UserError(f"--teacher {path} has other classes ({len(meta.class_names)}: "
+                raise UserError(f"teacher {path} has other classes ({len(meta.class_names)}: "
                                 f"{', '.join(meta.class_names[:3])}...) than this data; train it on the same classes")
             model.requires_grad_(False)
             self.models.append((model.eval().to(device), meta.preprocessing))

@@ -86,7 +86,8 @@ def _fit(task: Task, cfg: TrainConfig, run: RunFiles, world: distributed.World, 
     teachers = None
     if cfg.teachers:
         if task.name != "classify":
-            raise UserError(f"--teacher is for classification; {task.name} has no distillation loss: drop it")
+            raise UserError(f"teachers (distillation) are for classification; {task.name} has no distillation "
+                            "loss: leave teachers empty")
         teachers = Teachers(tuple(cfg.teachers), data.class_names, data.preprocessing, world.device)
     step = distributed.wrap(TrainingStep(task, model, recipe.label_smoothing, teachers, cfg.kd_temperature,
                                          cfg.kd_weight), world, cfg.sync_bn)
