@@ -60,16 +60,22 @@ def cached_classifier(folder):
         yield ckpt
 
 
-def dense(path, task: str) -> None:
+def dense(path, task: str, name: str | None = None, **options) -> None:
+    """An untrained detector (SSDLite, or ``name`` with ``options``) or LR-ASPP segmenter with varied BN
+    statistics; a detector's class scores made confident, so that a few detections are clear-cut."""
     torch.manual_seed(0)
-    name = "ssdlite" if task == "detect" else "lraspp"
+    name = name or ("ssdlite" if task == "detect" else "lraspp")
     model = mobilenets.create_model(name, backbone="mobilenet_v3_small", num_classes=len(DENSE_CLASSES),
-                                    width_multiplier=0.5)
+                                    width_multiplier=0.5, **options)
     _vary(model)
-    if task == "detect":  # confident class scores: a few clear-cut detections
+    if task == "detect":
         with torch.no_grad():
-            for block in model.cls_head.blocks:
-                block[-1].weight.mul_(30)
+            heads = [model.head, getattr(model, "head_o2o", model.head)] if name == "yolo" else []
+            outputs = [b[-1] for h in heads for b in h.cls_branches] or [b[-1] for b in model.cls_head.blocks]
+            for conv in set(outputs):
+                conv.weight.mul_(30)
+                if name == "yolo":  # from the 0.01 prior to 0.5: scores spread across the threshold
+                    conv.bias.zero_()
     meta = CheckpointMeta(model=name, options=dict(model.arch_options), task=task, class_names=DENSE_CLASSES,
                           preprocessing=Preprocessing(input_size=(3, SIZE, SIZE), resize=SIZE, mean=MEAN, std=STD,
                                                       interpolation="bilinear"))

@@ -161,9 +161,9 @@ def test_chunked_upload_over_the_cap_is_413(url):
 def test_dense_tasks_match_eager(folder):
     data = encoded(picture(7, (90, 70)))
     (folder / "scene.png").write_bytes(data)
-    for task in ("detect", "segment"):
-        ckpt = folder / f"{task}.safetensors"
-        dense(ckpt, task)
+    for task, options in (("detect", {}), ("segment", {}), ("detect", {"name": "yolo", "end_to_end": True})):
+        ckpt = folder / f"{task}{len(options)}.safetensors"
+        dense(ckpt, task, **options)  # the end-to-end YOLO: its graph ends in the detections, no NMS after it
         served = open_model(ckpt, "onnxruntime", threads=1)
         want = eager(ckpt, folder / "scene.png", score_thresh=0.05)
         with background(create_app(served, LIMITS, decode_threads=1)) as base:

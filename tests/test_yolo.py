@@ -267,3 +267,129 @@ def test_neck_width_is_for_yolo_only(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and message in err
         assert not (tmp_path / model).exists()
+
+
+# ------------------------------------------------------------------------------------------- end-to-end
+def test_one_to_one_selection_is_two_topk_without_iou():
+    """Against a brute force over every (point, class) pair: the best k pairs among the k points of best class
+    score, best first, boxes of their points, labels 1..C. Two classes of one point may both be kept."""
+    from mobilenets.heads.yolo import select_one_to_one
+
+    torch.manual_seed(0)
+    boxes, scores = torch.rand(2, 40, 4) * 100, torch.rand(2, 40, 3) * 0.9
+    scores[0, 7] = torch.tensor([0.99, 0.98, 0.0])  # point 7 holds the two best pairs of image 0
+    got = select_one_to_one(boxes, scores, 5)
+    assert got.shape == (2, 5, 6)
+    for i in range(2):
+        points = scores[i].amax(-1).topk(5).indices
+        pairs = sorted(((float(scores[i, p, c]), int(p), c) for p in points for c in range(3)), reverse=True)[:5]
+        for row, (s, p, c) in zip(got[i], pairs):
+            assert float(row[4]) == s and int(row[5]) == c + 1 and torch.equal(row[:4], boxes[i, p])
+    assert got[0, :2, 5].tolist() == [1, 2] and torch.equal(got[0, 0, :4], got[0, 1, :4])
+    assert select_one_to_one(boxes, scores, 300).shape == (2, 40, 6)  # k is capped at the number of points
+
+
+def test_end_to_end_trains_both_heads_and_the_one_to_one_head_leaves_the_neck_alone():
+    model = _small_yolo(end_to_end=True).train()
+    x, targets = _scene_batch()
+    outputs = model(x)
+    terms = model.loss(outputs, targets)
+    assert set(terms) == {"box", "dfl", "cls", "box_o2o", "dfl_o2o", "cls_o2o"}
+    assert all(torch.isfinite(v) and v > 0 for v in terms.values())
+    sum(v for k, v in terms.items() if k.endswith("_o2o")).backward()
+    assert all(p.grad is None for p in [*model.neck.parameters(), *model.features.parameters(),
+                                        *model.head.parameters()])
+    assert all(p.grad is not None for p in model.head_o2o.parameters())
+    # the one-to-one targets are top-1: at most one positive per box
+    gt = model._pad(targets, outputs["cls_logits_o2o"])
+    pred = model.boxes(outputs, outputs["box_logits_o2o"])
+    _, _, fg, which = model.assigner_o2o(outputs["cls_logits_o2o"].detach().sigmoid(), pred.detach(),
+                                         outputs["points"], *gt)
+    for i, t in enumerate(targets):
+        assert int(fg[i].sum()) <= len(t["labels"])
+        assert len(set(which[i][fg[i]].tolist())) == int(fg[i].sum())
+
+    model.eval()
+    with torch.no_grad():
+        detections = model.decode(model(x))
+        assert detections.shape == (len(x), 84, 6)  # 64 px: 64 + 16 + 4 = 84 points, fewer than 300
+        model.one_to_one = False  # the one-to-many head with NMS, as eval --nms reads it
+        boxes, scores = model.decode(model(x))
+    assert boxes.shape[:2] == scores.shape[:2] and scores.shape[-1] == 11
+
+
+def test_cli_end_to_end_round_trip(tmp_path, capsys):
+    """train --end-to-end --neck-depth 2: stored options; eval reads the one-to-one head and, with --nms, the other;
+    the ONNX export ends in `detections` and predict through it matches eager PyTorch."""
+    out = tmp_path / "run"
+    assert main(["train", "--task", "detect", "--model", "yolo", "--backbone", "mobilenet_v3_small", "--width", "0.5",
+                 "--data", "scenes", "--scenes", "16", "--limit-val", "4", "--scene-size", "64", "--epochs", "1",
+                 "--batch-size", "8", "--out", str(out), "--no-progress", "--threads", "1", "--end-to-end",
+                 "--neck-depth", "2"]) == 0
+    ckpt = out / "last.safetensors"
+    model, meta = load_checkpoint(ckpt)
+    assert meta.options["end_to_end"] is True and meta.options["neck_depth"] == 2
+    assert model.end_to_end and model.one_to_one and len(model.neck.top_down[0]) == 2
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert {"loss_box", "loss_cls_o2o", "loss_dfl_o2o"} <= set(record)
+
+    capsys.readouterr()
+    heads = {}
+    for extra in ([], ["--nms"]):
+        assert main(["eval", str(ckpt), "--json", "--limit-val", "4", *extra]) == 0
+        report = json.loads(capsys.readouterr().out)
+        heads[report["head"]] = report["map"]
+    assert set(heads) == {"one-to-one (no NMS)", "one-to-many + NMS"}
+
+    assert main(["export", str(ckpt), "--format", "onnx", "--out", str(tmp_path / "e2e.onnx")]) == 0
+    text = capsys.readouterr().out
+    assert "PASS" in text and '"end_to_end": true' in text
+    import onnxruntime as ort
+    assert [o.name for o in ort.InferenceSession(str(tmp_path / "e2e.onnx")).get_outputs()] == ["detections"]
+
+    image = tmp_path / "scene.png"
+    scene = FashionScenes("test", 1, SceneConfig(image_size=64)).render(0)[0]
+    Image.fromarray((scene * 255).byte().permute(1, 2, 0).numpy()).save(image)
+    found = {}
+    for backend in ("torch", "onnxruntime"):
+        assert main(["predict", str(ckpt), str(image), "--out", str(tmp_path / backend), "--score-thresh", "0.0",
+                     "--backend", backend, "--json", "--threads", "1"]) == 0
+        found[backend] = json.loads(capsys.readouterr().out)[0]["detections"]
+    assert len(found["torch"]) == len(found["onnxruntime"]) == 84  # every point: 64 + 16 + 4, no NMS
+    for a, b in zip(found["torch"], found["onnxruntime"]):
+        assert abs(a["score"] - b["score"]) < 1e-3
+        assert a["label"] != b["label"] or max(abs(u - v) for u, v in zip(a["box"], b["box"])) < 0.2
+
+
+def test_end_to_end_parity_fails_on_a_wrong_export():
+    """The end-to-end comparison is not vacuous: moved boxes or a swapped label fail it."""
+    task = get_task("detect")
+    properties = {"mobilenets.postprocess": json.dumps({"score_thresh": 0.001, "nms_thresh": 0.7,
+                                                        "topk_candidates": 300, "detections_per_img": 300,
+                                                        "end_to_end": True})}
+    assert task.output_names(properties) == ("detections",)
+    torch.manual_seed(0)
+    ref = torch.cat((torch.rand(2, 20, 4) * 60, torch.rand(2, 20, 1).sort(1, descending=True).values,
+                     torch.randint(1, 11, (2, 20, 1)).float()), -1)
+
+    def parity(got):
+        return task.compare([ref.numpy()], [got.numpy()], inputs="random", int8=False, properties=properties)
+
+    assert parity(ref.clone()).passed and parity(ref.clone()).max_abs_diff == 0
+    assert parity(ref[:, torch.randperm(20)]).passed  # order among the rows does not matter
+    moved, relabelled = ref.clone(), ref.clone()
+    moved[:, :3, :4] += 1.0
+    relabelled[0, 0, 5] = relabelled[0, 0, 5] % 10 + 1
+    assert not parity(moved).passed and not parity(relabelled).passed
+
+
+def test_neck_depth_and_end_to_end_are_for_yolo_only(tmp_path, capsys):
+    for flags, message in ((["--neck-depth", "2"], "only the YOLO head has a neck"),
+                           (["--end-to-end"], "only the YOLO head has a one-to-one mode")):
+        assert main(["train", "--task", "detect", "--model", "ssdlite", "--data", "scenes", *flags,
+                     "--out", str(tmp_path / "x"), "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err
+    assert main(["train", "--task", "detect", "--model", "yolo", "--data", "scenes", "--neck-depth", "0",
+                 "--out", str(tmp_path / "x"), "--no-progress"]) == 2
+    assert "at least 1 unit" in capsys.readouterr().err

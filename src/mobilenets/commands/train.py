@@ -105,6 +105,11 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     m.add_argument("--neck-width", type=int, default=None, metavar="CHANNELS",
                    help="detect --model yolo: channels of the depthwise PAN neck and the head (default: 1.5x the "
                         "stride-16 tap, a multiple of 16 in 32..128; 64 on V3-Small)")
+    m.add_argument("--neck-depth", type=int, default=None, metavar="UNITS",
+                   help="detect --model yolo: depthwise separable units per neck fusion (default 1)")
+    m.add_argument("--end-to-end", action="store_true",
+                   help="detect --model yolo: add YOLOv10's one-to-one head (trained beside the usual one) and read "
+                        "it at inference: no NMS; exports end in the final detections (N, K, 6)")
     m.add_argument("--bn-momentum", type=float, default=None,
                    help="BN running-statistics momentum (PyTorch convention; short runs want ~0.1)")
     m.add_argument("--bn-recalibrate", type=int, default=None, metavar="BATCHES",
@@ -175,6 +180,9 @@ def register(subparsers) -> None:
     p.add_argument("--tta", choices=("none", "flip"), default="none",
                    help="classify: flip averages the class probabilities of each image and its mirror image "
                         "(reported as such; default none, the single-view figure)")
+    p.add_argument("--nms", action="store_true",
+                   help="detect, end-to-end YOLO: read the one-to-many head with NMS instead of the one-to-one head "
+                        "(both are trained; compares the two on one checkpoint)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--no-progress", action="store_true")
@@ -232,8 +240,15 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if args.neck_width is not None and (args.model != "yolo" or args.neck_width < 8):
         raise UserError(f"--neck-width {args.neck_width}: " + ("at least 8 channels" if args.model == "yolo" else
                         f"only the YOLO head has a neck (--task detect --model yolo), not {args.model}; drop it"))
+    if args.neck_depth is not None and (args.model != "yolo" or args.neck_depth < 1):
+        raise UserError(f"--neck-depth {args.neck_depth}: " + ("at least 1 unit" if args.model == "yolo" else
+                        f"only the YOLO head has a neck (--task detect --model yolo), not {args.model}; drop it"))
+    if args.end_to_end and args.model != "yolo":
+        raise UserError(f"--end-to-end: only the YOLO head has a one-to-one mode (--task detect --model yolo), not "
+                        f"{args.model}; drop it")
     options = {k: v for k, v in (("width_multiplier", args.width), ("dropout", args.dropout),
-                                 ("neck_width", args.neck_width),
+                                 ("neck_width", args.neck_width), ("neck_depth", args.neck_depth),
+                                 ("end_to_end", args.end_to_end or None),
                                  ("output_stride", args.output_stride), ("norm_layer", args.norm_layer),
                                  ("bn_momentum", args.bn_momentum))
                if v is not None}
@@ -302,6 +317,11 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict:
     cfg = DataConfig(data=data, batch_size=args.batch_size, num_workers=args.workers, skip_bad=args.skip_bad,
                      limit_val=args.limit_val, scene_size=args.scene_size, annotations=args.annotations, **defaults)
     val = task.open_eval_data(meta, cfg)
+    if args.nms:
+        if not getattr(model, "end_to_end", False):
+            raise UserError(f"--nms reads the one-to-many head of an end-to-end YOLO; {args.checkpoint} "
+                            f"({meta.model}) has no other head and already uses NMS where it has one: drop --nms")
+        model.one_to_one = False
     device = torch.device("cuda" if args.device == "cuda" else "cpu")
     model.to(device, memory_format=torch.channels_last)
     if args.tta == "flip":
@@ -312,6 +332,8 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict:
     metrics = task.evaluate(model, val, preprocessing=meta.preprocessing, class_names=meta.class_names,
                             device=device, channels_last=True, progress=not (args.no_progress or args.json))
     return {"checkpoint": str(args.checkpoint), "data": data, "task": task.name, "tta": args.tta,
+            **({"head": "one-to-many + NMS" if args.nms else "one-to-one (no NMS)"}
+               if getattr(model, "end_to_end", False) else {}),
             **task.report(metrics, meta.class_names)}
 
 
@@ -322,7 +344,8 @@ def eval_command(args: argparse.Namespace) -> int:
         return 0
     counted, *lines = get_task(report["task"]).report_lines(report)
     print(f"{report['checkpoint']} on {report['data']}: {counted}"
-          + (" (flip test-time augmentation)" if report["tta"] == "flip" else ""))
+          + (" (flip test-time augmentation)" if report["tta"] == "flip" else "")
+          + (f" (head: {report['head']})" if "head" in report else ""))
     for line in lines:
         print(line)
     return 0

@@ -141,6 +141,7 @@ def export_model(model: nn.Module, meta: CheckpointMeta, out: str | os.PathLike,
     model = model.eval()
     module = task.export_module(model).eval()
     task_properties = task.export_properties(model)
+    output_names = task.output_names(task_properties)
     precision = "int8" if int8 else "fp32"
     properties = {META_KEY: meta.to_json(), PRECISION_KEY: precision, **task_properties}
 
@@ -169,10 +170,10 @@ def export_model(model: nn.Module, meta: CheckpointMeta, out: str | os.PathLike,
 
         def fp32_onnx():
             if not proto:
-                proto.append(to_onnx(fused, tuple(meta.preprocessing.input_size), task.outputs, name=meta.model,
+                proto.append(to_onnx(fused, tuple(meta.preprocessing.input_size), output_names, name=meta.model,
                                      dynamic_batch=dynamic_batch, batch=batch))
             return proto[0]
-        job = ExportJob(module=module, fused=fused, meta=meta, outputs=task.outputs, batch=batch,
+        job = ExportJob(module=module, fused=fused, meta=meta, outputs=output_names, batch=batch,
                         dynamic_batch=dynamic_batch, int8=int8, nhwc=nhwc, calibration=calibration,
                         int8_weights=int8_weights,
                         onnx=fp32_onnx, details=details, out=out)
@@ -183,7 +184,7 @@ def export_model(model: nn.Module, meta: CheckpointMeta, out: str | os.PathLike,
     if fmt == "exported-program":
         parity = _write_checked(out, _exported_program(fused, meta, dynamic_batch, batch), properties, check)
     else:
-        proto = to_onnx(fused, tuple(meta.preprocessing.input_size), task.outputs, name=meta.model,
+        proto = to_onnx(fused, tuple(meta.preprocessing.input_size), output_names, name=meta.model,
                         dynamic_batch=dynamic_batch, batch=batch)
         if int8:
             from .quantize import quantize_onnx, quantize_openvino  # noqa: I001 - nncf / onnxruntime load late

@@ -41,7 +41,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import Conv2dNormActivation, complete_box_iou, complete_box_iou_loss
+from torchvision.ops import Conv2dNormActivation, clip_boxes_to_image, complete_box_iou, complete_box_iou_loss
 
 from ..errors import UserError
 from ..layers import make_divisible, norm_factory
@@ -174,6 +174,34 @@ class TaskAlignedAssigner(nn.Module):
         return target_boxes, target_scores, foreground, target_gt
 
 
+# -- the one-to-one head's decoding ------------------------------------------------------------------------
+def select_one_to_one(boxes: Tensor, scores: Tensor, k: int) -> Tensor:
+    """The end-to-end decoding of YOLOv10 (section 3.1 of arXiv:2405.14458), two top-k and no IoU: the ``k`` points
+    with the best class score, then the best ``k`` (point, class) pairs among them. ``boxes`` (B, A, 4), ``scores``
+    (B, A, C) object-class probabilities -> (B, k', 6) rows ``x1, y1, x2, y2, score, label`` best first, labels
+    1..C (class 0 is the background), ``k' = min(k, A)``. Static shapes: the graph exports as is."""
+    b, a, c = scores.shape
+    k = min(k, a)
+    best = scores.amax(-1).topk(k, dim=-1).indices  # (B, k) points
+    scores = scores.gather(1, best[..., None].expand(b, k, c))  # (B, k, C)
+    boxes = boxes.gather(1, best[..., None].expand(b, k, 4))
+    top, flat = scores.flatten(1).topk(k, dim=-1)  # (B, k) over the k * C pairs
+    label = flat % c
+    # the pair's point: an exact float division of a multiple of c (coremltools turns an integer division's result
+    # into floats, which gather then refuses as indices)
+    row = ((flat - label).to(scores.dtype) / c).round().long()
+    return torch.cat((boxes.gather(1, row[..., None].expand(b, k, 4)), top[..., None],
+                      (label + 1).to(boxes.dtype)[..., None]), -1)
+
+
+def detections_to_dict(detections: Tensor, image_size: tuple[int, int], score_thresh: float) -> dict[str, Tensor]:
+    """One image's (K, 6) end-to-end rows -> ``boxes`` (clipped to ``image_size``), ``scores``, ``labels`` above
+    ``score_thresh``: the layout :func:`postprocess_detections` returns."""
+    keep = detections[:, 4] > score_thresh
+    d = detections[keep]
+    return {"boxes": clip_boxes_to_image(d[:, :4], image_size), "scores": d[:, 4], "labels": d[:, 5].long()}
+
+
 # -- the network ------------------------------------------------------------------------------------------
 def separable(in_ch: int, out_ch: int, norm, stride: int = 1) -> nn.Sequential:
     """Depthwise 3x3 (stride ``stride``) + BN + act, then pointwise 1x1 + BN + act (MobileNetV1's unit)."""
@@ -182,24 +210,32 @@ def separable(in_ch: int, out_ch: int, norm, stride: int = 1) -> nn.Sequential:
         Conv2dNormActivation(in_ch, out_ch, 1, norm_layer=norm, activation_layer=ACT))
 
 
+def fusion(width: int, norm, depth: int) -> nn.Sequential:
+    """A neck fusion: ``depth`` separable units, the first mixing the two concatenated maps (``2 * width``) back to
+    ``width``. Depth 1 (the default) is one unit, the layout of every checkpoint written before the option; deeper
+    fusions stack more units, as YOLOv8's C2f repeats bottlenecks (n, s: 1 repeat per C2f of the neck)."""
+    units = [separable(2 * width, width, norm)] + [separable(width, width, norm) for _ in range(depth - 1)]
+    return units[0] if depth == 1 else nn.Sequential(*units)
+
+
 class DepthwisePAN(nn.Module):
     """FPN top-down then PAN bottom-up (arXiv:1803.01534) over three maps, every conv depthwise separable.
 
     1x1 laterals bring each tap to ``width``; a fusion concatenates two maps of one level and mixes them with a
     separable unit back to ``width``; up-sampling is nearest to the finer map's size (odd sizes included),
     down-sampling a stride-2 depthwise conv (PicoDet's CSP-PAN / NanoDet-Plus's Ghost-PAN, without their CSP and
-    ghost branches).
+    ghost branches). ``depth`` separable units per fusion (:func:`fusion`).
     """
 
-    def __init__(self, in_channels: list[int], width: int, norm):
+    def __init__(self, in_channels: list[int], width: int, norm, depth: int = 1):
         super().__init__()
         self.laterals = nn.ModuleList(Conv2dNormActivation(c, width, 1, norm_layer=norm, activation_layer=ACT)
                                       for c in in_channels)
-        self.top_down = nn.ModuleList(separable(2 * width, width, norm) for _ in in_channels[1:])
+        self.top_down = nn.ModuleList(fusion(width, norm, depth) for _ in in_channels[1:])
         self.downsample = nn.ModuleList(
             Conv2dNormActivation(width, width, 3, stride=2, groups=width, norm_layer=norm, activation_layer=ACT)
             for _ in in_channels[1:])
-        self.bottom_up = nn.ModuleList(separable(2 * width, width, norm) for _ in in_channels[1:])
+        self.bottom_up = nn.ModuleList(fusion(width, norm, depth) for _ in in_channels[1:])
 
     def forward(self, features: list[Tensor]) -> list[Tensor]:
         lat = [conv(f) for conv, f in zip(self.laterals, features)]
@@ -243,24 +279,32 @@ class YOLOHead(nn.Module):
 class YOLO(Detector):
     """YOLOv8-style detector: backbone taps at strides 8/16/32 -> depthwise PAN -> decoupled head."""
 
-    def __init__(self, backbone: nn.Module, num_classes: int, *, neck_width: int | None = None, reg_max: int = 16,
-                 norm=nn.BatchNorm2d, score_thresh: float = 0.001, nms_thresh: float = 0.7,
+    def __init__(self, backbone: nn.Module, num_classes: int, *, neck_width: int | None = None, neck_depth: int = 1,
+                 reg_max: int = 16, norm=nn.BatchNorm2d, score_thresh: float = 0.001, nms_thresh: float = 0.7,
                  detections_per_img: int = 300, topk_candidates: int = 300, topk: int = 10, alpha: float = 0.5,
-                 beta: float = 6.0, gains: tuple[float, float, float] = (7.5, 1.5, 0.5)):
+                 beta: float = 6.0, gains: tuple[float, float, float] = (7.5, 1.5, 0.5), end_to_end: bool = False):
         super().__init__()
         if num_classes < 2:
             raise UserError(f"num_classes={num_classes}: a detector needs the background plus at least one class")
         if reg_max < 2:
             raise UserError(f"reg_max={reg_max}: the box distributions need at least 2 bins (YOLOv8: 16)")
+        if neck_depth < 1:
+            raise UserError(f"neck_depth={neck_depth}: each neck fusion needs at least 1 separable unit")
         self.num_classes = num_classes  # including the background class 0, which the head does not predict
         self.features = backbone  # features_only, returning the TAPS maps
         channels = channels_of(backbone)
         self.neck_width = neck_width or neck_width_for(channels)
         self.strides = STRIDES
         self.reg_max = reg_max
-        self.neck = DepthwisePAN(channels, self.neck_width, norm)
+        self.neck_depth = neck_depth
+        self.neck = DepthwisePAN(channels, self.neck_width, norm, neck_depth)
         self.head = YOLOHead(self.neck_width, len(STRIDES), num_classes - 1, reg_max, norm)
         self.assigner = TaskAlignedAssigner(topk, alpha, beta)
+        self.end_to_end = end_to_end
+        if end_to_end:  # YOLOv10's one-to-one head: a copy of the head, trained on detached neck maps, top-1 targets
+            self.head_o2o = YOLOHead(self.neck_width, len(STRIDES), num_classes - 1, reg_max, norm)
+            self.assigner_o2o = TaskAlignedAssigner(1, alpha, beta)
+        self.one_to_one = end_to_end  # inference reads the one-to-one head (no NMS); False: the usual head + NMS
         self.box_gain, self.dfl_gain, self.cls_gain = gains
         self.score_thresh = score_thresh
         self.nms_thresh = nms_thresh
@@ -269,18 +313,30 @@ class YOLO(Detector):
 
     # -- network ------------------------------------------------------------------------------------------
     def forward(self, x: Tensor) -> dict[str, Tensor]:
+        """Raw outputs of the one-to-many head (``cls_logits``, ``box_logits``) and, for an end-to-end model, of the
+        one-to-one head (``cls_logits_o2o``, ``box_logits_o2o``). Training computes both heads; inference only the
+        one it reads (:attr:`one_to_one`), under the first pair of names, so ``decode`` and the exported graph
+        hold one head."""
         feats = self.neck(list(self.features(x)))
-        cls_logits, box_logits = self.head(feats)
         points, strides = grid_points([tuple(f.shape[-2:]) for f in feats], self.strides, device=x.device,
                                       dtype=x.dtype)
+        out = {"points": points,  # (A, 2) xy pixels of this input
+               "strides": strides}  # (A,)
+        if self.end_to_end and (self.training or self.one_to_one):
+            # the one-to-one head learns on detached maps: its top-1 targets never pull on the neck or backbone
+            cls_o2o, box_o2o = self.head_o2o([f.detach() for f in feats] if self.training else feats)
+            if not self.training:
+                return {"cls_logits": cls_o2o, "box_logits": box_o2o, **out}
+            out.update(cls_logits_o2o=cls_o2o, box_logits_o2o=box_o2o)
+        cls_logits, box_logits = self.head(feats)
         return {"cls_logits": cls_logits,  # (B, A, num_classes - 1)
                 "box_logits": box_logits,  # (B, A, 4, reg_max)
-                "points": points,  # (A, 2) xy pixels of this input
-                "strides": strides}  # (A,)
+                **out}
 
-    def boxes(self, outputs: dict[str, Tensor]) -> Tensor:
+    def boxes(self, outputs: dict[str, Tensor], box_logits: Tensor | None = None) -> Tensor:
         """Decoded boxes (B, A, 4) xyxy in input pixels: each side the expectation of its distribution."""
-        distances = expected_distance(outputs["box_logits"].softmax(-1)) * outputs["strides"][:, None]
+        logits = outputs["box_logits"] if box_logits is None else box_logits
+        distances = expected_distance(logits.softmax(-1)) * outputs["strides"][:, None]
         return distances_to_boxes(outputs["points"], distances)
 
     # -- training ------------------------------------------------------------------------------------------
@@ -290,14 +346,26 @@ class YOLO(Detector):
 
         ``targets[i]`` holds ``boxes`` (N, 4) xyxy in input pixels and ``labels`` (N,) in 1..num_classes-1. The box
         terms of a positive are weighted by its soft target. A batch without objects has no positives: its box
-        terms are 0 (with a gradient), the class term pushes every score to 0.
+        terms are 0 (with a gradient), the class term pushes every score to 0. An end-to-end model adds the
+        one-to-one head's terms (``box_o2o``, ``dfl_o2o``, ``cls_o2o``: the same loss against top-1 targets), an
+        unweighted sum as YOLOv10's dual assignment.
         """
-        cls_logits, box_logits = outputs["cls_logits"], outputs["box_logits"]
+        gt = self._pad(targets, outputs["cls_logits"])
+        terms = self._head_loss(outputs, outputs["cls_logits"], outputs["box_logits"], gt, self.assigner)
+        if "cls_logits_o2o" in outputs:  # YOLOv10's consistent dual assignment: the same loss, top-1 targets, summed
+            o2o = self._head_loss(outputs, outputs["cls_logits_o2o"], outputs["box_logits_o2o"], gt,
+                                  self.assigner_o2o)
+            terms.update({f"{k}_o2o": v for k, v in o2o.items()})
+        return terms
+
+    def _head_loss(self, outputs: dict[str, Tensor], cls_logits: Tensor, box_logits: Tensor,
+                   gt: tuple[Tensor, Tensor, Tensor], assigner: TaskAlignedAssigner) -> dict[str, Tensor]:
+        """One head's three terms against ``assigner``'s targets."""
         points, strides = outputs["points"], outputs["strides"]
-        gt_labels, gt_boxes, gt_valid = self._pad(targets, cls_logits)
-        pred_boxes = self.boxes(outputs)  # (B, A, 4)
-        target_boxes, target_scores, fg, _ = self.assigner(cls_logits.detach().sigmoid(), pred_boxes.detach(),
-                                                           points, gt_labels, gt_boxes, gt_valid)
+        gt_labels, gt_boxes, gt_valid = gt
+        pred_boxes = self.boxes(outputs, box_logits)  # (B, A, 4)
+        target_boxes, target_scores, fg, _ = assigner(cls_logits.detach().sigmoid(), pred_boxes.detach(),
+                                                      points, gt_labels, gt_boxes, gt_valid)
         normaliser = target_scores.sum().clamp(min=1)
         cls = F.binary_cross_entropy_with_logits(cls_logits, target_scores, reduction="sum") / normaliser
         weight = target_scores.sum(-1)[fg]  # (P,): each positive's soft target
@@ -331,11 +399,22 @@ class YOLO(Detector):
         return labels, boxes, valid
 
     # -- inference -----------------------------------------------------------------------------------------
-    def decode(self, outputs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    def decode(self, outputs: dict[str, Tensor]) -> tuple[Tensor, Tensor] | Tensor:
         """Boxes (B, A, 4) xyxy and scores (B, A, num_classes): the object classes' sigmoids after a zero
-        background column, the layout :func:`postprocess_detections` reads. Everything but NMS."""
+        background column, the layout :func:`postprocess_detections` reads. Everything but NMS.
+
+        Reading the one-to-one head (:attr:`one_to_one`): the final detections (B, K, 6) instead, K =
+        ``min(detections_per_img, A)`` rows of ``x1, y1, x2, y2, score, label`` best first, label 1..num_classes-1
+        (:func:`select_one_to_one`); no NMS follows."""
         scores = outputs["cls_logits"].sigmoid()
+        if self.end_to_end and self.one_to_one:
+            return select_one_to_one(self.boxes(outputs), scores, self.detections_per_img)
         return self.boxes(outputs), torch.cat((torch.zeros_like(scores[..., :1]), scores), -1)
+
+    def postprocess(self, outputs, image_size: tuple[int, int]) -> list[dict[str, Tensor]]:
+        if not (self.end_to_end and self.one_to_one):
+            return super().postprocess(outputs, image_size)
+        return [detections_to_dict(d, image_size, self.score_thresh) for d in self.decode(outputs)]
 
     def foreign_module_map(self, source_keys) -> None:
         """No foreign checkpoints: nobody publishes these heads; our own files use our names (for
@@ -360,13 +439,17 @@ def _register_variants(builder):
 @_register_variants
 def yolo(*, backbone: str = "mobilenet_v3_large", num_classes: int = 81, width_multiplier: float = 1.0,
          reduced_tail: bool | None = None, in_chans: int = 3, norm_layer: str | None = None,
-         neck_width: int | None = None, reg_max: int = 16, score_thresh: float = 0.001, nms_thresh: float = 0.7,
-         detections_per_img: int = 300, topk_candidates: int = 300) -> YOLO:
+         neck_width: int | None = None, neck_depth: int = 1, reg_max: int = 16, score_thresh: float = 0.001,
+         nms_thresh: float = 0.7, detections_per_img: int = 300, topk_candidates: int = 300,
+         end_to_end: bool = False) -> YOLO:
     """The YOLOv8-style detector on the zoo backbone ``backbone``; ``num_classes`` includes the background (81: the
-    80 COCO classes). ``neck_width`` defaults to :func:`neck_width_for` the backbone's taps; ``norm_layer`` applies
-    to the neck and head too. ``reduced_tail`` (V3 only) defaults to True, as for SSDLite."""
+    80 COCO classes). ``neck_width`` defaults to :func:`neck_width_for` the backbone's taps, ``neck_depth`` (separable
+    units per neck fusion) to 1; ``norm_layer`` applies to the neck and head too. ``reduced_tail`` (V3 only) defaults
+    to True, as for SSDLite. ``end_to_end``: add YOLOv10's one-to-one head and read it at inference, so that the
+    decoded graph ends in the final detections (no NMS)."""
     body = build_backbone(backbone, TAPS, width_multiplier=width_multiplier, reduced_tail=reduced_tail,
                           default_reduced_tail=True, in_chans=in_chans, norm_layer=norm_layer, output_stride=32)
     norm = norm_factory(norm_layer) if norm_layer else nn.BatchNorm2d
-    return YOLO(body, num_classes, neck_width=neck_width, reg_max=reg_max, norm=norm, score_thresh=score_thresh,
-                nms_thresh=nms_thresh, detections_per_img=detections_per_img, topk_candidates=topk_candidates)
+    return YOLO(body, num_classes, neck_width=neck_width, neck_depth=neck_depth, reg_max=reg_max, norm=norm,
+                score_thresh=score_thresh, nms_thresh=nms_thresh, detections_per_img=detections_per_img,
+                topk_candidates=topk_candidates, end_to_end=end_to_end)

@@ -82,7 +82,7 @@ class ServedModel:
         pre = self.meta.preprocessing
         self.input_shape = tuple(int(v) for v in pre.input_size)  # (C, H, W)
         self.need = max(int(pre.resize), *self.input_shape[1:])  # JPEG draft decoding keeps sides >= this
-        self.output_names = tuple(self.task.outputs)
+        self.output_names = tuple(self.task.output_names(self.runner.properties))
         self.output_shapes: list[tuple[int, ...]] = []  # per image, known after warm_up()
 
     @property

@@ -138,6 +138,11 @@ class Task:
         raise NotImplementedError
 
     # -- export ----------------------------------------------------------------------------------------------
+    def output_names(self, properties: dict[str, str]) -> tuple[str, ...]:
+        """Names of the exported graph's outputs for a model whose :meth:`export_properties` (or a file's
+        properties) are ``properties``: :attr:`outputs` unless the task's models differ (an end-to-end detector)."""
+        return self.outputs
+
     def export_module(self, model: nn.Module) -> nn.Module:
         """What the exporters write: a normalised (N, C, H, W) batch in, :attr:`outputs` out."""
         return model.eval()

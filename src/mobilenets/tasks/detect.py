@@ -8,6 +8,10 @@ background, as YOLO). Per image, :func:`postprocess` clips the boxes, keeps per 
 ``score_thresh`` (top ``topk_candidates``), runs class-wise NMS at ``nms_thresh`` and keeps the best
 ``detections_per_img``; those settings travel in the file's metadata (:data:`POSTPROCESS_KEY`). Keeping NMS out
 keeps the graph static and the same in every runtime.
+
+An end-to-end YOLO (``end_to_end=True``: YOLOv10's one-to-one head) exports to the final detections instead:
+``detections`` (N, K, 6) rows ``x1, y1, x2, y2, score, label`` best first, selected in the graph by two top-k; its
+metadata says ``end_to_end: true`` and only ``score_thresh`` applies after it.
 """
 from __future__ import annotations
 
@@ -27,10 +31,12 @@ from tqdm import tqdm
 from ..data.dense import MEAN, SCENES, STD, model_inputs, open_scenes, split_folder
 from ..errors import UserError
 from ..heads.detection import postprocess_detections
+from ..heads.yolo import detections_to_dict
 from .base import Parity, to_input
 from .dense import DenseTask
 
 POSTPROCESS_KEY = "mobilenets.postprocess"  # a detector's NMS settings (JSON) in an exported file's metadata
+E2E_OUTPUTS = ("detections",)  # an end-to-end detector's graph: (N, K, 6) rows x1, y1, x2, y2, score, label
 NMS_SETTINGS = ("score_thresh", "nms_thresh", "topk_candidates", "detections_per_img")
 TERM_NAMES = {"bbox_regression": "box", "classification": "cls"}  # torchvision's loss names -> the logged ones
 
@@ -182,16 +188,28 @@ class Detect(DenseTask):
         return DecodedDetections(model).eval()
 
     def export_properties(self, model):
-        return {POSTPROCESS_KEY: json.dumps({k: getattr(model, k) for k in NMS_SETTINGS})}
+        """The NMS settings; for a model read through its one-to-one head (end-to-end YOLO) ``end_to_end: true``
+        too: its graph ends in the detections (:data:`E2E_OUTPUTS`) and only ``score_thresh`` applies after it."""
+        settings = {k: getattr(model, k) for k in NMS_SETTINGS}
+        if is_end_to_end(model):
+            settings["end_to_end"] = True
+        return {POSTPROCESS_KEY: json.dumps(settings)}
+
+    def output_names(self, properties):
+        return E2E_OUTPUTS if _settings(properties)[1] else self.outputs
 
     def compare(self, reference, got, *, inputs, int8, properties, tolerance=None, min_agreement=None) -> Parity:
         """The graph ends before NMS, so its parity is the box / score difference (scores weighted x100, so that
         0.05 means 0.05 px or 5e-4 probability). NMS is the same code on both sides; the detections after it can
         differ only where two candidates' scores tie within fp32 noise and swap places (frequent for untrained
         models), so their agreement is reported but not required (fp32); int8 must keep 50% of them."""
+        settings, end_to_end = _settings(properties)
+        if end_to_end:
+            return _compare_detections(torch.from_numpy(np.asarray(reference[0])),
+                                       torch.from_numpy(np.asarray(got[0])), inputs=inputs, int8=int8,
+                                       tolerance=tolerance, min_agreement=min_agreement)
         boxes, scores = (torch.from_numpy(np.asarray(a)) for a in got)
         ref_boxes, ref_scores = (torch.from_numpy(np.asarray(a)) for a in reference)
-        settings = json.loads(properties[POSTPROCESS_KEY])
         matched = total = 0
         for b, s, rb, rs in zip(boxes, scores, ref_boxes, ref_scores):
             size = (10 ** 6, 10 ** 6)  # no clipping: compare the boxes as decoded
@@ -216,8 +234,9 @@ class Detect(DenseTask):
     def postprocess(self, outputs, meta, properties, image_size, *, score_thresh: float = 0.3, **options):
         h, w = image_size
         size = meta.preprocessing.input_size[-1]
-        pred = postprocess_detections(outputs[0][0], outputs[1][0], (size, size),
-                                      **json.loads(properties[POSTPROCESS_KEY]))
+        settings, end_to_end = _settings(properties)
+        pred = (detections_to_dict(outputs[0][0], (size, size), settings["score_thresh"]) if end_to_end
+                else postprocess_detections(outputs[0][0], outputs[1][0], (size, size), **settings))
         keep = pred["scores"] >= score_thresh
         boxes = pred["boxes"][keep] * torch.tensor([w / size, h / size, w / size, h / size])
         scores, labels = pred["scores"][keep], pred["labels"][keep]
@@ -236,6 +255,44 @@ class Detect(DenseTask):
 
     def result_line(self, result: dict) -> str:
         return ", ".join(f"{d['class']} {d['score']:.2f}" for d in result["detections"]) or "nothing"
+
+
+def is_end_to_end(model: nn.Module) -> bool:
+    """Whether ``model`` decodes through a one-to-one head into final detections (end-to-end YOLO, read as such)."""
+    return bool(getattr(model, "end_to_end", False) and getattr(model, "one_to_one", False))
+
+
+def _settings(properties: dict[str, str]) -> tuple[dict, bool]:
+    """A file's post-processing settings (the NMS keywords) and whether its graph is end-to-end."""
+    settings = json.loads(properties[POSTPROCESS_KEY])
+    return settings, bool(settings.pop("end_to_end", False))
+
+
+def _compare_detections(reference: Tensor, got: Tensor, *, inputs, int8: bool, tolerance, min_agreement) -> Parity:
+    """Parity of an end-to-end graph: (N, K, 6) detection rows against eager PyTorch's. Rows are ranked by score,
+    so two candidates whose scores tie within fp32 noise may swap places: each confident reference row (score >
+    0.05) is looked up among the export's rows of its label (box within 0.05 px, 2 px for int8); the difference
+    reported is over those matched rows (boxes in px, scores x100 as for the NMS graph). The best 10 rows of each
+    image count as confident whatever their score, so that an untrained model's export is compared too."""
+    matched = total = 0
+    diff = 0.0
+    near = 2.0 if int8 else 0.05
+    for ref, mine in zip(reference, got):
+        checked = ref[:, 4] > 0.05
+        checked[:10] = True  # rows come best first
+        for row in ref[checked]:
+            total += 1
+            same = (mine[:, 5] == row[5]) & ((mine[:, :4] - row[:4]).abs().amax(-1) < near)
+            if same.any():
+                matched += 1
+                best = mine[same][(mine[same][:, 4] - row[4]).abs().argmin()]
+                diff = max(diff, float((best[:4] - row[:4]).abs().max()), float(abs(best[4] - row[4])) * 100)
+    if tolerance is None and not int8:
+        tolerance = 0.05
+    agreement = matched / total if total else 1.0
+    return Parity(n=len(reference), inputs=inputs, max_abs_diff=diff, agreement=agreement, tolerance=tolerance,
+                  min_agreement=min_agreement if min_agreement is not None else (0.5 if int8 else 0.99),
+                  what="confident detections matched")
 
 
 def scene_inputs(meta, n: int = 4) -> np.ndarray:
