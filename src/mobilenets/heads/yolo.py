@@ -28,6 +28,13 @@ sigmoids; :meth:`YOLO.decode` prepends a zero score column for the background, s
 num_classes)`` like SSDLite's and :func:`~mobilenets.heads.ssdlite.postprocess_detections` (class-wise NMS,
 labels 1..C-1) works unchanged.
 
+End-to-end (``end_to_end=True``): YOLOv10's consistent dual assignment (arXiv:2405.14458, section 3.1). A second
+head of the same form (the one-to-one head) reads the neck's maps detached, so its loss trains only itself; it learns
+against the same task-aligned metric with top-1 targets (one positive per box), and the loss is the plain sum of
+both heads' terms. Inference reads the one-to-one head alone and decodes it with two top-k and no IoU
+(:func:`select_one_to_one`), so the graph ends in the final detections. :attr:`YOLO.one_to_one` set to False reads
+the one-to-many head with NMS instead (``mobilenets eval --nms``).
+
 Input: a normalised batch ``(B, 3, H, W)`` of any size. ``forward`` returns the raw outputs and the grid points of
 this input size; everything through :meth:`YOLO.decode` has static shapes given the input size and no
 data-dependent control flow, so the decoded graph exports as is. NMS stays outside the graph with the stored
