@@ -534,12 +534,12 @@ def train_side_by_side(args, python: Path, peer_cfg: dict) -> dict:
     (args.out / "ours").mkdir(parents=True, exist_ok=True)
     peer_dir = args.out / args.peer
     peer_dir.mkdir(parents=True, exist_ok=True)
-    ours_log = open(args.out / "ours" / "train.log", "w")
+    ours_log = open(args.out / "ours" / "train.log" if args.ours_from is None else os.devnull, "w")
     (peer_dir / "train.log").write_text("")
     load_before = os.getloadavg()
     start = time.perf_counter()
-    ours = subprocess.Popen(cli(*ours_train_command(args)), stdout=ours_log, stderr=subprocess.STDOUT,
-                            env={**os.environ, **ONE_THREAD})
+    ours = subprocess.Popen(cli(*ours_train_command(args)) if args.ours_from is None else ["true"],
+                            stdout=ours_log, stderr=subprocess.STDOUT, env={**os.environ, **ONE_THREAD})
     peer = peer_call(python, args.out, "train", peer_cfg, log=peer_dir / "train.log", wait=False)
     done = {}
     while len(done) < 2:
@@ -615,7 +615,10 @@ def markdown(result: dict) -> str:
     rows = result["models"]
     lines = [f"{result['benchmark']}", "",
              f"Host: {result['host']['cpu']} ({result['host']['cores']} cores), {result['date']}; "
-             f"{result['minutes']:g} min each, side by side, one thread each; {result['scenes']:,} training scenes, "
+             f"{result['minutes']:g} min each, side by side, one thread each"
+             + (f" (ours reused from {result['ours_from']}; here only the peer trained, the other core busy with "
+                f"other work)" if result.get("ours_from") else "")
+             + f"; {result['scenes']:,} training scenes, "
              f"{result['input_size']} px, batch {result['batch_size']}; last checkpoint on the first "
              f"{result['test_scenes']:,} test scenes (pycocotools). Latency: ONNX Runtime, batch 1, one thread, "
              f"median ms, network / network + post-processing.", "",
@@ -670,6 +673,9 @@ def main() -> int:
     p.add_argument("--ultralytics-version", default=ULTRALYTICS_VERSION)
     p.add_argument("--setup", action="store_true", help="only build the Ultralytics venv, then exit")
     p.add_argument("--skip-train", action="store_true", help="only measure the runs already in OUT")
+    p.add_argument("--ours-from", type=Path, default=None,
+                   help="OUT of an earlier run with the same data and budget: reuse its ours/ (linked) and train "
+                        "only the peer, one thread, while the other core does other work")
     argv = sys.argv[1:]
     if "--ours-args" in argv[:-1]:  # its value starts with "--": hand it to argparse as --ours-args=VALUE
         i = argv.index("--ours-args")
@@ -695,6 +701,16 @@ def main() -> int:
                 "batch": args.batch_size, "seed": args.seed, "project": str(peer_dir),
                 "cache": {"false": False}.get(args.peer_cache, args.peer_cache), "stats": str(peer_stats_file)}
     training = None
+    if args.ours_from is not None:  # ours as trained in that run; only the peer trains here
+        earlier = (args.ours_from / "ours").resolve()
+        if not (earlier / "run" / "last.safetensors").is_file():
+            p.error(f"--ours-from {args.ours_from}: no ours/run/last.safetensors there; give the OUT of a finished run")
+        link = args.out / "ours"
+        if link.is_symlink():
+            link.unlink()
+        elif link.exists():
+            p.error(f"{link} exists; --ours-from needs an OUT without its own ours/")
+        link.symlink_to(earlier, target_is_directory=True)
     if not args.skip_train:
         print(f"training ours and {args.peer} side by side for {args.minutes:g} min (logs: {args.out}/ours/train.log, "
               f"{peer_dir}/train.log) ...", flush=True)
@@ -806,6 +822,7 @@ def main() -> int:
               "peer": args.peer, "minutes": args.minutes, "scenes": args.scenes, "val_scenes": args.val_scenes,
               "test_scenes": args.test_scenes, "input_size": size, "batch_size": args.batch_size,
               "data": str(data_yaml), "training": training, "network_attempts": attempts,
+              "ours_from": str(args.ours_from) if args.ours_from else None,
               "latency": {"runtime": "onnxruntime, intra/inter-op threads 1, sequential, ORT_ENABLE_ALL",
                           "input": "test scene 0, batch 1", "runs": args.latency_runs,
                           "rounds": args.latency_rounds, "warmup": args.warmup, "conf": CONF, "iou": IOU,

@@ -23,6 +23,7 @@ from torch import nn
 from .errors import UserError
 from .files import atomic_write
 from .preprocessing import Preprocessing
+from .qat import rebuild
 from .registry import create_model
 from .weights import imagenet_class_names, load_state_dict_checked
 
@@ -56,7 +57,13 @@ class CheckpointMeta:
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: CheckpointMeta) -> None:
     """Write ``model``'s state dict and ``meta`` to a safetensors file, atomically."""
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state, storages = {}, set()
+    for k, v in model.state_dict().items():
+        t = v.detach().contiguous().cpu()
+        if t.untyped_storage().data_ptr() in storages:  # one module under several names (a quantization-aware
+            t = t.clone()  # graph's shared observers): safetensors stores each name's own copy
+        storages.add(t.untyped_storage().data_ptr())
+        state[k] = t
     metadata = {"format": FORMAT, "version": VERSION, "meta": meta.to_json()}
     atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
 
@@ -101,6 +108,8 @@ def load_checkpoint(path: str | os.PathLike, task: str | None = None) -> tuple[n
     if task is not None and meta.task != task:
         raise UserError(f"{path} is a {meta.task} checkpoint; pass --task {meta.task}")
     model = create_model(meta.model, **meta.options)
+    if meta.extra.get("qat"):  # trained with fake quantization: rebuild that graph around the model
+        return rebuild(model, meta.extra["qat"], state, str(path)), meta
     load_state_dict_checked(model, state, source=str(path))
     model.eval()
     return model, meta

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import load_checkpoint
+from ..checkpoint import load_checkpoint, read_checkpoint
 from ..data.dense import SCENES
 from ..data.loaders import VAL_SPLITS, DataConfig, data_kind
 from ..data.transforms import AUGMENTATIONS, STRONG_ERASE_P, erase_probability
@@ -29,6 +29,7 @@ from ..train.trainer import fit, open_run
 
 log = logging.getLogger(__name__)
 
+MODEL_DEFAULT = "mobilenet_v3_small"
 RUNTIME_OPTIONS = ("threads",)  # taken from the resuming command, not from config.json
 
 
@@ -42,7 +43,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _train_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="mobilenet_v3_small",
+    p.add_argument("--model", default=MODEL_DEFAULT,
                    help="registry name (mobilenets models); for detect/segment a task model or a classification "
                         "backbone, which gets the task's generic head (SSDLite, LR-ASPP)")
     p.add_argument("--backbone", default=None,
@@ -148,6 +149,10 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     r.add_argument("--kd-temperature", type=float, default=4.0, help="--teacher: softmax temperature (default 4)")
     r.add_argument("--kd-weight", type=float, default=0.5,
                    help="--teacher: share of the distillation term in the loss, 0..1 (default 0.5)")
+    r.add_argument("--qat", action="store_true",
+                   help="classification: quantization-aware fine-tuning of the trained model in --weights CKPT "
+                        "(its architecture, options and input size; head kept; EMA off); the checkpoints export "
+                        "to int8 with the learned scales (mobilenets export --int8)")
     r.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="the training step's autocast (default fp32, the fast one on CPUs; bf16 / fp16 for GPUs, "
                         "fp16 with a gradient scaler); weights, BN and evaluation stay fp32")
@@ -223,6 +228,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         raise UserError(f"--batch-size {args.batch_size} must be at least 2 (BatchNorm needs 2 samples)")
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads {args.threads} must be at least 1")
+    if args.qat:
+        _qat_defaults(args)
     recipe = resolve_recipe(args.recipe or task.default_recipe, optimizer=args.opt, lr=args.lr, weight_decay=args.wd,
                             depthwise_weight_decay=args.depthwise_wd, momentum=args.momentum,
                             warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
@@ -252,6 +259,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                                  ("output_stride", args.output_stride), ("norm_layer", args.norm_layer),
                                  ("bn_momentum", args.bn_momentum))
                if v is not None}
+    options = {**getattr(args, "checkpoint_options", {}), **options}  # --qat: the checkpoint's, flags on top
     erase_probability(args.augment, args.erase)  # a bad --erase fails here, before the run folder is made
     scenes = task.name != "classify" and data == SCENES
     if args.val_split is not None and not scenes and (task.name != "classify" or data_kind(data)[0] != "fashion"):
@@ -271,11 +279,34 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                        model_options=options, img_size=args.img_size, in_chans=args.in_chans, weights=args.weights,
                        freeze=args.freeze, channels_last=args.channels_last, compile=args.compile,
                        precision=args.precision, teachers=list(args.teacher or []),
-                       kd_temperature=args.kd_temperature, kd_weight=args.kd_weight,
+                       kd_temperature=args.kd_temperature, kd_weight=args.kd_weight, qat=args.qat,
                        sync_bn=args.sync_bn, device=args.device, threads=args.threads,
                        progress=not args.no_progress, time_limit=args.time_limit,
                        bn_recalibrate=args.bn_recalibrate, progressive_resize=args.progressive_resize,
                        task=task.name, backbone=args.backbone)
+
+
+def _qat_defaults(args: argparse.Namespace) -> None:
+    """--qat: the model, its options and input size come from the --weights checkpoint; EMA is off."""
+    if not args.weights or not Path(args.weights).is_file():
+        raise UserError(f"--qat fine-tunes a trained classifier: pass its checkpoint with --weights "
+                        f"RUN/last.safetensors (got {args.weights})")
+    _, meta = read_checkpoint(args.weights)
+    if meta.task != "classify" or (args.task or "classify") != "classify":
+        raise UserError(f"--qat is for classification; {args.weights} is a {meta.task} checkpoint")
+    if meta.extra.get("qat"):
+        raise UserError(f"{args.weights} is already quantization-aware; continue its run with --resume, or pass "
+                        "the float checkpoint it was fine-tuned from")
+    if args.model not in (MODEL_DEFAULT, meta.model):
+        raise UserError(f"--model {args.model} differs from {args.weights}'s {meta.model}: drop --model")
+    if args.ema_decay:
+        raise UserError(f"--qat keeps no EMA (averaged weights would not match the learned scales): drop "
+                        f"--ema-decay {args.ema_decay}")
+    args.model, args.ema_decay = meta.model, 0.0
+    args.checkpoint_options = {k: v for k, v in meta.options.items() if k not in ("num_classes", "in_chans")}
+    size = meta.preprocessing.input_size
+    args.img_size = args.img_size or size[-1]
+    args.in_chans = args.in_chans or size[0]
 
 
 def train_command(args: argparse.Namespace) -> int:

@@ -36,6 +36,8 @@ from torch import nn
 from ..checkpoint import CheckpointMeta, load_checkpoint
 from ..data.samples import sample_inputs
 from ..errors import UserError
+from ..qat import SCHEME as QAT_SCHEME
+from ..qat import FakeQuantized
 from ..tasks import get_task
 from ..tasks.base import Parity
 from ..weights import cache_root, file_sha256
@@ -57,7 +59,8 @@ from .formats import (
     require,
     staged,
 )
-from .onnx_graph import fold_batchnorm, set_properties, to_onnx
+from .onnx_graph import fold_batchnorm, set_properties, to_onnx, to_onnx_qdq
+from .openvino_io import from_onnx
 from .quantize import INT8_WEIGHTS
 from .runtime import RUNNERS, Runner, TorchRunner
 
@@ -133,17 +136,33 @@ def export_model(model: nn.Module, meta: CheckpointMeta, out: str | os.PathLike,
                            "CPU and has no such setting") + ": drop it")
     int8_weights = int8_weights or INT8_WEIGHTS[0]
     _check_dependencies(fmt, int8)
-    if int8:
-        if calibration_data is None:
-            raise UserError("--int8 needs --calibration-data fashion-mnist|DIR (real images to calibrate on)")
+    learned = None  # a quantization-aware checkpoint's int8 graph, written with its learned scales
+    if isinstance(model, FakeQuantized):
+        if int8 and spec.learned_int8:
+            learned = model.eval().int8_program()
+        else:  # fp32, or an int8 that can only re-calibrate: the fine-tuned weights without fake quantization
+            if int8:
+                log.warning("--format %s's int8 (%s) cannot take the learned scales of a quantization-aware "
+                            "checkpoint: it re-calibrates the fine-tuned weights on --calibration-data", fmt,
+                            spec.int8)
+            model = model.eval().float_model()
+    if int8 and learned is None and calibration_data is None:
+        raise UserError("--int8 needs --calibration-data fashion-mnist|DIR (real images to calibrate on)")
+    if int8:  # int8 parity on real images where there are some (a quantization-aware model needs none to calibrate)
         parity_data = parity_data or calibration_data
     task = get_task(meta.task)
     model = model.eval()
     module = task.export_module(model).eval()
+    if learned is not None:  # what the file holds is the int8 graph: parity compares runtimes with it in PyTorch
+        module = learned
     task_properties = task.export_properties(model)
     output_names = task.output_names(task_properties)
     precision = "int8" if int8 else "fp32"
     properties = {META_KEY: meta.to_json(), PRECISION_KEY: precision, **task_properties}
+    details: dict = {}
+    if learned is not None:
+        details.update({"scheme": "quantization-aware (learned scales)", "quantizer": QAT_SCHEME,
+                        "weights": "int8 symmetric per-channel", "activations": "int8 (static)"})
 
     x_parity = task.parity_inputs(meta, parity_n or (200 if int8 else 16), parity_data)
     reference = _eager_outputs(module, x_parity)
@@ -161,11 +180,10 @@ def export_model(model: nn.Module, meta: CheckpointMeta, out: str | os.PathLike,
                             "this is a bug in the export of this model: please report it with the checkpoint")
         return parity
 
-    fused = fold_batchnorm(module)
-    details: dict = {}
+    fused = fold_batchnorm(module) if learned is None else learned
     if spec.writer is not None:
         calibration = (sample_inputs(meta.preprocessing, calibration_data, calibration_n, split="train", seed=0)
-                       if int8 else None)
+                       if int8 and learned is None else None)
         proto = []
 
         def fp32_onnx():
@@ -175,7 +193,10 @@ def export_model(model: nn.Module, meta: CheckpointMeta, out: str | os.PathLike,
             return proto[0]
         job = ExportJob(module=module, fused=fused, meta=meta, outputs=output_names, batch=batch,
                         dynamic_batch=dynamic_batch, int8=int8, nhwc=nhwc, calibration=calibration,
-                        int8_weights=int8_weights,
+                        int8_weights=int8_weights, learned=learned,
+                        learned_onnx=lambda: to_onnx_qdq(learned, tuple(meta.preprocessing.input_size),
+                                                         output_names, name=meta.model, dynamic_batch=dynamic_batch,
+                                                         batch=batch),
                         onnx=fp32_onnx, details=details, out=out)
         writer = importlib.import_module(f"{__package__}.{spec.writer}").writer(job)
         parity = _write_checked(out, writer, properties, check, details)
@@ -184,9 +205,12 @@ def export_model(model: nn.Module, meta: CheckpointMeta, out: str | os.PathLike,
     if fmt == "exported-program":
         parity = _write_checked(out, _exported_program(fused, meta, dynamic_batch, batch), properties, check)
     else:
-        proto = to_onnx(fused, tuple(meta.preprocessing.input_size), output_names, name=meta.model,
-                        dynamic_batch=dynamic_batch, batch=batch)
-        if int8:
+        proto = (to_onnx if learned is None else to_onnx_qdq)(
+            fused if learned is None else learned, tuple(meta.preprocessing.input_size), output_names,
+            name=meta.model, dynamic_batch=dynamic_batch, batch=batch)
+        if learned is not None:  # int8 as trained
+            writer = _ir_writer(from_onnx(proto)) if fmt == "openvino" else _onnx_writer(proto)
+        elif int8:
             from .quantize import quantize_onnx, quantize_openvino  # noqa: I001 - nncf / onnxruntime load late
 
             calibration = sample_inputs(meta.preprocessing, calibration_data, calibration_n, split="train", seed=0)
@@ -196,7 +220,6 @@ def export_model(model: nn.Module, meta: CheckpointMeta, out: str | os.PathLike,
         elif fmt == "onnx":
             writer = _onnx_writer(proto)
         else:
-            from .openvino_io import from_onnx
             writer = _ir_writer(from_onnx(proto))
         parity = _write_checked(out, writer, properties, check)
     return ExportResult(path=out, format=fmt, precision=precision, parity=parity, meta=meta,

@@ -65,6 +65,7 @@ class Format:
     writer: str | None = None  # module of this package whose writer(job) writes it; None: export.py's own
     int8: str | None = None  # what --int8 does for it; None: --int8 is refused
     int8_weights: bool = False  # whether its int8 takes --int8-weights 7bit|8bit (deploy/quantize.py)
+    learned_int8: bool = False  # whether its int8 of a quantization-aware checkpoint keeps the learned scales
     folder: bool = False  # the "file" is a folder (Core ML's .mlpackage)
     dynamic_batch: bool = True  # whether --dynamic-batch is offered (else refused before any work)
     companions: tuple[str, ...] = ()  # suffixes of the files written beside it (OpenVINO's .bin)
@@ -87,16 +88,18 @@ class Backend:
 
 FORMATS_LIST: tuple[Format, ...] = (
     Format("onnx", ".onnx", ("onnxruntime", "openvino"), needs=("onnx",), int8="ONNX Runtime QDQ",
-           int8_weights=True,
+           int8_weights=True, learned_int8=True,
            what="ONNX (ONNX Runtime, OpenVINO)"),
     Format("exported-program", ".pt2", ("torch",), what="torch.export ExportedProgram"),
     Format("openvino", ".xml", ("openvino",), needs=("onnx", "openvino"), int8="NNCF", int8_weights=True,
+           learned_int8=True,
            companions=(".bin",),
            what="OpenVINO IR (.xml + .bin)"),
     Format("executorch", ".pte", ("executorch",), needs=("executorch",), writer="executorch",
-           int8="PT2E with the XNNPACK quantizer", dynamic_batch=False, what="ExecuTorch, XNNPACK delegate"),
+           int8="PT2E with the XNNPACK quantizer", dynamic_batch=False, learned_int8=True,
+           what="ExecuTorch, XNNPACK delegate"),
     Format("ort", ".ort", ("onnxruntime",), needs=("onnx", "onnxruntime"), writer="ort_format",
-           int8="ONNX Runtime QDQ", int8_weights=True, companions=(".required_operators.config",),
+           int8="ONNX Runtime QDQ", int8_weights=True, learned_int8=True, companions=(".required_operators.config",),
            what="ONNX Runtime mobile format (+ the required-operators config of a reduced build)"),
     Format("coreml", ".mlpackage", ("coreml",), needs=("coremltools",), writer="coreml", folder=True,
            dynamic_batch=False, what="Core ML ML program, fp32 (prediction needs macOS)"),
@@ -157,6 +160,9 @@ class ExportJob:
     calibration: Any = None  # float32 (N, C, H, W) images to calibrate int8 on (numpy), None for fp32
     int8_weights: str = "7bit"  # int8 weight range of the quantizers that have one (deploy/quantize.py)
     onnx: Callable[[], Any] | None = None  # () -> the fp32 ONNX ModelProto of ``fused`` (made on first call)
+    learned: Any = None  # a quantization-aware model's int8 graph (learned scales; mobilenets.qat) to write
+    #                      instead of calibrating: a converted PT2E GraphModule, or None
+    learned_onnx: Callable[[], Any] | None = None  # () -> ``learned`` as a QDQ ONNX ModelProto
     details: dict = field(default_factory=dict)  # what the writer did (quantizer settings, ...): the report's
     out: Path | None = None  # where the file will end up (the writer saves into a staging folder first)
 

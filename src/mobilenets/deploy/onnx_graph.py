@@ -14,6 +14,7 @@ outside the graph), a segmenter's logits; which module and outputs is the task's
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import logging
@@ -91,6 +92,30 @@ def to_onnx(fused: nn.Module, input_size: tuple[int, ...], outputs: tuple[str, .
     producer = {out: n.op_type for n in proto.graph.node for out in n.output}
     assert not any(n.op_type == "BatchNormalization" and producer.get(n.input[0]) == "Conv"
                    for n in proto.graph.node), "a conv's BN survived folding"
+    onnx.checker.check_model(proto)
+    return proto
+
+
+def to_onnx_qdq(program: nn.Module, input_size: tuple[int, ...], outputs: tuple[str, ...], *, name: str,
+                dynamic_batch: bool = False, batch: int = 1):
+    """The QDQ ``onnx.ModelProto`` of a converted PT2E int8 graph (a quantization-aware checkpoint's
+    :meth:`~mobilenets.qat.FakeQuantized.int8_program`): its quantize / dequantize ops become QuantizeLinear /
+    DequantizeLinear with the learned scales, the form ONNX Runtime and OpenVINO run in int8. Only torch.onnx's
+    dynamo exporter translates those ops; input and outputs are named as :func:`to_onnx` names them."""
+    onnx = optional_import("onnx", "onnx", "ONNX export")
+    example = torch.zeros(max(batch, 2) if dynamic_batch else batch, *input_size)
+    shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):  # its progress and optimizer lines
+            warnings.simplefilter("ignore")
+            exported = torch.export.export(program, (example,), dynamic_shapes=shapes)
+            onnx_program = torch.onnx.export(exported, dynamo=True, opset_version=OPSET, input_names=["input"],
+                                             output_names=list(outputs), verbose=False)
+    except Exception as e:  # noqa: BLE001 - the exporter raises many types; the model is what the user gave us
+        raise UserError(f"torch.onnx could not export the int8 graph of {name} ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:200]})") from e
+    proto = onnx_program.model_proto
     onnx.checker.check_model(proto)
     return proto
 

@@ -34,8 +34,8 @@ def writer(job: ExportJob) -> Writer:
     """The ``.ort`` of ``job``'s ONNX export (quantized first for int8)."""
     onnx = optional_import("onnx", "onnx", "--format ort")
     optional_import("onnxruntime", "onnx", "--format ort")
-    proto = job.onnx()
-    if job.int8:
+    proto = job.learned_onnx() if job.learned is not None else job.onnx()  # int8 as trained, or to quantize
+    if job.int8 and job.learned is None:
         from .quantize import quantize_onnx
         proto, settings = quantize_onnx(proto, job.calibration, job.int8_weights)
         job.details.update(settings)

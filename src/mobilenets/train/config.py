@@ -28,6 +28,7 @@ class TrainConfig:
     teachers: list[str] = field(default_factory=list)  # --teacher: classification checkpoints to distil from
     kd_temperature: float = 4.0
     kd_weight: float = 0.5
+    qat: bool = False  # quantization-aware training (mobilenets.qat): fake-quantized fine-tuning of ``weights``
     sync_bn: bool = False
     device: str = "auto"
     threads: int | None = None

@@ -28,6 +28,8 @@ import torch
 from ..checkpoint import CheckpointMeta, save_checkpoint
 from ..errors import UserError
 from ..plots import plot_curves
+from ..qat import FakeQuantized
+from ..qat import describe as describe_qat
 from ..tasks import Task
 from . import distributed
 from .config import TrainConfig
@@ -53,6 +55,23 @@ def fit(task: Task, cfg: TrainConfig, run: RunFiles, resume: bool = False) -> di
         distributed.cleanup(world)
 
 
+def _check_qat(task: Task, cfg: TrainConfig) -> None:
+    """Quantization-aware training fine-tunes a trained classifier's every layer in fp32 through one fixed graph:
+    refuse, in one line each, what cannot go with that."""
+    clashes = {"task": (task.name != "classify", f"is for classification, not {task.name}"),
+               "weights": (not cfg.weights, "fine-tunes a trained model: pass its checkpoint as weights"),
+               "freeze": (cfg.freeze != "none", "fine-tunes every layer: leave freeze at 'none'"),
+               "compile": (cfg.compile, "trains the exported graph as it is: leave compile off"),
+               "precision": (cfg.precision != "fp32", "simulates int8 in fp32: leave precision at fp32"),
+               "progressive_resize": (bool(cfg.progressive_resize),
+                                      "traces one input size: leave progressive_resize off"),
+               "ema_decay": (cfg.recipe.ema_decay > 0, "keeps no EMA (averaged weights would not match the learned "
+                                                       "scales): set ema_decay 0")}
+    for name, (clash, why) in clashes.items():
+        if clash:
+            raise UserError(f"quantization-aware training {why} ({name})")
+
+
 def _set_bn_momentum(model: torch.nn.Module, momentum: float) -> None:
     for m in model.modules():
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
@@ -64,6 +83,8 @@ def _fit(task: Task, cfg: TrainConfig, run: RunFiles, world: distributed.World, 
         torch.set_num_threads(cfg.threads)
     if cfg.progressive_resize and not task.resizable_inputs:
         raise UserError(f"--progressive-resize is for classification; {task.name} targets would need resizing too")
+    if cfg.qat:
+        _check_qat(task, cfg)
     if world.is_main:
         ensure_dir(run.root)
     data = task.open_data(cfg.data, img_size=cfg.img_size, in_chans=cfg.in_chans, rank=world.rank,
@@ -78,6 +99,8 @@ def _fit(task: Task, cfg: TrainConfig, run: RunFiles, world: distributed.World, 
     # (with --resume too: published weights may set build options, e.g. timm's BN eps, that the state needs)
     if recipe.bn_momentum is not None:
         _set_bn_momentum(model, recipe.bn_momentum)
+    if cfg.qat:  # the trained weights, as the graph an int8 runtime will run (fake quantization in training)
+        model = FakeQuantized(model, data.preprocessing.input_size)
     frozen = freeze(model, cfg.freeze)
     frozen_names = tuple(name for name, m in model.named_modules() if any(m is f for f in frozen))
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -158,7 +181,8 @@ def _fit(task: Task, cfg: TrainConfig, run: RunFiles, world: distributed.World, 
                                   class_names=list(data.class_names), preprocessing=data.preprocessing,
                                   extra={"data": data.meta, "recipe": recipe.name, "epoch": epoch + 1,
                                          "weights": "ema" if ema is not None else "model",
-                                         **task.checkpoint_extra(metrics, record)})
+                                         **task.checkpoint_extra(metrics, record),
+                                         **({"qat": describe_qat(evaluated)} if cfg.qat else {})})
             save_checkpoint(run.last, evaluated, meta)
             if metrics[task.metric] > best:
                 best = metrics[task.metric]
