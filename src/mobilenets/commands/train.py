@@ -151,7 +151,8 @@ def _train_options(p: argparse.ArgumentParser) -> None:
                    help="--teacher: share of the distillation term in the loss, 0..1 (default 0.5)")
     r.add_argument("--qat", action="store_true",
                    help="classification: quantization-aware fine-tuning of the trained model in --weights CKPT "
-                        "(its architecture, options and input size; head kept; EMA off); the checkpoints export "
+                        "(its architecture, options and input size; head kept; EMA off; no warm-up unless "
+                        "--warmup-epochs); the checkpoints export "
                         "to int8 with the learned scales (mobilenets export --int8)")
     r.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="the training step's autocast (default fp32, the fast one on CPUs; bf16 / fp16 for GPUs, "
@@ -303,6 +304,8 @@ def _qat_defaults(args: argparse.Namespace) -> None:
         raise UserError(f"--qat keeps no EMA (averaged weights would not match the learned scales): drop "
                         f"--ema-decay {args.ema_decay}")
     args.model, args.ema_decay = meta.model, 0.0
+    if args.warmup_epochs is None:  # fine-tuning from trained weights: no warm-up unless asked
+        args.warmup_epochs = 0.0
     args.checkpoint_options = {k: v for k, v in meta.options.items() if k not in ("num_classes", "in_chans")}
     size = meta.preprocessing.input_size
     args.img_size = args.img_size or size[-1]
