@@ -131,6 +131,20 @@ def test_qat_executorch_takes_the_learned_scales(data, base, tmp_path):
     assert result.details["delegate_calls"] >= 1
 
 
+def test_qat_float_graph_converts_without_state(data, base, tmp_path):
+    """Formats that can only re-calibrate get the fine-tuned float graph: no fake quantizer, no BN step counter
+    (a mutable state that Core ML, for one, refuses below iOS 18)."""
+    pytest.importorskip("coremltools")
+    model, meta = load_checkpoint(base)
+    fq = FakeQuantized(model, meta.preprocessing.input_size)
+    graph = fq.float_model()
+    modules = [graph.get_submodule(n.target) for n in graph.graph.nodes if n.op == "call_module"]
+    assert not any(hasattr(m, "fake_quant_enabled") for m in modules)
+    assert not any(n.target is torch.ops.aten.add_.Tensor for n in graph.graph.nodes)
+    result = export_model(fq, meta, tmp_path / "f.mlpackage", "coreml")
+    assert result.precision == "fp32" and result.details["structure"]["conv"] > 0
+
+
 @pytest.mark.parametrize("extra, message", [
     ([], "fine-tunes a trained classifier"),
     (["--freeze", "backbone"], "leave freeze at 'none'"),

@@ -94,6 +94,11 @@ class FakeQuantized(nn.Module):
         graph = copy.deepcopy(self.graph)
         _set_mode(graph, False)
         graph.apply(pt2e.disable_observer)
+        for node in list(graph.graph.nodes):  # BN's step counter (traced in training form): a state an inference
+            if node.target is torch.ops.aten.add_.Tensor and not node.users \
+                    and str(_attr_name(node.args[0])).endswith("num_batches_tracked"):  # graph must not hold
+                graph.graph.erase_node(node)
+        graph.recompile()
         return graph
 
     def int8_program(self) -> torch.fx.GraphModule:
@@ -121,13 +126,14 @@ class FakeQuantized(nn.Module):
         return graph
 
 
-def _running_var(node: torch.fx.Node) -> str | None:
+def _attr_name(node: torch.fx.Node) -> str | None:
+    """The attribute a get_attr node reads (a buffer or parameter name), else None."""
     return node.target if isinstance(node, torch.fx.Node) and node.op == "get_attr" else None
 
 
 def _bn_settings(graph: torch.fx.GraphModule) -> dict[str, tuple[float, float]]:
     """(momentum, eps) of every BatchNorm of an exported graph, by the name of its running variance."""
-    return {_running_var(n.args[4]): (n.args[6], n.args[7]) for n in graph.graph.nodes
+    return {_attr_name(n.args[4]): (n.args[6], n.args[7]) for n in graph.graph.nodes
             if n.op == "call_function" and n.target is torch.ops.aten.batch_norm.default}
 
 
@@ -139,12 +145,12 @@ def _restore_bn_settings(graph: torch.fx.GraphModule, settings: dict[str, tuple[
     for node in graph.graph.nodes:
         if node.op != "call_function":
             continue
-        if node.target is aten.batch_norm.default and _running_var(node.args[4]) in settings:
-            momentum, eps = settings[_running_var(node.args[4])]
+        if node.target is aten.batch_norm.default and _attr_name(node.args[4]) in settings:
+            momentum, eps = settings[_attr_name(node.args[4])]
             node.args = (*node.args[:6], momentum, eps, *node.args[8:])
-        elif node.target is aten.add.Tensor and _running_var(node.args[0]) in settings \
+        elif node.target is aten.add.Tensor and _attr_name(node.args[0]) in settings \
                 and isinstance(node.args[1], float):  # running_var + eps of the simulated fold
-            node.args = (node.args[0], settings[_running_var(node.args[0])][1], *node.args[2:])
+            node.args = (node.args[0], settings[_attr_name(node.args[0])][1], *node.args[2:])
     graph.recompile()
 
 
