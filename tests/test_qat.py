@@ -15,7 +15,7 @@ from mobilenets import create_model
 from mobilenets.checkpoint import load_checkpoint, save_checkpoint
 from mobilenets.cli import main
 from mobilenets.deploy.export import export_model
-from mobilenets.qat import FakeQuantized
+from mobilenets.qat import SCHEME, WEIGHT_RANGE, FakeQuantized
 from mobilenets.train import trainer
 from synthetic_data import write_fashion
 
@@ -62,12 +62,15 @@ def test_qat_run_reloads_evaluates_exports(data, base, tmp_path):
     out = tmp_path / "qat"
     assert main(qat_args(data, base, out)) == 0
     model, meta = load_checkpoint(out / "last.safetensors")
-    assert isinstance(model, FakeQuantized) and meta.extra["qat"]["scheme"] == "pt2e-xnnpack"
+    assert isinstance(model, FakeQuantized) and meta.extra["qat"]["scheme"] == SCHEME
     assert meta.model == "mobilenet_v3_small" and meta.options["width_multiplier"] == 0.5  # from the checkpoint
     assert json.loads((out / "config.json").read_text())["recipe"]["ema_decay"] == 0.0
     state = load_file(out / "last.safetensors")
     scales = {k: v for k, v in state.items() if k.endswith(".scale")}
     assert scales and all(float(v.min()) > 0 for v in scales.values())
+    quantizers = [m for m in model.graph.modules() if hasattr(m, "fake_quant_enabled")]
+    weights = [m for m in quantizers if m.qscheme == torch.per_channel_symmetric]
+    assert weights and {(m.quant_min, m.quant_max) for m in weights} == {(-WEIGHT_RANGE, WEIGHT_RANGE)}
     assert any(float(v.max()) != 1.0 for v in scales.values())  # learned, not the initial 1.0
 
     x = torch.from_numpy(np.random.default_rng(0).normal(size=(8, 1, 32, 32)).astype(np.float32))
@@ -95,6 +98,8 @@ def test_qat_run_reloads_evaluates_exports(data, base, tmp_path):
                 if n.op_type == "QuantizeLinear"]
     learned = np.array(sorted({round(float(v.reshape(-1)[0]), 9) for k, v in scales.items() if v.numel() == 1}))
     assert q_scales
+    int8_weights = [a for a in inits.values() if a.dtype == np.int8 and a.size > 1]
+    assert int8_weights and max(int(np.abs(a.astype(np.int32)).max()) for a in int8_weights) <= WEIGHT_RANGE
     for s in q_scales:  # every activation quantizer of the file is one the training learned
         assert np.min(np.abs(learned - s) / s) < 1e-6, s
 
@@ -163,7 +168,7 @@ def test_qat_refusals(data, base, tmp_path, capsys, extra, message):
 def test_qat_checkpoint_is_not_fine_tuned_twice(data, base, tmp_path, capsys):
     model, meta = load_checkpoint(base)
     fq = FakeQuantized(model, meta.preprocessing.input_size)
-    meta.extra["qat"] = {"scheme": "pt2e-xnnpack", "input_size": list(meta.preprocessing.input_size)}
+    meta.extra["qat"] = {"scheme": SCHEME, "input_size": list(meta.preprocessing.input_size)}
     save_checkpoint(tmp_path / "q.safetensors", fq, meta)
     assert main(qat_args(data, tmp_path / "q.safetensors", tmp_path / "again")) != 0
     assert "already quantization-aware" in capsys.readouterr().err

@@ -1,6 +1,8 @@
 """Quantization-aware training (QAT) by PyTorch's PT2E path: the network as ``torch.export`` sees it, with fake
 quantization inserted by torchao's ``prepare_qat_pt2e`` under ExecuTorch's ``XNNPACKQuantizer`` (symmetric
-per-channel int8 weights, static per-tensor int8 activations: the scheme of our ExecuTorch int8 export).
+per-channel weights in the 7-bit range -63..63, static per-tensor int8 activations). The 7-bit weights are what
+the exporter's post-training int8 uses by default: on CPUs without VNNI, ONNX Runtime and OpenVINO multiply
+u8 x s8 with VPMADDUBSW, whose 16-bit sums saturate with full-range weights; QAT learns around the lost bit.
 
 :class:`FakeQuantized` wraps that prepared graph as a module the trainer, ``eval``, ``predict`` and the exporter
 take like any model:
@@ -30,7 +32,9 @@ from torch import nn
 
 from .errors import UserError
 
-SCHEME = "pt2e-xnnpack"  # what describe() records; the only scheme so far
+SCHEME = "pt2e-xnnpack-w7"  # what describe() records; the only scheme so far
+WEIGHT_RANGE = 63  # 7-bit weights: as the exporter's default post-training int8 (deploy/quantize.py), so that the
+#                   int8 graph cannot saturate VPMADDUBSW's 16-bit sums on CPUs without VNNI (2 x 255 x 63 < 2^15)
 MAX_BATCH = 4096  # the exported graph's batch dimension is dynamic up to this
 TORCHAO_BN_EPS = 1e-5  # the eps torchao's conv + BN patterns are written with
 
@@ -48,7 +52,8 @@ def _pt2e():
     except ImportError as e:
         raise UserError(f"quantization-aware training needs ExecuTorch's quantizer and torchao ({e}); install "
                         "them with: pip install 'mobilenets[executorch]'") from e
-    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=True))
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(
+        is_per_channel=True, is_qat=True, weight_qmin=-WEIGHT_RANGE, weight_qmax=WEIGHT_RANGE))
     return pt2e, quantizer, prepare_qat_pt2e, convert_pt2e
 
 
