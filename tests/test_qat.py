@@ -126,7 +126,7 @@ def test_qat_resume_is_exact(data, base, tmp_path, monkeypatch):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_qat_executorch_takes_the_learned_scales(data, base, tmp_path):
+def test_qat_executorch_and_openvino_take_the_learned_scales(data, base, tmp_path):
     pytest.importorskip("executorch")
     out = tmp_path / "qat"
     assert main(qat_args(data, base, out, epochs=1)) == 0
@@ -134,6 +134,11 @@ def test_qat_executorch_takes_the_learned_scales(data, base, tmp_path):
     result = export_model(model, meta, tmp_path / "q.pte", "executorch", int8=True)
     assert result.parity.passed and result.details["scheme"] == "quantization-aware (learned scales)"
     assert result.details["delegate_calls"] >= 1
+    pytest.importorskip("openvino")
+    result = export_model(model, meta, tmp_path / "q.xml", "openvino", int8=True)  # the QDQ graph, read by OpenVINO
+    assert result.parity.passed and result.details["scheme"] == "quantization-aware (learned scales)"
+    xml = result.path.read_text()
+    assert 'type="FakeQuantize"' in xml or 'type="FakeConvert"' in xml or 'element_type="i8"' in xml
 
 
 def test_qat_float_graph_converts_without_state(data, base, tmp_path):
