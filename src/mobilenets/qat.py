@@ -40,21 +40,23 @@ TORCHAO_BN_EPS = 1e-5  # the eps torchao's conv + BN patterns are written with
 
 
 def _pt2e():
-    """torchao's PT2E functions and ExecuTorch's quantizer (the executorch extra), or one line naming the extra."""
+    """torchao's PT2E modules (observer switches; prepare / convert) and ExecuTorch's quantizer module (the
+    executorch extra), or one line naming the extra."""
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)  # torchao re-registers an Enum: a warning
     try:
-        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-            XNNPACKQuantizer,
-            get_symmetric_quantization_config,
-        )
+        from executorch.backends.xnnpack.quantizer import xnnpack_quantizer
         from torchao.quantization import pt2e
-        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
+        from torchao.quantization.pt2e import quantize_pt2e
     except ImportError as e:
         raise UserError(f"quantization-aware training needs ExecuTorch's quantizer and torchao ({e}); install "
                         "them with: pip install 'mobilenets[executorch]'") from e
-    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(
+    return pt2e, quantize_pt2e, xnnpack_quantizer
+
+
+def _quantizer(xnnpack_quantizer):
+    """The QAT quantizer: symmetric per-channel weights in the 7-bit range, static per-tensor int8 activations."""
+    return xnnpack_quantizer.XNNPACKQuantizer().set_global(xnnpack_quantizer.get_symmetric_quantization_config(
         is_per_channel=True, is_qat=True, weight_qmin=-WEIGHT_RANGE, weight_qmax=WEIGHT_RANGE))
-    return pt2e, quantizer, prepare_qat_pt2e, convert_pt2e
 
 
 class FakeQuantized(nn.Module):
@@ -62,7 +64,7 @@ class FakeQuantized(nn.Module):
 
     def __init__(self, model: nn.Module, input_size: Sequence[int]):
         super().__init__()
-        _, quantizer, prepare_qat_pt2e, _ = _pt2e()
+        _, quantize_pt2e, xnnpack_quantizer = _pt2e()
         self.arch_name = getattr(model, "arch_name", type(model).__name__)
         self.arch_options = dict(getattr(model, "arch_options", {}))
         self.num_classes = getattr(model, "num_classes", None)
@@ -80,7 +82,7 @@ class FakeQuantized(nn.Module):
                             f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
         traced = program.module()
         self.bn_settings = _bn_settings(traced)
-        self.graph = prepare_qat_pt2e(traced, quantizer)
+        self.graph = quantize_pt2e.prepare_qat_pt2e(traced, _quantizer(xnnpack_quantizer))
         _restore_bn_settings(self.graph, self.bn_settings)
         self.train(False)
 
@@ -91,7 +93,8 @@ class FakeQuantized(nn.Module):
         # not nn.Module.train: the prepared graph refuses .train()/.eval(); its modes are graph rewrites
         self.training = mode
         _set_mode(self.graph, mode)
-        self.graph.apply(_pt2e()[0].enable_observer if mode else _pt2e()[0].disable_observer)
+        pt2e = _pt2e()[0]
+        self.graph.apply(pt2e.enable_observer if mode else pt2e.disable_observer)
         return self
 
     def _inference_copy(self) -> torch.fx.GraphModule:
@@ -117,7 +120,7 @@ class FakeQuantized(nn.Module):
             functools.reduce(getattr, name.split("."), graph).add_(eps - TORCHAO_BN_EPS)
         _restore_bn_settings(graph, {name: (momentum, TORCHAO_BN_EPS)
                                      for name, (momentum, _) in self.bn_settings.items()})
-        return _pt2e()[3](graph)
+        return _pt2e()[1].convert_pt2e(graph)
 
     def float_model(self) -> torch.fx.GraphModule:
         """The fine-tuned network in float, without its fake quantizers (BN in its eval form)."""

@@ -46,8 +46,8 @@ def writer(job: ExportJob) -> Writer:
     from executorch.exir import EdgeProgramManager, to_edge_transform_and_lower
 
     example = (torch.zeros(job.batch, *job.meta.preprocessing.input_size),)
-    try:  # a quantization-aware checkpoint's int8 graph (learned scales), or the float model
-        program = torch.export.export(job.fused if job.learned is None else job.learned, example)
+    try:  # the float model, or a quantization-aware checkpoint's int8 graph (learned scales)
+        program = torch.export.export(job.fused, example)
     except Exception as e:  # noqa: BLE001 - torch.export raises many types; the model is what the user gave us
         raise UserError(f"torch.export could not export {job.meta.model} for ExecuTorch ({type(e).__name__}: "
                         f"{str(e).splitlines()[0][:200]})") from e

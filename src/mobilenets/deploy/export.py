@@ -37,6 +37,7 @@ from ..checkpoint import CheckpointMeta, load_checkpoint
 from ..data.samples import sample_inputs
 from ..errors import UserError
 from ..qat import SCHEME as QAT_SCHEME
+from ..qat import WEIGHT_RANGE as QAT_WEIGHT_RANGE
 from ..qat import FakeQuantized
 from ..tasks import get_task
 from ..tasks.base import Parity
@@ -162,7 +163,8 @@ def export_model(model: nn.Module, meta: CheckpointMeta, out: str | os.PathLike,
     details: dict = {}
     if learned is not None:
         details.update({"scheme": "quantization-aware (learned scales)", "quantizer": QAT_SCHEME,
-                        "weights": "int8 symmetric per-channel", "activations": "int8 (static)"})
+                        "weights": f"int8 symmetric per-channel, -{QAT_WEIGHT_RANGE}..{QAT_WEIGHT_RANGE}",
+                        "activations": "int8 (static)"})
 
     x_parity = task.parity_inputs(meta, parity_n or (200 if int8 else 16), parity_data)
     reference = _eager_outputs(module, x_parity)
@@ -181,23 +183,21 @@ def export_model(model: nn.Module, meta: CheckpointMeta, out: str | os.PathLike,
         return parity
 
     fused = fold_batchnorm(module) if learned is None else learned
+    proto = []
+
+    def onnx_of_fused():
+        """The ONNX graph of ``fused`` (made on first call): fp32, or a quantization-aware model's int8 (QDQ)."""
+        if not proto:
+            proto.append((to_onnx if learned is None else to_onnx_qdq)(
+                fused, tuple(meta.preprocessing.input_size), output_names, name=meta.model,
+                dynamic_batch=dynamic_batch, batch=batch))
+        return proto[0]
     if spec.writer is not None:
         calibration = (sample_inputs(meta.preprocessing, calibration_data, calibration_n, split="train", seed=0)
                        if int8 and learned is None else None)
-        proto = []
-
-        def fp32_onnx():
-            if not proto:
-                proto.append(to_onnx(fused, tuple(meta.preprocessing.input_size), output_names, name=meta.model,
-                                     dynamic_batch=dynamic_batch, batch=batch))
-            return proto[0]
         job = ExportJob(module=module, fused=fused, meta=meta, outputs=output_names, batch=batch,
                         dynamic_batch=dynamic_batch, int8=int8, nhwc=nhwc, calibration=calibration,
-                        int8_weights=int8_weights, learned=learned,
-                        learned_onnx=lambda: to_onnx_qdq(learned, tuple(meta.preprocessing.input_size),
-                                                         output_names, name=meta.model, dynamic_batch=dynamic_batch,
-                                                         batch=batch),
-                        onnx=fp32_onnx, details=details, out=out)
+                        int8_weights=int8_weights, learned=learned, onnx=onnx_of_fused, details=details, out=out)
         writer = importlib.import_module(f"{__package__}.{spec.writer}").writer(job)
         parity = _write_checked(out, writer, properties, check, details)
         return ExportResult(path=out, format=fmt, precision=precision, parity=parity, meta=meta,
@@ -205,22 +205,18 @@ def export_model(model: nn.Module, meta: CheckpointMeta, out: str | os.PathLike,
     if fmt == "exported-program":
         parity = _write_checked(out, _exported_program(fused, meta, dynamic_batch, batch), properties, check)
     else:
-        proto = (to_onnx if learned is None else to_onnx_qdq)(
-            fused if learned is None else learned, tuple(meta.preprocessing.input_size), output_names,
-            name=meta.model, dynamic_batch=dynamic_batch, batch=batch)
-        if learned is not None:  # int8 as trained
-            writer = _ir_writer(from_onnx(proto)) if fmt == "openvino" else _onnx_writer(proto)
-        elif int8:
+        graph = onnx_of_fused()  # fp32, or a quantization-aware model's int8 as trained
+        if int8 and learned is None:
             from .quantize import quantize_onnx, quantize_openvino  # noqa: I001 - nncf / onnxruntime load late
 
             calibration = sample_inputs(meta.preprocessing, calibration_data, calibration_n, split="train", seed=0)
-            quantized, details = (quantize_openvino if fmt == "openvino" else quantize_onnx)(proto, calibration,
+            quantized, details = (quantize_openvino if fmt == "openvino" else quantize_onnx)(graph, calibration,
                                                                                              int8_weights)
             writer = _ir_writer(quantized) if fmt == "openvino" else _onnx_writer(quantized)
         elif fmt == "onnx":
-            writer = _onnx_writer(proto)
+            writer = _onnx_writer(graph)
         else:
-            writer = _ir_writer(from_onnx(proto))
+            writer = _ir_writer(from_onnx(graph))
         parity = _write_checked(out, writer, properties, check)
     return ExportResult(path=out, format=fmt, precision=precision, parity=parity, meta=meta,
                         properties=task_properties, details=details)

@@ -159,10 +159,10 @@ class ExportJob:
     nhwc: bool = False  # the file's image input is (N, H, W, C); only for a Format with channels_last
     calibration: Any = None  # float32 (N, C, H, W) images to calibrate int8 on (numpy), None for fp32
     int8_weights: str = "7bit"  # int8 weight range of the quantizers that have one (deploy/quantize.py)
-    onnx: Callable[[], Any] | None = None  # () -> the fp32 ONNX ModelProto of ``fused`` (made on first call)
+    onnx: Callable[[], Any] | None = None  # () -> the ONNX ModelProto of ``fused`` (made on first call): fp32, or
+    #                                       the QDQ int8 of ``learned``
     learned: Any = None  # a quantization-aware model's int8 graph (learned scales; mobilenets.qat) to write
-    #                      instead of calibrating: a converted PT2E GraphModule, or None
-    learned_onnx: Callable[[], Any] | None = None  # () -> ``learned`` as a QDQ ONNX ModelProto
+    #                      instead of calibrating: a converted PT2E GraphModule (then also ``fused``), or None
     details: dict = field(default_factory=dict)  # what the writer did (quantizer settings, ...): the report's
     out: Path | None = None  # where the file will end up (the writer saves into a staging folder first)
 

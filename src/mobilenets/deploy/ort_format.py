@@ -34,7 +34,7 @@ def writer(job: ExportJob) -> Writer:
     """The ``.ort`` of ``job``'s ONNX export (quantized first for int8)."""
     onnx = optional_import("onnx", "onnx", "--format ort")
     optional_import("onnxruntime", "onnx", "--format ort")
-    proto = job.learned_onnx() if job.learned is not None else job.onnx()  # int8 as trained, or to quantize
+    proto = job.onnx()  # fp32, or a quantization-aware model's int8 as trained
     if job.int8 and job.learned is None:
         from .quantize import quantize_onnx
         proto, settings = quantize_onnx(proto, job.calibration, job.int8_weights)
