@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench_cli import join_flag_values
+
 REPO = Path(__file__).resolve().parents[1]
 FORMATS = {"onnx": ".onnx", "openvino": ".xml", "executorch": ".pte"}
 
@@ -51,11 +53,7 @@ def main() -> int:
     p.add_argument("--train-args", default="",
                    help="more 'mobilenets train' flags for the QAT run, e.g. the float model's own recipe: "
                         "\"--augment none --label-smoothing 0 --warmup-epochs 0\" (the demo's)")
-    argv = sys.argv[1:]
-    if "--train-args" in argv[:-1]:  # its value starts with "--": hand it to argparse as --train-args=VALUE
-        i = argv.index("--train-args")
-        argv[i:i + 2] = [f"--train-args={argv[i + 1]}"]
-    args = p.parse_args(argv)
+    args = p.parse_args(join_flag_values(sys.argv[1:], "--train-args"))
 
     torch.set_num_threads(args.threads)
     from mobilenets.checkpoint import load_checkpoint

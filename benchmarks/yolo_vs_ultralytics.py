@@ -77,6 +77,7 @@ import numpy as np
 import torch
 
 import mobilenets
+from bench_cli import join_flag_values
 from mobilenets.checkpoint import load_checkpoint
 from mobilenets.data.dense import TEST_SEED, model_inputs, open_scenes
 from mobilenets.data.loaders import DataConfig
@@ -676,11 +677,7 @@ def main() -> int:
     p.add_argument("--ours-from", type=Path, default=None,
                    help="OUT of an earlier run with the same data and budget: reuse its ours/ (linked) and train "
                         "only the peer, one thread, while the other core does other work")
-    argv = sys.argv[1:]
-    if "--ours-args" in argv[:-1]:  # its value starts with "--": hand it to argparse as --ours-args=VALUE
-        i = argv.index("--ours-args")
-        argv[i:i + 2] = [f"--ours-args={argv[i + 1]}"]
-    args = p.parse_args(argv)
+    args = p.parse_args(join_flag_values(sys.argv[1:], "--ours-args"))
 
     python = ensure_peer_venv(args.peer_venv, args.ultralytics_version)
     if args.setup:

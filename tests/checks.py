@@ -88,3 +88,29 @@ def assert_close_to_fp32(got, module: torch.nn.Module, x, names=None) -> None:
         diff = float(np.abs(g - a).max())
         name = names[i] if names else i
         assert diff <= bound, f"output {name}: max |diff| {diff:.3g} > {bound:.3g} (16x fp32's own error here)"
+
+
+def die_before_epoch(monkeypatch, fatal: int) -> None:
+    """Training dies (KeyboardInterrupt) as epoch ``fatal`` (0-based) starts, after the files of the one before:
+    ``trainer.train_one_epoch`` patched until ``monkeypatch.undo()``."""
+    from mobilenets.train import trainer
+    real = trainer.train_one_epoch
+
+    def interrupted(*a, epoch: int, **k):
+        if epoch == fatal:
+            raise KeyboardInterrupt
+        return real(*a, epoch=epoch, **k)
+    monkeypatch.setattr(trainer, "train_one_epoch", interrupted)
+
+
+def die_at_step(monkeypatch, task, step: int) -> None:
+    """Training dies (KeyboardInterrupt) in its ``step``-th loss computation (1-based, over the whole run): the
+    ``task``'s ``loss`` patched until ``monkeypatch.undo()``."""
+    real, calls = task.loss, []
+
+    def dies(*a, **k):
+        calls.append(1)
+        if len(calls) == step:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+    monkeypatch.setattr(task, "loss", dies)

@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from checks import die_at_step
 from mobilenets.cli import main
 from mobilenets.tasks import get_task
 
@@ -32,17 +33,7 @@ def test_resume_after_interrupt_matches_uninterrupted(name, tmp_path, monkeypatc
     straight, broken = tmp_path / "straight", tmp_path / "broken"
     assert main(args(name, straight)) == 0
 
-    calls = []
-    task = get_task(name)
-    real = task.loss
-
-    def dies_in_epoch_two(*a, **k):
-        calls.append(1)
-        if len(calls) == 3:  # 2 steps per epoch: the first step of epoch 2
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(task, "loss", dies_in_epoch_two)
+    die_at_step(monkeypatch, get_task(name), 3)  # 2 steps per epoch: the first step of epoch 2
     assert main(args(name, broken)) != 0  # the CLI reports the interrupt
     assert "interrupted" in capsys.readouterr().err
     assert [r["epoch"] for r in history(broken)] == [1]

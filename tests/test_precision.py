@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from checks import die_before_epoch
 from mobilenets.cli import main
-from mobilenets.train import trainer
 from mobilenets.train.config import TrainConfig
 from mobilenets.train.precision import autocast, grad_scaler
 from mobilenets.train.state import load_state
@@ -63,13 +63,7 @@ def test_bf16_trains_close_to_fp32_and_keeps_fp32_weights(data, tmp_path):
 def test_fp16_resume_is_exact_and_keeps_the_scaler(data, tmp_path, monkeypatch):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert main(args(data, straight, 2, "fp16")) == 0
-    real = trainer.train_one_epoch
-
-    def interrupted(*a, epoch, **k):  # the process dies during the second epoch, after state.pt of the first
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return real(*a, epoch=epoch, **k)
-    monkeypatch.setattr(trainer, "train_one_epoch", interrupted)
+    die_before_epoch(monkeypatch, 1)  # the process dies in the second epoch, after state.pt of the first
     assert main(args(data, resumed, 2, "fp16")) != 0  # the CLI turns the interrupt into an exit code
     monkeypatch.undo()
     scaler = load_state(resumed / "state.pt")["scaler"]

@@ -11,12 +11,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from checks import die_before_epoch
 from mobilenets import create_model
 from mobilenets.checkpoint import load_checkpoint, save_checkpoint
 from mobilenets.cli import main
 from mobilenets.deploy.export import export_model
 from mobilenets.qat import SCHEME, WEIGHT_RANGE, FakeQuantized
-from mobilenets.train import trainer
 from synthetic_data import write_fashion
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -112,13 +112,7 @@ def test_qat_run_reloads_evaluates_exports(data, base, tmp_path):
 def test_qat_resume_is_exact(data, base, tmp_path, monkeypatch):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert main(qat_args(data, base, straight)) == 0
-    real = trainer.train_one_epoch
-
-    def interrupted(*a, epoch, **k):  # the process dies during the second epoch, after state.pt of the first
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return real(*a, epoch=epoch, **k)
-    monkeypatch.setattr(trainer, "train_one_epoch", interrupted)
+    die_before_epoch(monkeypatch, 1)  # the process dies in the second epoch, after state.pt of the first
     assert main(qat_args(data, base, resumed)) != 0
     monkeypatch.undo()
     assert main(["train", "--resume", str(resumed), "--no-progress"]) == 0

@@ -8,6 +8,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import mobilenets
+from checks import die_at_step
 from mobilenets.checkpoint import CheckpointMeta, load_checkpoint, read_checkpoint
 from mobilenets.cli import main
 from mobilenets.data.scenes import FashionScenes, SceneConfig
@@ -230,16 +231,7 @@ def test_resume_after_interrupt_matches_uninterrupted(tmp_path, monkeypatch, cap
 
     straight, broken = tmp_path / "straight", tmp_path / "broken"
     assert train(straight) == 0
-    task, calls = get_task("detect"), []
-    real = task.loss
-
-    def dies_in_epoch_two(*a, **k):
-        calls.append(1)
-        if len(calls) == 3:  # 2 steps per epoch: the first step of epoch 2
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(task, "loss", dies_in_epoch_two)
+    die_at_step(monkeypatch, get_task("detect"), 3)  # 2 steps per epoch: the first step of epoch 2
     assert train(broken) != 0 and "interrupted" in capsys.readouterr().err
     monkeypatch.undo()
     assert main(["train", "--resume", str(broken), "--no-progress", "--threads", "1"]) == 0
