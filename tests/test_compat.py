@@ -89,7 +89,7 @@ def test_old_dense_runs_are_refused_in_one_line_and_their_checkpoints_work(task,
     shutil.copytree(OLD / task, run)
     assert main(["train", "--resume", str(run), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "mobilenets 0.1" in err and "--weights" in err
+    assert len(err.splitlines()) == 1 and "mobilenets 0.1" in err and "weights='RUN_DIR/last.safetensors'" in err
 
     # eval's test set is fixed (the first 1,000 test scenes at seed 0); that run validated on the first 4 of them
     assert main(["eval", str(run / "last.safetensors"), "--json", "--no-progress", "--threads", "1",

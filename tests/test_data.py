@@ -66,7 +66,7 @@ def test_missing_dataset_is_one_line(tmp_path, monkeypatch, capsys):
     rc = main(["train", "--data", "fashion-mnist", "--out", str(tmp_path / "run"), "--epochs", "1"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1
-    assert "dataset-fashion-mnist" in err and str(tmp_path / "nowhere") in err and "--data" in err
+    assert "dataset-fashion-mnist" in err and str(tmp_path / "nowhere") in err and "set data to a folder" in err
 
 
 def test_data_dir_that_does_not_exist(tmp_path, capsys):
@@ -197,7 +197,7 @@ def test_erase_probability_option(tmp_path, capsys):
     assert torch.equal(strong_without_erasing, TensorAugment(pre, "basic", (28, 28))(images))
     assert TensorAugment(pre, "strong", (28, 28)).erase.p == 0.25
     assert TensorAugment(pre, "basic", (28, 28)).erase is None
-    with pytest.raises(UserError, match="--erase 1.5 is not a probability"):
+    with pytest.raises(UserError, match="erase=1.5 is not a probability"):
         TensorAugment(pre, "strong", (28, 28), erase=1.5)
     # image folders: erasing after the level's own steps; the transform survives pickling (DataLoader workers)
     folder = write_folder(tmp_path / "pets", per_class=2)
@@ -207,7 +207,7 @@ def test_erase_probability_option(tmp_path, capsys):
     assert out.shape == (3, 32, 32) and (out == 0).any() and (out != 0).any()
     assert main(["train", "--data", str(folder), "--out", str(tmp_path / "run"), "--erase", "-0.1"]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "--erase -0.1" in err and not (tmp_path / "run").exists()
+    assert len(err.splitlines()) == 1 and "erase=-0.1 is not a probability" in err and not (tmp_path / "run").exists()
 
 
 def test_train_batches_shard_the_global_batch(tmp_path):
@@ -289,7 +289,7 @@ def test_fashion_mnist_validates_on_a_stratified_holdout_of_its_training_split()
                                                        val_split="test"), pre)
     assert (old_train.num_samples, old_val.num_samples) == (60_000, 10_000)
     assert build_eval(DataConfig("fashion-mnist", batch_size=1000), pre)[0].num_samples == 10_000
-    with pytest.raises(UserError, match="--val-fraction 0 must lie strictly between 0 and 1"):
+    with pytest.raises(UserError, match="val_fraction=0 must lie strictly between 0 and 1"):
         holdout_indices(y_train, 0.0, seed=0)
 
 

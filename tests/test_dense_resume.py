@@ -45,9 +45,9 @@ def test_resume_after_interrupt_matches_uninterrupted(name, tmp_path, monkeypatc
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
     capsys.readouterr()
-    assert main(args(name, broken)) == 2  # the folder holds a run: --resume or another --out
+    assert main(args(name, broken)) == 2  # the folder holds a run: resume it or choose another out folder
     err = capsys.readouterr().err
-    assert "--resume" in err and len(err.strip().splitlines()) == 1
+    assert "resume it or choose another out folder" in err and len(err.strip().splitlines()) == 1
     other = "segment" if name == "detect" else "detect"
     assert main(["train", "--task", other, "--resume", str(broken)]) == 2
     assert f"is a {name} run" in capsys.readouterr().err

@@ -55,7 +55,7 @@ def test_scenes_holdout_follows_seed_and_fraction_and_refuses_bad_values():
     assert len(c.item_indices) == 48_000
     assert FashionScenes("train", 1, SceneConfig(image_size=64)).item_indices is None  # no holdout: every item
     for split, holdout in (("val", 0.0), ("train", 1.0), ("train", -0.1)):
-        with pytest.raises(UserError, match="--val-fraction"):
+        with pytest.raises(UserError, match=r"\(val_fraction\)"):
             FashionScenes(split, 1, SceneConfig(image_size=64), holdout=holdout)
 
 

@@ -98,7 +98,7 @@ def test_cli_coco_folder_bad_annotation(tmp_path, capsys):
             "--img-size", "64", "--epochs", "1", "--batch-size", "4", "--no-progress", "--threads", "1"]
     assert main(args + ["--out", str(tmp_path / "r1")]) == 2
     err = capsys.readouterr().err
-    assert "instances.json" in err and f"annotation id {bad_id}" in err and "--skip-bad" in err
+    assert "instances.json" in err and f"annotation id {bad_id}" in err and "skip_bad=True" in err
     assert main(args + ["--out", str(tmp_path / "r2"), "--skip-bad"]) == 0
     _, meta = read_checkpoint(tmp_path / "r2" / "last.safetensors")
     assert meta.extra["data"]["skipped_annotations"] == {"boxes outside the image": 1}

@@ -82,7 +82,7 @@ def test_cli_mask_folder_with_a_bad_mask(tmp_path, capsys):
             "--no-progress", "--threads", "1"]
     assert main(args + ["--out", str(tmp_path / "r1")]) == 2
     err = capsys.readouterr().err
-    assert "train_000003.png is 60x64" in err and "--skip-bad" in err
+    assert "train_000003.png is 60x64" in err and "skip_bad=True" in err
     assert main(args + ["--out", str(tmp_path / "r2"), "--skip-bad"]) == 0
     _, meta = read_checkpoint(tmp_path / "r2" / "last.safetensors")
     assert meta.extra["data"]["skipped_images"] == {"masks whose size does not match the image": 1}

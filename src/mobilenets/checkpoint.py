@@ -3,7 +3,9 @@ to rebuild and use the model (architecture name and options, task, class names, 
 
 Layout of the safetensors metadata (all values are strings, as safetensors requires)::
 
-    {"format": "mobilenets", "version": "1", "meta": <json of CheckpointMeta fields>}
+    {"format": "mobilenets", "version": "2", "meta": <json of CheckpointMeta fields>}
+
+Version-1 files (mobilenets 0.1) still load: their keys are renamed on reading (see ``RENAMED_IN_2``).
 
 Writes are atomic (temporary file in the same folder, then ``os.replace``), so a crash never leaves a
 half-written checkpoint behind.
@@ -106,7 +108,7 @@ def load_checkpoint(path: str | os.PathLike, task: str | None = None) -> tuple[n
 
     state, meta = read_checkpoint(path)
     if task is not None and meta.task != task:
-        raise UserError(f"{path} is a {meta.task} checkpoint; pass --task {meta.task}")
+        raise UserError(f"{path} is a {meta.task} checkpoint; pass task={meta.task!r}")
     model = create_model(meta.model, **meta.options)
     if meta.extra.get("qat"):  # trained with fake quantization: rebuild that graph around the model
         return rebuild(model, meta.extra["qat"], state, str(path)), meta

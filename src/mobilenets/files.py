@@ -14,7 +14,7 @@ def atomic_write(path: str | os.PathLike, write) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UserError(f"cannot create folder {path.parent}: {e.strerror}; choose another --out") from e
+        raise UserError(f"cannot create folder {path.parent}: {e.strerror}; choose another out folder") from e
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:

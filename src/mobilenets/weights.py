@@ -23,8 +23,6 @@ from .preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 log = logging.getLogger(__name__)
 
-BN_SUFFIXES = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # The official weights
@@ -72,7 +70,7 @@ def check_licence(entry: WeightEntry, accept_licence: str | None = None) -> None
     if entry.licence not in accepted:
         raise UserError(f"the {entry.model} weights {entry.tag!r} are published under {LICENCES[entry.licence]}, "
                         f"not an open-source licence; read it, and if you accept it pass "
-                        f"accept_licence={entry.licence!r} (CLI: --accept-licence {entry.licence})")
+                        f"accept_licence={entry.licence!r}")
 
 
 _TV = "https://download.pytorch.org/models/"
@@ -227,8 +225,7 @@ def fetch(entry: WeightEntry) -> Path:
             download_url_to_file(entry.url, str(dest), progress=False)
         except (urllib.error.URLError, OSError, ValueError) as e:
             raise UserError(f"could not download {entry.url} ({getattr(e, 'reason', e)}); download it on a "
-                            f"machine with internet and pass the file instead: weights='/path/{name}' "
-                            f"(CLI: --weights /path/{name})") from e
+                            f"machine with internet and pass the file instead: weights='/path/{name}'") from e
     if entry.sha256 and not file_sha256(dest).startswith(entry.sha256):
         dest.unlink()
         raise UserError(f"checksum mismatch for {entry.url} (expected sha256 {entry.sha256}...); the corrupt "
@@ -265,8 +262,8 @@ def create_with_weights(entry, weights: str, options: dict, accept_licence: str 
     eps = known.options.get("bn_eps", TIMM_BN_EPS) if known is not None and known.source == "timm" else TIMM_BN_EPS
     load_weights(model, state, skip=skip, source_name=str(path), timm_bn_eps=eps)
     if known is not None and not known.classifier and getattr(model, "num_classes", 0):
-        log.info("%s holds no classifier: %s's %d-class classifier keeps its random init; train it, e.g. "
-                 "mobilenets train --freeze backbone", known.tag, entry.name, model.num_classes)
+        log.info("%s holds no classifier: %s's %d-class classifier keeps its random init; train it, e.g. with "
+                 "freeze='backbone'", known.tag, entry.name, model.num_classes)
     model.weights_entry = known
     return model
 

@@ -45,10 +45,10 @@ class CocoDetection(Dataset):
         self.transforms = transforms
         self.skip_invalid = skip_invalid
         if not self.annotation_file.is_file():
-            raise UserError(f"annotation file {self.annotation_file} not found; pass --annotations FILE (a COCO "
-                            "instances JSON)")
+            raise UserError(f"annotation file {self.annotation_file} not found; set annotations to a COCO instances "
+                            "JSON file")
         if not self.images_dir.is_dir():
-            raise UserError(f"image folder {self.images_dir} not found; pass --data DIR holding the images")
+            raise UserError(f"image folder {self.images_dir} not found; set data to the folder holding the images")
         try:
             data = json.loads(self.annotation_file.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -107,7 +107,7 @@ class CocoDetection(Dataset):
                     return
         reason, message = problem
         if not self.skip_invalid:
-            raise UserError(f"{where}: {message}; fix the annotation or pass --skip-bad to skip such annotations")
+            raise UserError(f"{where}: {message}; fix the annotation or pass skip_bad=True to skip such annotations")
         self.skipped[reason] += 1
 
     def __len__(self) -> int:
@@ -153,7 +153,7 @@ def find_annotations(data_dir: Path, annotations: str | None) -> Path:
     if len(found) == 1:
         return found[0]
     raise UserError(f"cannot tell which COCO annotation file of {data_dir} to use ({len(found)} JSON files); "
-                    "pass --annotations FILE")
+                    "set annotations to the instances JSON file")
 
 
 def open_coco(data_dir: str | os.PathLike, annotations: str | None = None, transforms=None,
@@ -161,7 +161,7 @@ def open_coco(data_dir: str | os.PathLike, annotations: str | None = None, trans
     """A folder holding the images (directly or in ``images/``) and the instances JSON."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
-        raise UserError(f"--data {data_dir} is not a folder; pass 'scenes' or a folder with images and a COCO "
+        raise UserError(f"data={data_dir} is not a folder; pass 'scenes' or a folder with images and a COCO "
                         "instances JSON")
     images_dir = data_dir / "images" if (data_dir / "images").is_dir() else data_dir
     return CocoDetection(images_dir, find_annotations(data_dir, annotations), transforms, skip_invalid)

@@ -57,7 +57,7 @@ def open_scenes(cfg: DataConfig, split: str, transforms, targets: str, trained: 
     if split not in ("train", "val", "test"):
         raise ValueError(f"split={split!r}")
     if cfg.scenes_val not in VAL_SPLITS:
-        raise UserError(f"--val-split {cfg.scenes_val!r} is not one of {', '.join(VAL_SPLITS)}")
+        raise UserError(f"scenes_val={cfg.scenes_val!r} is not one of {', '.join(VAL_SPLITS)}")
     size = cfg.scene_size or (trained or {}).get("image_size") or DEFAULT_SCENE_SIZE
     config = SceneConfig(image_size=size)
     if split == "test":
@@ -79,7 +79,7 @@ def split_folder(cfg: DataConfig, split: str) -> Path:
     if split == "val" and cfg.val_data:
         return Path(cfg.val_data)
     if split == "val":
-        log.warning("%s has no train/ and val/ subfolders and no --val-data was given: the metrics are measured "
+        log.warning("%s has no train/ and val/ subfolders and no val_data was given: the metrics are measured "
                     "on the training images", root)
     return root
 

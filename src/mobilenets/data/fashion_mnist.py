@@ -48,7 +48,7 @@ def resolve_root(root: str | os.PathLike | None) -> Path:
     if not is_fashion_mnist_dir(root):
         raise UserError(f"Fashion-MNIST not found in {root} (expected train-images-idx3-ubyte[.gz] and the "
                         f"other 3 idx files); install the Debian package {DEBIAN_PACKAGE} "
-                        f"(apt-get install {DEBIAN_PACKAGE}) or pass --data DIR with the idx files")
+                        f"(apt-get install {DEBIAN_PACKAGE}) or set data to a folder with the idx files")
     return root
 
 
@@ -60,10 +60,11 @@ def read_idx(path: str | os.PathLike) -> torch.Tensor:
         with opener(path, "rb") as f:
             data = f.read()
     except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
-        raise UserError(f"cannot read idx file {path}: {e}; reinstall {DEBIAN_PACKAGE} or fix --data") from e
+        raise UserError(f"cannot read idx file {path}: {e}; reinstall {DEBIAN_PACKAGE} or pass another data "
+                        "folder") from e
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != _UINT8_CODE:
         raise UserError(f"{path} is not a uint8 idx file (bad magic number {data[:4].hex()}); "
-                        f"reinstall {DEBIAN_PACKAGE} or fix --data")
+                        f"reinstall {DEBIAN_PACKAGE} or pass another data folder")
     ndim = data[3]
     header = 4 + 4 * ndim
     shape = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
@@ -72,7 +73,7 @@ def read_idx(path: str | os.PathLike) -> torch.Tensor:
         count *= s
     if len(data) != header + count:
         raise UserError(f"{path} is truncated or corrupt ({len(data) - header} data bytes, header says "
-                        f"{count}); reinstall {DEBIAN_PACKAGE} or fix --data")
+                        f"{count}); reinstall {DEBIAN_PACKAGE} or pass another data folder")
     return torch.frombuffer(bytearray(data[header:]), dtype=torch.uint8).reshape(shape)
 
 

@@ -22,11 +22,10 @@ from torch.utils.data import Dataset
 from torchvision.datasets.folder import find_classes, make_dataset
 
 from ..errors import UserError
-from .transforms import decode_image
+from .transforms import IMAGE_SUFFIXES, decode_image
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 VAL_NAMES = ("val", "test")
 
 Sample = tuple[str, int]
@@ -37,10 +36,10 @@ def scan(root: str | os.PathLike) -> tuple[list[Sample], list[str]]:
     root = Path(root)
     try:
         class_names, class_to_idx = find_classes(str(root))
-        samples = make_dataset(str(root), class_to_idx, extensions=IMAGE_EXTENSIONS)
+        samples = make_dataset(str(root), class_to_idx, extensions=IMAGE_SUFFIXES)
     except FileNotFoundError as e:
-        raise UserError(f"no usable class folders in {root} ({e}); --data DIR needs one subfolder per class "
-                        f"holding {'/'.join(IMAGE_EXTENSIONS)} files (optionally under train/ and val/)") from e
+        raise UserError(f"no usable class folders in {root} ({e}); an image folder needs one subfolder per class "
+                        f"holding {'/'.join(IMAGE_SUFFIXES)} files (optionally under train/ and val/)") from e
     return samples, class_names
 
 
@@ -49,7 +48,7 @@ def stratified_split(labels: list[int], val_fraction: float, seed: int) -> tuple
     same fraction (at least one validation item for a class of two or more). Image folders and Fashion-MNIST /
     idx training splits are cut by it."""
     if not 0.0 < val_fraction < 1.0:
-        raise UserError(f"--val-fraction {val_fraction:g} must lie strictly between 0 and 1 (the share of the "
+        raise UserError(f"val_fraction={val_fraction:g} must lie strictly between 0 and 1 (the share of the "
                         "training images held out for validation)")
     g = torch.Generator().manual_seed(seed)
     by_class: dict[int, list[int]] = {}
@@ -76,7 +75,7 @@ def find_splits(root: str | os.PathLike, val_fraction: float = 0.1, seed: int = 
     """``(train samples, val samples, class names)`` of an image-folder tree (layouts in the module notes)."""
     root = Path(root)
     if not root.is_dir():
-        raise UserError(f"--data {root} is not a folder; pass fashion-mnist or a folder with one subfolder per "
+        raise UserError(f"data={root} is not a folder; pass fashion-mnist or a folder with one subfolder per "
                         "class (optionally under train/ and val/)")
     if (root / "train").is_dir():
         train, class_names = scan(root / "train")

@@ -32,7 +32,7 @@ def data_kind(data: str) -> tuple[str, Path | None]:
         return "fashion", None
     path = Path(data)
     if not path.exists():
-        raise UserError(f"--data {data} does not exist; pass {FASHION} (Debian package "
+        raise UserError(f"data={data} does not exist; pass {FASHION} (Debian package "
                         f"{fashion_mnist.DEBIAN_PACKAGE}) or a folder of images with one subfolder per class")
     if path.is_dir() and fashion_mnist.is_fashion_mnist_dir(path):
         return "fashion", path
@@ -165,7 +165,7 @@ def build_train_val(cfg: DataConfig, pre: Preprocessing, rank: int = 0, world_si
     """``(train batches, val batches, class names)``; val batches are complete on every rank."""
     kind, root = data_kind(cfg.data)
     if cfg.val_split not in VAL_SPLITS:
-        raise UserError(f"--val-split {cfg.val_split!r} is not one of {', '.join(VAL_SPLITS)}")
+        raise UserError(f"val_split={cfg.val_split!r} is not one of {', '.join(VAL_SPLITS)}")
     if kind == "fashion":
         x_tr, y_tr, names = fashion_mnist.load_fashion_mnist("train", root)
         if cfg.val_split == "holdout":

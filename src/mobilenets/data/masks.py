@@ -24,11 +24,11 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from ..errors import UserError
+from .transforms import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX = 255
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 
 def read_mask(path: Path) -> np.ndarray:
@@ -42,7 +42,7 @@ def read_mask(path: Path) -> np.ndarray:
                                 "whose pixel values are class indices")
             return np.asarray(im, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise UserError(f"cannot read mask {path}: {e}; replace the file or pass --skip-bad") from e
+        raise UserError(f"cannot read mask {path}: {e}; replace the file or pass skip_bad=True") from e
 
 
 def _image_size(path: Path) -> tuple[int, int]:
@@ -52,7 +52,7 @@ def _image_size(path: Path) -> tuple[int, int]:
         with Image.open(path) as im:
             return im.size[1], im.size[0]
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise UserError(f"cannot read image {path}: {e}; replace the file or pass --skip-bad") from e
+        raise UserError(f"cannot read image {path}: {e}; replace the file or pass skip_bad=True") from e
 
 
 class SegmentationFolder(Dataset):
@@ -65,7 +65,7 @@ class SegmentationFolder(Dataset):
         images_dir, masks_dir = self.root / "images", self.root / "masks"
         if not images_dir.is_dir() or not masks_dir.is_dir():
             raise UserError(f"{self.root} needs images/ and masks/ subfolders (VOC style: masks/<name>.png per "
-                            "images/<name>.jpg); pass --data DIR with that layout or --data scenes")
+                            "images/<name>.jpg); set data to a folder with that layout, or to 'scenes'")
         if class_names is None:
             names_file = self.root / "classes.txt"
             if not names_file.is_file():
@@ -84,7 +84,7 @@ class SegmentationFolder(Dataset):
             elif skip_invalid:
                 self.skipped[problem[0]] += 1
             else:
-                raise UserError(f"{problem[1]}; fix the file or pass --skip-bad to skip such images")
+                raise UserError(f"{problem[1]}; fix the file or pass skip_bad=True to skip such images")
         if self.skipped:
             log.warning("%s: skipped %s", self.root, ", ".join(f"{n} {r}" for r, n in sorted(self.skipped.items())))
         if not self.samples:

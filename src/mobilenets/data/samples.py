@@ -14,8 +14,7 @@ import torch
 
 from ..errors import UserError
 from ..preprocessing import Preprocessing
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+from .transforms import IMAGE_SUFFIXES
 
 
 def sample_inputs(pre: Preprocessing, source: str | None, n: int, *, split: str = "test", seed: int = 0

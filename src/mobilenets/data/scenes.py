@@ -87,7 +87,7 @@ class FashionScenes(Dataset):
         if split not in SPLITS:
             raise UserError(f"unknown scenes split {split!r}; use 'train', 'val' or 'test'")
         if not 0.0 <= holdout < 1.0 or (split == "val" and holdout == 0.0):
-            raise UserError(f"scenes split {split!r} with holdout={holdout:g} (--val-fraction): the held-out share "
+            raise UserError(f"scenes split {split!r} with holdout={holdout:g} (val_fraction): the held-out share "
                             "of the training items must lie in [0, 1), and above 0 for the 'val' split")
         self.split = split
         self.num_scenes = num_scenes if num_scenes is not None else (10000 if split == "train" else 1000)

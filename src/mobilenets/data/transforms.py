@@ -34,6 +34,8 @@ INTERPOLATIONS = {"bilinear": InterpolationMode.BILINEAR, "bicubic": Interpolati
                   "nearest": InterpolationMode.NEAREST}
 LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, the weights Pillow uses for RGB -> L
 _SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+# the image files that data folders are searched for (image folders, mask folders, calibration samples)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
 def _pixels(path: Path) -> np.ndarray:
@@ -48,7 +50,7 @@ def _pixels(path: Path) -> np.ndarray:
         if isinstance(e, (FileNotFoundError, IsADirectoryError, PermissionError)):
             raise UserError(f"cannot open image {path}: {e.strerror}") from e
         raise UserError(f"cannot decode image {path}: {e} (corrupt or not an image; replace or delete the file, "
-                        "or pass --skip-bad)") from e
+                        "or pass skip_bad=True)") from e
     return image_pixels(im)
 
 
@@ -126,7 +128,7 @@ def erase_probability(level: str, erase: float | None) -> float:
     if erase is None:
         return STRONG_ERASE_P if level == "strong" else 0.0
     if not 0.0 <= erase <= 1.0:
-        raise UserError(f"--erase {erase} is not a probability; give a value from 0 to 1 (e.g. --erase 0.5)")
+        raise UserError(f"erase={erase} is not a probability; give a value from 0 to 1 (e.g. erase=0.5)")
     return erase
 
 
@@ -164,7 +166,7 @@ class TensorAugment:
     def __init__(self, pre: Preprocessing, level: str, image_size: tuple[int, int], pad: int = 2,
                  erase: float | None = None):
         if level not in AUGMENTATIONS:
-            raise UserError(f"unknown --augment {level!r}; use one of {', '.join(AUGMENTATIONS)}")
+            raise UserError(f"unknown augment {level!r}; use one of {', '.join(AUGMENTATIONS)}")
         self.pre = pre
         self.crop = (tuple(image_size), pad) if level != "none" else None
         p = erase_probability(level, erase)
@@ -183,7 +185,7 @@ def folder_transforms(pre: Preprocessing, level: str,
                       erase: float | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
     """Per-sample training transform for decoded image-folder images (float (C, H, W) in [0, 1])."""
     if level not in AUGMENTATIONS:
-        raise UserError(f"unknown --augment {level!r}; use one of {', '.join(AUGMENTATIONS)}")
+        raise UserError(f"unknown augment {level!r}; use one of {', '.join(AUGMENTATIONS)}")
     p = erase_probability(level, erase)
     erasing = [v2.RandomErasing(p=p, value=0)] if p > 0 else []
     if level == "none":  # a partial, not a lambda: DataLoader workers pickle it

@@ -51,7 +51,7 @@ class TrainConfig:
         if "recipe" not in d or "data" not in d or not isinstance(d["data"], dict):
             raise UserError(f"this run folder was written by mobilenets 0.1, whose {d.get('task', 'dense')} runs "
                             "kept a different config; its checkpoints still evaluate, predict and export, but it "
-                            "cannot be resumed: start a new run with --weights RUN_DIR/last.safetensors")
+                            "cannot be resumed: start a new run with weights='RUN_DIR/last.safetensors'")
         d = dict(d)
         # runs written before val_split (scenes_val) existed validated Fashion-MNIST / idx data (the scenes) on the
         # test split: keep that, so that they resume exactly

@@ -44,7 +44,7 @@ def setup(device: str = "auto") -> World:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     if use_cuda and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA GPU is visible; use --device cpu")
+        raise UserError("device='cuda': no CUDA GPU is visible; use device='cpu'")
     dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(dev)
@@ -61,7 +61,7 @@ def setup(device: str = "auto") -> World:
 def wrap(model: nn.Module, world: World, sync_bn: bool) -> nn.Module:
     if sync_bn:
         if world.device.type != "cuda":
-            raise UserError("--sync-bn needs GPUs (torch's SyncBatchNorm has no CPU kernel); drop --sync-bn on CPU")
+            raise UserError("sync_bn needs GPUs (torch's SyncBatchNorm has no CPU kernel); leave sync_bn off on CPU")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if not world.distributed:
         return model

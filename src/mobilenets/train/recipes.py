@@ -7,10 +7,10 @@
   with the batch), weight decay 5e-4, warm-up over 300 steps (at most a tenth of the run), cosine to 1% of the
   peak, EMA 0.999, and BN momentum 0.1 in every BN layer (V3's TF momentum 0.01 lets the running statistics lag
   so far behind fast-moving weights that the eval-mode network ignores its input).
-- ``rmsprop``: the papers' recipe as torchvision's reference reproduces it for MobileNetV3 (REFERENCE.md):
-  RMSprop (alpha 0.9, momentum 0.9, eps 0.0316 = sqrt of TF's 1e-3 which TF adds *inside* the square root),
-  lr 0.064 per 1024 images of batch (linear scaling), weight decay 1e-5, lr x0.973 every 2 epochs,
-  EMA 0.9999 (V3 paper, section 6.1).
+- ``rmsprop``: the papers' recipe as torchvision's classification reference (references/classification)
+  reproduces it for MobileNetV3: RMSprop (alpha 0.9, momentum 0.9, eps 0.0316 = sqrt of TF's 1e-3 which TF
+  adds *inside* the square root), lr 0.064 per 1024 images of batch (linear scaling), weight decay 1e-5,
+  lr x0.973 every 2 epochs, EMA 0.9999 (V3 paper, section 6.1).
 
 Weight decay skips 1-D parameters (BN affine, biases), as the TF references do. ``depthwise_weight_decay`` sets
 the decay of depthwise filters apart (None: the same as every other weight): the V1 paper (section 3.3) puts "very
@@ -56,25 +56,28 @@ class Recipe:
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
-            raise UserError(f"unknown --opt {self.optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
+            raise UserError(f"unknown optimizer {self.optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
         if self.schedule not in SCHEDULES:
             raise UserError(f"unknown schedule {self.schedule!r}; use one of {', '.join(SCHEDULES)}")
         if not self.lr > 0:
-            raise UserError(f"--lr {self.lr} must be positive")
+            raise UserError(f"lr={self.lr} must be positive")
         if not 0.0 <= self.label_smoothing < 1.0:
-            raise UserError(f"--label-smoothing {self.label_smoothing} must lie in [0, 1)")
+            raise UserError(f"label_smoothing={self.label_smoothing} must lie in [0, 1)")
         if not 0.0 <= self.ema_decay < 1.0:
-            raise UserError(f"--ema-decay {self.ema_decay} must lie in [0, 1); 0 turns EMA off")
+            raise UserError(f"ema_decay={self.ema_decay} must lie in [0, 1); 0 turns EMA off")
         if self.warmup_epochs < 0:
-            raise UserError("--warmup-epochs must not be negative")
+            raise UserError(f"warmup_epochs={self.warmup_epochs} must not be negative")
         check_weight_decay(self.weight_decay, self.depthwise_weight_decay)
 
 
 def check_weight_decay(weight_decay: float, depthwise_weight_decay: float | None) -> None:
-    """The one check of ``--wd`` / ``--depthwise-wd``: a Recipe runs it when built (classification, before the run
-    folder exists) and :func:`decay_groups` again (the dense tasks build no Recipe)."""
+    """The one check of ``weight_decay`` / ``depthwise_weight_decay``: a Recipe runs it when built (before the run
+    folder exists) and :func:`decay_groups` again (for callers that pass the decays without a Recipe)."""
     if weight_decay < 0 or (depthwise_weight_decay or 0) < 0:
-        raise UserError("--wd and --depthwise-wd must not be negative")
+        negative = [f"{name}={value:g}" for name, value in (("weight_decay", weight_decay),
+                                                            ("depthwise_weight_decay", depthwise_weight_decay))
+                    if value is not None and value < 0]
+        raise UserError(f"{' and '.join(negative)} must not be negative")
 
 
 RECIPES = {
@@ -93,7 +96,7 @@ def resolve_recipe(name: str, **overrides) -> Recipe:
     """The named recipe with every non-None override applied (``lr`` overrides are taken as-is, at the actual
     batch: they set ``lr_batch`` to 0, meaning no scaling)."""
     if name not in RECIPES:
-        raise UserError(f"unknown --recipe {name!r}; use one of {', '.join(RECIPES)}")
+        raise UserError(f"unknown recipe {name!r}; use one of {', '.join(RECIPES)}")
     changes = {k: v for k, v in overrides.items() if v is not None}
     if "lr" in changes:
         changes["lr_batch"] = 0
@@ -126,7 +129,7 @@ def decay_groups(model: nn.Module, weight_decay: float, depthwise_weight_decay: 
 def build_optimizer(model: nn.Module, recipe: Recipe, global_batch: int) -> torch.optim.Optimizer:
     groups = decay_groups(model, recipe.weight_decay, recipe.depthwise_weight_decay)
     if not any(g["params"] for g in groups):
-        raise UserError("every parameter is frozen; use a smaller --freeze (e.g. --freeze backbone or none)")
+        raise UserError("every parameter is frozen; freeze less (e.g. freeze='backbone' or 'none')")
     lr = scaled_lr(recipe, global_batch)
     if recipe.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=recipe.momentum, nesterov=recipe.momentum > 0)
@@ -141,7 +144,7 @@ class Deadline:
 
     def __init__(self, minutes: float | None, spent: float = 0.0):
         if minutes is not None and not minutes > 0:
-            raise UserError(f"--time-limit {minutes:g} must be a positive number of minutes; leave it out for no "
+            raise UserError(f"time_limit={minutes:g} must be a positive number of minutes; None (left out) sets no "
                             "limit")
         self.start = time.monotonic() - spent
         self.seconds = None if minutes is None else 60.0 * minutes

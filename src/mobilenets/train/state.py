@@ -70,12 +70,12 @@ def save_state(path: Path, state: dict) -> None:
 
 def load_state(path: Path) -> dict:
     if not path.is_file():
-        raise UserError(f"--resume: no {path.name} in {path.parent}; the run stopped before its first epoch "
-                        "ended (start it again without --resume) or the folder is not a run folder")
+        raise UserError(f"cannot resume: no {path.name} in {path.parent}; the run stopped before its first epoch "
+                        "ended (start it again, not resuming) or the folder is not a run folder")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as e:
-        raise UserError(f"--resume: {path} is unreadable ({e}); start the run again without --resume") from e
+        raise UserError(f"cannot resume: {path} is unreadable ({e}); start the run again, not resuming") from e
 
 
 def write_config(path: Path, config: dict) -> None:
@@ -84,7 +84,7 @@ def write_config(path: Path, config: dict) -> None:
 
 def read_config(path: Path) -> dict:
     if not path.is_file():
-        raise UserError(f"--resume {path.parent}: no config.json there; pass the --out folder of an earlier run")
+        raise UserError(f"cannot resume {path.parent}: no config.json there; pass the out folder of an earlier run")
     return json.loads(path.read_text())
 
 
@@ -93,5 +93,5 @@ def ensure_dir(path: str | os.PathLike) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UserError(f"cannot create run folder {path}: {e.strerror}; choose another --out") from e
+        raise UserError(f"cannot create run folder {path}: {e.strerror}; choose another out folder") from e
     return path

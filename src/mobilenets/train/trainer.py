@@ -82,7 +82,7 @@ def _fit(task: Task, cfg: TrainConfig, run: RunFiles, world: distributed.World, 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.progressive_resize and not task.resizable_inputs:
-        raise UserError(f"--progressive-resize is for classification; {task.name} targets would need resizing too")
+        raise UserError(f"progressive_resize is for classification; {task.name} targets would need resizing too")
     if cfg.qat:
         _check_qat(task, cfg)
     if world.is_main:
@@ -91,7 +91,7 @@ def _fit(task: Task, cfg: TrainConfig, run: RunFiles, world: distributed.World, 
                           world_size=world.world_size)
     if len(data.train) == 0:
         raise UserError(f"{data.num_train} training images make no full batch of {cfg.data.batch_size} per "
-                        "process; lower --batch-size")
+                        "process; lower batch_size")
     recipe = cfg.recipe
     seed_epoch(cfg.data.seed, -1)  # model initialisation (identical on every rank)
     model = task.build_model(cfg.model, num_classes=len(data.class_names), in_chans=data.preprocessing.input_size[0],
@@ -164,8 +164,8 @@ def _fit(task: Task, cfg: TrainConfig, run: RunFiles, world: distributed.World, 
         except Diverged as e:
             kept = (f"the last good checkpoint is {run.last} (epoch {epoch})" if epoch > 0
                     else "no checkpoint was written")
-            raise UserError(f"training stopped: {e}; {kept}; lower --lr (now "
-                            f"{scaled_lr(recipe, global_batch):.3g}) or raise --warmup-epochs") from None
+            raise UserError(f"training stopped: {e}; {kept}; lower lr (now "
+                            f"{scaled_lr(recipe, global_batch):.3g}) or raise warmup_epochs") from None
         steps_done += stats["steps"]
         stats["skipped"] = data.train.bad
         stopped = deadline.seconds is not None and distributed.any_flag(deadline.passed(), world)
@@ -201,13 +201,13 @@ def _fit(task: Task, cfg: TrainConfig, run: RunFiles, world: distributed.World, 
                      stats["images_per_s"], stats["seconds"])
         distributed.barrier(world)
         if stopped:
-            log.warning("stopping in epoch %d of %d: --time-limit %g min reached", epoch + 1, cfg.epochs,
+            log.warning("stopping in epoch %d of %d: time_limit %g min reached", epoch + 1, cfg.epochs,
                         cfg.time_limit)
             break
     if world.is_main and history:
         skipped = data.train.bad + getattr(data.val, "bad", 0)
         if skipped:
-            log.warning("skipped %d unreadable image(s) (--skip-bad)", skipped)
+            log.warning("skipped %d unreadable image(s) (skip_bad)", skipped)
         log.info("done: best %s %.4f; run folder %s", task.metric, best, run.root)
     return record
 
@@ -216,7 +216,7 @@ def open_run(path: str | Path, *, resume: bool) -> RunFiles:
     """The run folder: one that ``--resume`` continues, or a new one (refused when it already holds a run)."""
     run = RunFiles(Path(path))
     if not resume and (run.state.exists() or run.last.exists()):
-        raise UserError(f"{run.root} already holds a run; continue it with --resume {run.root} or pass another --out")
+        raise UserError(f"{run.root} already holds a run; resume it or choose another out folder")
     if resume and not run.state.exists():
-        raise UserError(f"{run.root} holds no resumable run (no {run.state.name}); start one with --out {run.root}")
+        raise UserError(f"{run.root} holds no resumable run (no {run.state.name}); start a new run with out={run.root}")
     return run
