@@ -144,7 +144,7 @@ class Deadline:
 
     def __init__(self, minutes: float | None, spent: float = 0.0):
         if minutes is not None and not minutes > 0:
-            raise UserError(f"time_limit={minutes:g} must be a positive number of minutes; None (left out) sets no "
+            raise UserError(f"time_limit={minutes:g} must be a positive number of minutes; leave it out (None) for no "
                             "limit")
         self.start = time.monotonic() - spent
         self.seconds = None if minutes is None else 60.0 * minutes
