@@ -25,3 +25,37 @@ def test_help_of_every_command(command, capsys):
     assert done.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: mobilenets") and (command is None or command in out.splitlines()[0])
+
+
+# Flags are named after the Python parameters / TrainConfig fields they fill; the older spellings stay as aliases.
+RENAMED = {"train": [("--width-multiplier", "--width", "0.5", "width_multiplier", 0.5),
+                     ("--weight-decay", "--wd", "0.01", "weight_decay", 0.01),
+                     ("--depthwise-weight-decay", "--depthwise-wd", "0", "depthwise_weight_decay", 0.0),
+                     ("--optimizer", "--opt", "sgd", "optimizer", "sgd"),
+                     ("--num-workers", "--workers", "2", "num_workers", 2),
+                     ("--teachers", "--teacher", "a.safetensors", "teachers", ["a.safetensors"])],
+           "eval": [("--num-workers", "--workers", "2", "num_workers", 2)]}
+
+
+@pytest.mark.parametrize("command,new,old,value,dest,expected",
+                         [(c, *r) for c, rows in RENAMED.items() for r in rows])
+def test_new_flag_names_and_old_spellings(command, new, old, value, dest, expected):
+    parser = build_parser()
+    head = [command] if command == "train" else [command, "run/best.safetensors"]
+    for flag in (new, old):
+        args = parser.parse_args([*head, flag, value])
+        assert getattr(args, dest) == expected, flag
+    assert getattr(parser.parse_args(head), dest) in (None, 0)  # unset: the default
+
+
+def test_train_config_takes_the_renamed_flags():
+    from mobilenets.commands.train import config_from_args
+
+    head = ["train", "--out", "unused", "--data", "fashion-mnist"]
+    old = config_from_args(build_parser().parse_args(
+        [*head, "--width", "0.5", "--wd", "0.01", "--opt", "sgd", "--workers", "2"]))
+    new = config_from_args(build_parser().parse_args(
+        [*head, "--width-multiplier", "0.5", "--weight-decay", "0.01", "--optimizer", "sgd", "--num-workers", "2"]))
+    assert old == new
+    assert (new.model_options["width_multiplier"], new.recipe.weight_decay, new.recipe.optimizer,
+            new.data.num_workers) == (0.5, 0.01, "sgd", 2)

@@ -7,6 +7,7 @@ import logging
 import os
 
 from ..deploy.formats import BACKENDS
+from ..errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,6 @@ def register(subparsers) -> None:
 
 def serve_command(args: argparse.Namespace) -> int:
     from ..deploy.formats import optional_import
-    from ..errors import UserError
 
     for flag in ("threads", "decode_threads", "max_batch", "max_queue"):
         value = getattr(args, flag)
