@@ -65,10 +65,11 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict:
     device = torch.device("cuda" if args.device == "cuda" else "cpu")
     model.to(device, memory_format=torch.channels_last)
     if args.tta == "flip":
-        if not task.resizable_inputs:
-            raise UserError("--tta flip is for classification checkpoints")
-        from ..tasks.classify import FlipAverage
-        model = FlipAverage(model)
+        flipped = task.flip_averaged(model)
+        if flipped is None:
+            raise UserError(f"--tta flip: {args.checkpoint} is a {task.name} checkpoint, which has no test-time "
+                            "augmentation; drop --tta")
+        model = flipped
     metrics = task.evaluate(model, val, preprocessing=meta.preprocessing, class_names=meta.class_names,
                             device=device, channels_last=True, progress=not (args.no_progress or args.json))
     return {"checkpoint": str(args.checkpoint), "data": data, "task": task.name, "tta": args.tta,

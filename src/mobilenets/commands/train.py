@@ -181,7 +181,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                             warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
                             ema_decay=args.ema_decay)
     if args.teachers:
-        if task.name != "classify":
+        if not task.distillation:
             raise UserError(f"--teachers is for classification; {task.name} has no distillation loss: drop it")
         missing = [t for t in args.teachers if not Path(t).is_file()]
         if missing:
@@ -212,9 +212,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         raise UserError(f"--val-split is for classification on Fashion-MNIST or idx data and for --data scenes, "
                         f"which have a test split; {task.name} on {data} validates on its own val data: drop "
                         "--val-split")
-    if args.progressive_resize is not None and not (1 <= args.progressive_resize < (args.img_size or 32)):
+    full_size = args.img_size or task.default_img_size(data)
+    if args.progressive_resize is not None and not (1 <= args.progressive_resize < (full_size or float("inf"))):
         raise UserError(f"--progressive-resize {args.progressive_resize} must be at least 1 and smaller than "
-                        f"--img-size {args.img_size or 32}; raise --img-size or leave the option out")
+                        f"--img-size {full_size}; raise --img-size or leave the option out")
     cfg = DataConfig(data=data, batch_size=args.batch_size, augment=args.augment, erase=args.erase,
                      seed=args.seed, val_fraction=0.1 if args.val_fraction is None else args.val_fraction,
                      val_split=args.val_split or "holdout", scenes_val=args.val_split or "holdout",
