@@ -59,3 +59,19 @@ def test_train_config_takes_the_renamed_flags():
     assert old == new
     assert (new.model_options["width_multiplier"], new.recipe.weight_decay, new.recipe.optimizer,
             new.data.num_workers) == (0.5, 0.01, "sgd", 2)
+
+
+def test_demo_prints_its_predictions_through_predict(tmp_path, monkeypatch, capsys):
+    """``demo`` after its training (stubbed here: it takes minutes) prints predict's lines for its samples."""
+    from mobilenets.train import demo
+    from serve_models import classifier, encoded, picture
+
+    ckpt, image = tmp_path / "last.safetensors", tmp_path / "sample_3.png"
+    classifier(ckpt)
+    image.write_bytes(encoded(picture(1)))
+    report = {"run": str(tmp_path), "files": [("last.safetensors", ckpt.stat().st_size)], "checkpoint": str(ckpt),
+              "samples": [str(image)], "record": {"val_top1": 0.5, "val_top5": 0.9}}
+    monkeypatch.setattr(demo, "run_demo", lambda out, threads=None, progress=True: report)
+    assert main(["demo", "--out", str(tmp_path), "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert f"{image}: class" in out and "top-1 0.5000" in out and f"mobilenets eval {ckpt}" in out
