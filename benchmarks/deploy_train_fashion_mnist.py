@@ -45,7 +45,7 @@ from pathlib import Path
 
 from mobilenets.cli import build_parser
 from mobilenets.cli import main as cli
-from mobilenets.commands.train import evaluate_checkpoint
+from mobilenets.commands.eval import evaluate_checkpoint
 from mobilenets.deploy.formats import SUFFIX, installed
 
 

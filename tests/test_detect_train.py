@@ -67,6 +67,11 @@ def test_cli_train_eval_predict_on_scenes(tmp_path, capsys):
     assert main(["eval", str(out / "best.safetensors"), "--json", "--limit-val", "6"]) == 0  # task from the file
     report = json.loads(capsys.readouterr().out)
     assert report["images"] == 6 and set(report) >= {"map", "map50", "per_class_ap"}
+    # the task answers for itself: a detector has no flip test-time augmentation; a wrong --task is refused
+    assert main(["eval", str(out / "best.safetensors"), "--limit-val", "6", "--tta", "flip"]) == 2
+    assert "detect checkpoint, which has no test-time augmentation" in capsys.readouterr().err
+    assert main(["eval", str(out / "best.safetensors"), "--task", "segment", "--limit-val", "6"]) == 2
+    assert "holds a detect model, not a segment model; pass task='detect'" in capsys.readouterr().err
 
     image = tmp_path / "scene.png"
     scene = FashionScenes("test", 1, SceneConfig(image_size=64)).render(0)[0]
@@ -75,6 +80,8 @@ def test_cli_train_eval_predict_on_scenes(tmp_path, capsys):
                  "--score-thresh", "0.0", "--json"]) == 0
     preds = json.loads(capsys.readouterr().out)
     assert (tmp_path / "pred" / "scene.png").is_file() and len(preds[0]["detections"]) > 0
+    assert main(["predict", str(out / "best.safetensors"), str(image), "--task", "classify"]) == 2
+    assert "holds a detect model, not a classify model" in capsys.readouterr().err
     assert Image.open(tmp_path / "pred" / "scene.png").size == (64, 64)
 
     # export: fp32 ONNX, parity-checked against eager, with the NMS settings stored (NMS runs outside the graph);

@@ -96,7 +96,7 @@ def test_bad_teachers_are_refused_in_one_line(data, trained, tmp_path, capsys):
     cases = [(["--teacher", str(tmp_path / "missing.safetensors")], "no such checkpoint"),
              (["--teacher", str(other)], "has other classes"),
              (["--teacher", str(other), "--kd-weight", "2"], "within 0..1"),
-             (["--task", "segment", "--teacher", str(other)], "--teacher is for classification")]
+             (["--task", "segment", "--teacher", str(other)], "--teachers is for classification")]
     for i, (extra, message) in enumerate(cases):
         assert main(student_args(data, tmp_path / f"r{i}", *extra)) == 2
         err = capsys.readouterr().err.strip()

@@ -8,6 +8,7 @@ import base64
 import http.client
 import io
 import json
+import socket
 import threading
 import time
 import urllib.error
@@ -23,6 +24,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("onnxruntime")
 
 from mobilenets.deploy import open_runner  # noqa: E402
+from mobilenets.serve import app as app_module  # noqa: E402
 from mobilenets.serve.app import create_app  # noqa: E402
 from mobilenets.serve.batching import Batcher  # noqa: E402
 from mobilenets.serve.client import Client  # noqa: E402
@@ -283,11 +285,38 @@ def test_a_failing_inference_is_a_500_and_the_server_goes_on(served):
         assert post(base, encoded(picture(1)))[0] == 200
 
 
-def test_plain_urllib_post_over_the_cap_reads_the_413(url):
+@pytest.mark.parametrize("route,content_type", [("/predict", "image/jpeg"),
+                                                ("/v2/models/{name}/infer", "application/octet-stream")])
+def test_plain_urllib_post_over_the_cap_reads_the_413(url, served, route, content_type):
     """A client that sends the whole body before reading (urllib, no Expect: 100-continue) gets the 413 JSON, not a
     connection reset: the server reads and discards the rest of the body first (up to serve.app.DRAIN_BYTES)."""
     body = b"\xff" * (20 << 20)  # 20 MB against the 256 kB cap
-    request = urllib.request.Request(url + "/predict", data=body, headers={"Content-Type": "image/jpeg"})
+    request = urllib.request.Request(url + route.format(name=served.name), data=body,
+                                     headers={"Content-Type": content_type})
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(request, timeout=60)
-    assert err.value.code == 413 and "over the limit" in json.loads(err.value.read())["error"]
+    message = json.loads(err.value.read())["error"]
+    assert err.value.code == 413 and f"of {len(body):,} bytes is over this server's limit of {256 << 10:,}" in message
+    assert "max_upload_mb" in message and "--" not in message  # the server's setting, no flag for the client
+
+
+def test_a_stalled_oversized_upload_is_cut_off_after_the_drain_time(url, monkeypatch):
+    """The discarding read is bounded in time too: a client that declares a body over the cap, sends part of it
+    and stalls gets its 413 after serve.app.DRAIN_SECONDS, and the server goes on."""
+    monkeypatch.setattr(app_module, "DRAIN_SECONDS", 0.5)
+    port = int(url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sent = (300 << 10) + 1
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
+                     b"Content-Length: %d\r\n\r\n" % (2 * sent) + b"\xff" * sent)
+        start = time.monotonic()
+        answer = b""
+        while b"}" not in answer:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+        waited = time.monotonic() - start
+    assert answer.startswith(b"HTTP/1.1 413") and b"over this server's limit" in answer
+    assert 0.3 < waited < 20
+    assert post(url, encoded(picture(1)))[0] == 200

@@ -15,7 +15,8 @@ import torch
 from safetensors.torch import load_file
 
 from mobilenets.checkpoint import load_checkpoint, read_checkpoint
-from mobilenets.cli import main
+from mobilenets.cli import build_parser, main
+from mobilenets.commands.train import config_from_args
 from mobilenets.data import loaders
 from mobilenets.data.loaders import DataConfig, build_eval
 from mobilenets.errors import UserError
@@ -256,6 +257,16 @@ def test_progressive_resize_trains_small_then_full(data, tmp_path, capsys):
     rc = main(train_args(data, tmp_path / "bad", 1, "--img-size", "48", "--progressive-resize", "48"))
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "--progressive-resize 48" in err and len(err.splitlines()) == 1
+
+
+def test_progressive_resize_is_bounded_by_the_default_size_of_the_data(tmp_path):
+    """Without --img-size the bound is the size the task trains the data at: 224 for an image folder (32 for
+    Fashion-MNIST, checked above through --img-size)."""
+    folder = write_folder(tmp_path / "pets", per_class=2)
+    argv = ["train", "--data", str(folder), "--out", str(tmp_path / "run")]
+    assert config_from_args(build_parser().parse_args([*argv, "--progressive-resize", "128"])).progressive_resize == 128
+    with pytest.raises(UserError, match="--progressive-resize 224 must be at least 1 and smaller than --img-size 224"):
+        config_from_args(build_parser().parse_args([*argv, "--progressive-resize", "224"]))
 
 
 def test_image_folder_training_skips_bad_files(tmp_path, capsys):

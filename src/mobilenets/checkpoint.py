@@ -102,13 +102,19 @@ def upgrade_state_v1(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {new + k[len(old):] if k.startswith(old) else k: v for k, v in state.items()}
 
 
+def check_task(source: str | os.PathLike, meta: CheckpointMeta, task: str | None) -> None:
+    """Refuse a model of another task than ``task`` (None: any task); ``source`` names the file in the message."""
+    if task is not None and meta.task != task:
+        raise UserError(f"{source} holds a {meta.task} model, not a {task} model; pass task={meta.task!r} or leave "
+                        "task out")
+
+
 def load_checkpoint(path: str | os.PathLike, task: str | None = None) -> tuple[nn.Module, CheckpointMeta]:
     """Rebuild the model a checkpoint describes and load its weights (strict). With ``task``, a checkpoint of
     another task is refused."""
 
     state, meta = read_checkpoint(path)
-    if task is not None and meta.task != task:
-        raise UserError(f"{path} is a {meta.task} checkpoint; pass task={meta.task!r}")
+    check_task(path, meta, task)
     model = create_model(meta.model, **meta.options)
     if meta.extra.get("qat"):  # trained with fake quantization: rebuild that graph around the model
         return rebuild(model, meta.extra["qat"], state, str(path)), meta

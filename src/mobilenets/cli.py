@@ -17,7 +17,10 @@ from .errors import UserError
 
 COMMAND_MODULES = (
     "mobilenets.commands.zoo",      # models, summary
-    "mobilenets.commands.train",    # train, eval, predict, demo
+    "mobilenets.commands.train",    # train
+    "mobilenets.commands.eval",     # eval
+    "mobilenets.commands.predict",  # predict
+    "mobilenets.commands.demo",     # demo
     "mobilenets.commands.deploy",   # export, bench
     "mobilenets.commands.serve",    # serve
 )

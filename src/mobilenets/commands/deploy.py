@@ -1,6 +1,6 @@
 """``mobilenets export`` and ``mobilenets bench`` (the deploy part of the CLI).
 
-``predict --backend`` lives in commands/train.py and calls :func:`mobilenets.deploy.open.open_runner`.
+``predict --backend`` lives in commands/predict.py and calls :func:`mobilenets.deploy.open.open_runner`.
 """
 from __future__ import annotations
 

@@ -7,6 +7,7 @@ import logging
 import os
 
 from ..deploy.formats import BACKENDS
+from ..errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -21,8 +22,8 @@ def register(subparsers) -> None:
                    help="a checkpoint (exported once to a dynamic-batch ONNX file in the cache, unless --backend "
                         "torch runs it eagerly) or a file written by 'mobilenets export'")
     p.add_argument("--backend", choices=BACKENDS, default="auto",
-                   help="auto (default: the fastest installed runtime for the file, measured once), torch, "
-                        "onnxruntime or openvino")
+                   help="auto (default: the fastest installed runtime for the file, measured once) or one of "
+                        f"{', '.join(b for b in BACKENDS if b != 'auto')}")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0: any free port, printed)")
     p.add_argument("--threads", type=int, default=None,
@@ -41,7 +42,6 @@ def register(subparsers) -> None:
 
 def serve_command(args: argparse.Namespace) -> int:
     from ..deploy.formats import optional_import
-    from ..errors import UserError
 
     for flag in ("threads", "decode_threads", "max_batch", "max_queue"):
         value = getattr(args, flag)

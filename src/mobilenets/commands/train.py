@@ -1,46 +1,32 @@
-"""``mobilenets train | eval | predict | demo``: every flag of these commands, the typed configs built from them,
-and all their printing. The work is the library's: :func:`mobilenets.train.trainer.fit` with a task of
-:mod:`mobilenets.tasks`, the task's evaluation, and the runners of :mod:`mobilenets.deploy`.
+"""``mobilenets train``: every flag of the command, the :class:`~mobilenets.train.config.TrainConfig` built from
+them, and the run it starts. The work is the library's: :func:`mobilenets.train.trainer.fit` with a task of
+:mod:`mobilenets.tasks`.
 
-The task is ``--task``, else the checkpoint's (or the resumed run's), else classify.
+The task is ``--task``, else the resumed run's, else classify.
 """
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 from pathlib import Path
 
-import torch
-
-from ..checkpoint import load_checkpoint, read_checkpoint
+from ..checkpoint import read_checkpoint
 from ..data.dense import SCENES
 from ..data.loaders import VAL_SPLITS, DataConfig, data_kind
 from ..data.transforms import AUGMENTATIONS, STRONG_ERASE_P, erase_probability
-from ..deploy.formats import BACKENDS
 from ..errors import UserError
-from ..tasks import TASKS, get_task
-from ..tasks.base import save_png
+from ..tasks import get_task
 from ..train.config import TrainConfig
 from ..train.precision import PRECISIONS
 from ..train.recipes import PROGRESSIVE_RAMP_END, RECIPES, resolve_recipe
 from ..train.state import read_config
 from ..train.trainer import fit, open_run
-
-log = logging.getLogger(__name__)
+from .common import add_task_and_threads
 
 MODEL_DEFAULT = "mobilenet_v3_small"
 RUNTIME_OPTIONS = ("threads",)  # taken from the resuming command, not from config.json
 
 
 # -- flags -----------------------------------------------------------------------------------------------------
-
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", choices=tuple(TASKS), default=None,
-                   help="classify (default for train), detect or segment; eval/predict default to the "
-                        "checkpoint's task")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
-
 
 def _train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=MODEL_DEFAULT,
@@ -64,7 +50,7 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
                    help="wall-time budget: the cosine schedule decays by whichever of epochs and time runs out "
                         "first; training stops when it is reached (mid-epoch), then evaluates")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader processes")
+    p.add_argument("--num-workers", "--workers", type=int, default=0, help="DataLoader processes")
     p.add_argument("--skip-bad", action="store_true",
                    help="skip (and count) unreadable images and invalid annotations instead of failing")
     p.add_argument("--limit-train", type=int, default=None, help="use only the first N training images")
@@ -100,7 +86,7 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     s.add_argument("--val-data", default=None,
                    help="validation folder of a data folder (default: DATA/val)")
     m = p.add_argument_group("model")
-    m.add_argument("--width", type=float, default=None, help="width multiplier")
+    m.add_argument("--width-multiplier", "--width", type=float, default=None, help="width multiplier")
     m.add_argument("--dropout", type=float, default=None)
     m.add_argument("--output-stride", type=int, choices=(8, 16, 32), default=None)
     m.add_argument("--neck-width", type=int, default=None, metavar="CHANNELS",
@@ -130,11 +116,13 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     o.add_argument("--recipe", default=None, choices=tuple(RECIPES),
                    help="default (AdamW, warm-up + cosine, label smoothing, EMA; classify's default), sgd, "
                         "rmsprop (the papers'), dense (detect/segment's default)")
-    o.add_argument("--opt", default=None, choices=("sgd", "adamw", "rmsprop"), help="override the recipe's optimizer")
+    o.add_argument("--optimizer", "--opt", default=None, choices=("sgd", "adamw", "rmsprop"),
+                   help="override the recipe's optimizer")
     o.add_argument("--lr", type=float, default=None, help="learning rate at the actual global batch")
-    o.add_argument("--wd", type=float, default=None, help="weight decay")
-    o.add_argument("--depthwise-wd", type=float, default=None,
-                   help="weight decay of depthwise filters (default: --wd's; the V1 paper uses little or none)")
+    o.add_argument("--weight-decay", "--wd", type=float, default=None, help="weight decay")
+    o.add_argument("--depthwise-weight-decay", "--depthwise-wd", type=float, default=None,
+                   help="weight decay of depthwise filters (default: --weight-decay's; the V1 paper uses little or "
+                        "none)")
     o.add_argument("--momentum", type=float, default=None)
     o.add_argument("--warmup-epochs", type=float, default=None)
     o.add_argument("--label-smoothing", type=float, default=None, help="classify: overrides the recipe's (0.1)")
@@ -143,12 +131,12 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     r.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     r.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     r.add_argument("--compile", action="store_true", help="torch.compile the training step")
-    r.add_argument("--teacher", nargs="+", default=None, metavar="CKPT",
+    r.add_argument("--teachers", "--teacher", nargs="+", default=None, metavar="CKPT",
                    help="classification: distil from these trained classifiers (the mean of their softmax for "
                         "several), each fed in its own preprocessing; same classes as the data")
-    r.add_argument("--kd-temperature", type=float, default=4.0, help="--teacher: softmax temperature (default 4)")
+    r.add_argument("--kd-temperature", type=float, default=4.0, help="--teachers: softmax temperature (default 4)")
     r.add_argument("--kd-weight", type=float, default=0.5,
-                   help="--teacher: share of the distillation term in the loss, 0..1 (default 0.5)")
+                   help="--teachers: share of the distillation term in the loss, 0..1 (default 0.5)")
     r.add_argument("--qat", action="store_true",
                    help="classification: quantization-aware fine-tuning of the trained model in --weights CKPT "
                         "(its architecture, options and input size; head kept; EMA off; no warm-up unless "
@@ -165,56 +153,12 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("train", help="train a model (single process, or torchrun for DDP)",
                               description="Train a MobileNet classifier, detector or segmenter. Distributed: "
                                           "torchrun --nproc_per_node N -m mobilenets train ...")
-    _common(p)
+    add_task_and_threads(p)
     _train_options(p)
     p.set_defaults(handler=train_command)
 
-    p = subparsers.add_parser("eval", help="evaluate a checkpoint: accuracy, COCO mAP or mIoU")
-    p.add_argument("checkpoint")
-    _common(p)
-    p.add_argument("--data", default=None, help="default: the data set the checkpoint was trained on")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--skip-bad", action="store_true", help="skip (and count) unreadable images")
-    p.add_argument("--limit-val", type=int, default=None,
-                   help="evaluate only the first N images (scenes: the test set is the first 1000 test scenes at "
-                        "seed 0; N picks the first N instead)")
-    p.add_argument("--val-fraction", type=float, default=None,
-                   help="classify: the held-out share of an image folder (default: the checkpoint's)")
-    p.add_argument("--scene-size", type=int, default=None, help="scenes: canvas size (default: the checkpoint's)")
-    p.add_argument("--annotations", default=None, help="detect: COCO instances JSON of --data")
-    p.add_argument("--tta", choices=("none", "flip"), default="none",
-                   help="classify: flip averages the class probabilities of each image and its mirror image "
-                        "(reported as such; default none, the single-view figure)")
-    p.add_argument("--nms", action="store_true",
-                   help="detect, end-to-end YOLO: read the one-to-many head with NMS instead of the one-to-one head "
-                        "(both are trained; compares the two on one checkpoint)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(handler=eval_command)
 
-    p = subparsers.add_parser("predict", help="classes, boxes or masks of image files")
-    p.add_argument("checkpoint", help="a checkpoint or a file written by 'mobilenets export'")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
-    _common(p)
-    p.add_argument("--backend", choices=BACKENDS, default="torch")
-    p.add_argument("--top-k", type=int, default=3, help="classify: classes shown per image (default 3)")
-    p.add_argument("--score-thresh", type=float, default=0.3,
-                   help="detect: list and draw detections scoring at least this (default 0.3)")
-    p.add_argument("--out", type=Path, default=None,
-                   help="detect/segment: folder for the drawn predictions (PNG), default predictions/")
-    p.add_argument("--json", action="store_true", help="print the predictions as JSON")
-    p.set_defaults(handler=predict_command)
-
-    p = subparsers.add_parser("demo", help="train a small MobileNetV3 on Fashion-MNIST in a few minutes")
-    p.add_argument("--out", type=Path, default=Path("runs/demo"))
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(handler=demo_command)
-
-
-# -- train -----------------------------------------------------------------------------------------------------
+# -- the run ---------------------------------------------------------------------------------------------------
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     task = get_task(args.task or "classify")
@@ -231,16 +175,17 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         raise UserError(f"--threads {args.threads} must be at least 1")
     if args.qat:
         _qat_defaults(args)
-    recipe = resolve_recipe(args.recipe or task.default_recipe, optimizer=args.opt, lr=args.lr, weight_decay=args.wd,
-                            depthwise_weight_decay=args.depthwise_wd, momentum=args.momentum,
+    recipe = resolve_recipe(args.recipe or task.default_recipe, optimizer=args.optimizer, lr=args.lr,
+                            weight_decay=args.weight_decay,
+                            depthwise_weight_decay=args.depthwise_weight_decay, momentum=args.momentum,
                             warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
                             ema_decay=args.ema_decay)
-    if args.teacher:
-        if task.name != "classify":
-            raise UserError(f"--teacher is for classification; {task.name} has no distillation loss: drop it")
-        missing = [t for t in args.teacher if not Path(t).is_file()]
+    if args.teachers:
+        if not task.distillation:
+            raise UserError(f"--teachers is for classification; {task.name} has no distillation loss: drop it")
+        missing = [t for t in args.teachers if not Path(t).is_file()]
         if missing:
-            raise UserError(f"--teacher {missing[0]}: no such checkpoint; pass a trained classifier's "
+            raise UserError(f"--teachers {missing[0]}: no such checkpoint; pass a trained classifier's "
                             ".safetensors file (RUN/last.safetensors)")
         if not args.kd_temperature > 0 or not 0 <= args.kd_weight <= 1:
             raise UserError(f"--kd-temperature {args.kd_temperature} must be above 0 and --kd-weight "
@@ -254,7 +199,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if args.end_to_end and args.model != "yolo":
         raise UserError(f"--end-to-end: only the YOLO head has a one-to-one mode (--task detect --model yolo), not "
                         f"{args.model}; drop it")
-    options = {k: v for k, v in (("width_multiplier", args.width), ("dropout", args.dropout),
+    options = {k: v for k, v in (("width_multiplier", args.width_multiplier), ("dropout", args.dropout),
                                  ("neck_width", args.neck_width), ("neck_depth", args.neck_depth),
                                  ("end_to_end", args.end_to_end or None),
                                  ("output_stride", args.output_stride), ("norm_layer", args.norm_layer),
@@ -267,19 +212,20 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         raise UserError(f"--val-split is for classification on Fashion-MNIST or idx data and for --data scenes, "
                         f"which have a test split; {task.name} on {data} validates on its own val data: drop "
                         "--val-split")
-    if args.progressive_resize is not None and not (1 <= args.progressive_resize < (args.img_size or 32)):
+    full_size = args.img_size or task.default_img_size(data)
+    if args.progressive_resize is not None and not (1 <= args.progressive_resize < (full_size or float("inf"))):
         raise UserError(f"--progressive-resize {args.progressive_resize} must be at least 1 and smaller than "
-                        f"--img-size {args.img_size or 32}; raise --img-size or leave the option out")
+                        f"--img-size {full_size}; raise --img-size or leave the option out")
     cfg = DataConfig(data=data, batch_size=args.batch_size, augment=args.augment, erase=args.erase,
                      seed=args.seed, val_fraction=0.1 if args.val_fraction is None else args.val_fraction,
                      val_split=args.val_split or "holdout", scenes_val=args.val_split or "holdout",
-                     num_workers=args.workers, skip_bad=args.skip_bad,
+                     num_workers=args.num_workers, skip_bad=args.skip_bad,
                      limit_train=args.limit_train, limit_val=args.limit_val, scenes=args.scenes,
                      scene_size=args.scene_size, annotations=args.annotations, val_data=args.val_data)
     return TrainConfig(model=args.model, data=cfg, recipe=recipe, out=str(args.out), epochs=args.epochs,
                        model_options=options, img_size=args.img_size, in_chans=args.in_chans, weights=args.weights,
                        freeze=args.freeze, channels_last=args.channels_last, compile=args.compile,
-                       precision=args.precision, teachers=list(args.teacher or []),
+                       precision=args.precision, teachers=list(args.teachers or []),
                        kd_temperature=args.kd_temperature, kd_weight=args.kd_weight, qat=args.qat,
                        sync_bn=args.sync_bn, device=args.device, threads=args.threads,
                        progress=not args.no_progress, time_limit=args.time_limit,
@@ -329,125 +275,3 @@ def train_command(args: argparse.Namespace) -> int:
         run = open_run(cfg.out, resume=False)
     fit(get_task(cfg.task), cfg, run, resume=bool(args.resume))
     return 0
-
-
-# -- eval ------------------------------------------------------------------------------------------------------
-
-def evaluate_checkpoint(args: argparse.Namespace) -> dict:
-    """The report of ``mobilenets eval``."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    model, meta = load_checkpoint(args.checkpoint)
-    if args.task is not None and args.task != meta.task:
-        raise UserError(f"{args.checkpoint} is a {meta.task} checkpoint; pass --task {meta.task}")
-    task = get_task(meta.task)
-    trained = meta.extra.get("data", {}) if isinstance(meta.extra, dict) else {}
-    data = args.data or trained.get("data")
-    if data is None:
-        raise UserError(f"{args.checkpoint} does not record its data set; pass --data fashion-mnist or --data DIR")
-    defaults = task.eval_defaults(trained)
-    if args.val_fraction is not None:
-        defaults["val_fraction"] = args.val_fraction
-    cfg = DataConfig(data=data, batch_size=args.batch_size, num_workers=args.workers, skip_bad=args.skip_bad,
-                     limit_val=args.limit_val, scene_size=args.scene_size, annotations=args.annotations, **defaults)
-    val = task.open_eval_data(meta, cfg)
-    if args.nms:
-        if not getattr(model, "end_to_end", False):
-            raise UserError(f"--nms reads the one-to-many head of an end-to-end YOLO; {args.checkpoint} "
-                            f"({meta.model}) has no other head and already uses NMS where it has one: drop --nms")
-        model.one_to_one = False
-    device = torch.device("cuda" if args.device == "cuda" else "cpu")
-    model.to(device, memory_format=torch.channels_last)
-    if args.tta == "flip":
-        if not task.resizable_inputs:
-            raise UserError("--tta flip is for classification checkpoints")
-        from ..tasks.classify import FlipAverage
-        model = FlipAverage(model)
-    metrics = task.evaluate(model, val, preprocessing=meta.preprocessing, class_names=meta.class_names,
-                            device=device, channels_last=True, progress=not (args.no_progress or args.json))
-    return {"checkpoint": str(args.checkpoint), "data": data, "task": task.name, "tta": args.tta,
-            **({"head": "one-to-many + NMS" if args.nms else "one-to-one (no NMS)"}
-               if getattr(model, "end_to_end", False) else {}),
-            **task.report(metrics, meta.class_names)}
-
-
-def eval_command(args: argparse.Namespace) -> int:
-    report = evaluate_checkpoint(args)
-    if args.json:
-        print(json.dumps(report, indent=2))
-        return 0
-    counted, *lines = get_task(report["task"]).report_lines(report)
-    print(f"{report['checkpoint']} on {report['data']}: {counted}"
-          + (" (flip test-time augmentation)" if report["tta"] == "flip" else "")
-          + (f" (head: {report['head']})" if "head" in report else ""))
-    for line in lines:
-        print(line)
-    return 0
-
-
-# -- predict ---------------------------------------------------------------------------------------------------
-
-def predict_images(args: argparse.Namespace) -> list[dict]:
-    """The results of ``mobilenets predict``, drawn into ``--out`` where the task draws."""
-    from ..deploy.open import open_runner
-
-    if args.top_k < 1:
-        raise UserError(f"--top-k {args.top_k} must be at least 1")
-    runner = open_runner(args.checkpoint, backend=args.backend, threads=args.threads)
-    meta = runner.meta
-    if meta is None:
-        raise UserError(f"{args.checkpoint} holds no mobilenets metadata; pass a checkpoint or a file written by "
-                        "'mobilenets export'")
-    if args.task is not None and args.task != meta.task:
-        raise UserError(f"{args.checkpoint} holds a {meta.task} model, not a {args.task} model; pass --task "
-                        f"{meta.task} or leave it out")
-    task = get_task(meta.task)
-    log.info("running %s on %s", args.checkpoint, runner.backend)
-    out = args.out or Path("predictions")
-    results = []
-    for path in args.images:
-        image, x = task.load(path, meta)
-        outputs = [torch.from_numpy(o) for o in runner.outputs(x.numpy())]
-        result = task.postprocess(outputs, meta, runner.properties, tuple(image.shape[-2:]), top_k=args.top_k,
-                                  score_thresh=args.score_thresh)
-        drawn = task.draw(image, result, meta)
-        entry = {"image": str(path), **{k: v for k, v in result.items() if not isinstance(v, torch.Tensor)}}
-        if drawn is not None:
-            out.mkdir(parents=True, exist_ok=True)
-            target = out / (Path(path).stem + ".png")
-            save_png(drawn, target)
-            entry["drawn"] = str(target)
-        results.append(entry)
-        entry["line"] = task.result_line(result)
-    return results
-
-
-def predict_command(args: argparse.Namespace) -> int:
-    results = predict_images(args)
-    if args.json:
-        print(json.dumps([{k: v for k, v in r.items() if k != "line"} for r in results], indent=2))
-        return 0
-    for r in results:
-        print(f"{r['image']}: {r['line']}" + (f" -> {r['drawn']}" if "drawn" in r else ""))
-    return 0
-
-
-# -- demo ------------------------------------------------------------------------------------------------------
-
-def demo_command(args: argparse.Namespace) -> int:
-    from ..train.demo import run_demo
-
-    report = run_demo(args.out, threads=args.threads, progress=not args.no_progress)
-    print(f"\nrun folder {report['run']}:")
-    for name, size in report["files"]:
-        print(f"  {name}  ({size:,} bytes)")
-    record = report["record"]
-    print(f"\ntest accuracy (10,000 images): top-1 {record['val_top1']:.4f}, top-5 {record['val_top5']:.4f}")
-    print("\npredictions for a few test images (true class in the file name):")
-    predict_command(argparse.Namespace(checkpoint=report["checkpoint"], images=report["samples"], top_k=3,
-                                       backend="torch", threads=args.threads, json=False, task=None, score_thresh=0.3,
-                                       out=None))
-    print(f"\nnext: mobilenets eval {report['checkpoint']} --data fashion-mnist ; mobilenets predict "
-          f"{report['checkpoint']} IMAGE.png")
-    return 0
-

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..errors import UserError
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list every model with params and MACs at its default resolution")
@@ -71,7 +73,6 @@ def cmd_models(args) -> int:
 
 
 def cmd_summary(args) -> int:
-    from ..errors import UserError
     from ..profile import profile
     from ..registry import get_entry
 

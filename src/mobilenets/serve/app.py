@@ -106,33 +106,47 @@ class State:
         return await asyncio.wrap_future(self.batcher.submit(x))
 
 
-# Before answering 413, the server reads and discards the rest of an oversized body up to this many bytes, so
-# that a client which sends the whole body before reading the answer (plain urllib, requests) gets the 413 and not
-# a connection reset (the lingering close of nginx and Apache). Bodies larger still are cut off unread.
+# Before answering 413, the server reads and discards the rest of an oversized body, up to DRAIN_BYTES in all and
+# for at most DRAIN_SECONDS, so that a client which sends the whole body before reading the answer (plain urllib,
+# requests: no Expect: 100-continue) gets the 413 and not a connection reset (the lingering close of nginx and
+# Apache). A body declared larger still is refused unread; a client that stalls is cut off when the time is up.
 DRAIN_BYTES = 64 << 20
+DRAIN_SECONDS = 10.0
+
+
+def _too_large(cap: int, declared: int | None = None) -> ServeError:
+    size = "" if declared is None else f" of {declared:,} bytes"
+    return ServeError(413, f"upload{size} is over this server's limit of {cap:,} bytes (its max_upload_mb setting); "
+                           "send a smaller image")
+
+
+async def _discard(stream, size: int) -> None:
+    async for chunk in stream:
+        size += len(chunk)
+        if size > DRAIN_BYTES:
+            return
 
 
 async def read_body(request: Request, cap: int) -> bytes:
     """The request body, refusing (413) more than ``cap`` bytes: from Content-Length, else as it streams in;
-    either way the rest of the body is read and discarded first (up to ``DRAIN_BYTES``)."""
+    either way the rest of the body is read and discarded first (up to ``DRAIN_BYTES`` and ``DRAIN_SECONDS``)."""
     length = request.headers.get("content-length")
     if length is not None and not length.isdigit():
         raise ServeError(400, f"Content-Length {length!r} is not a number")
-    declared = int(length) if length is not None else 0
+    declared = int(length) if length is not None else None
+    if declared is not None and declared > DRAIN_BYTES:
+        raise _too_large(cap, declared)
     chunks, size = [], 0
-    if declared <= DRAIN_BYTES:  # past the cap: read on (discarding) up to DRAIN_BYTES, then refuse
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > DRAIN_BYTES:
-                break
-            if size <= cap:
-                chunks.append(chunk)
-    if declared > cap:
-        raise ServeError(413, f"upload of {declared:,} bytes is over the limit of {cap:,} bytes; send a "
-                              "smaller file (the server's --max-upload-mb)")
-    if size > cap:
-        raise ServeError(413, f"upload over the limit of {cap:,} bytes; send a smaller file (the server's "
-                              "--max-upload-mb)")
+    stream = request.stream()
+    async for chunk in stream:
+        size += len(chunk)
+        if size > cap:
+            break
+        chunks.append(chunk)
+    if size > cap or (declared or 0) > cap:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(_discard(stream, size), DRAIN_SECONDS)
+        raise _too_large(cap, declared)
     return b"".join(chunks)
 
 

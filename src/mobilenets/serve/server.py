@@ -24,8 +24,8 @@ def bind(host: str, port: int) -> socket.socket:
     try:
         return socket.create_server((host, port), family=family, backlog=1024)
     except OSError as e:
-        raise UserError(f"cannot listen on {host}:{port} ({e.strerror}); pick another --port (0: any free one) "
-                        "or --host") from e
+        raise UserError(f"cannot listen on {host}:{port} ({e.strerror}); pick another port "
+                        "(0: any free one) or host") from e
 
 
 class _Server(uvicorn.Server):

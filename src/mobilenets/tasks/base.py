@@ -183,6 +183,19 @@ class Task:
         """The result drawn over the image (uint8 (3, H, W)), or None for tasks that draw nothing."""
         return None
 
+    # -- what the commands ask of a task ---------------------------------------------------------------------
+    distillation: ClassVar[bool] = False  # its loss can take teachers' soft targets (TrainConfig.teachers)
+
+    def default_img_size(self, data: str) -> int | None:
+        """The input size of training on ``data`` when ``img_size`` is not given; None (the default): not known
+        before the data is open."""
+        return None
+
+    def flip_averaged(self, model: nn.Module) -> nn.Module | None:
+        """``model`` under flip test-time augmentation (``mobilenets eval --tta flip``), or None (the default)
+        where the task has none."""
+        return None
+
     def result_line(self, result: dict) -> str:
         """A result in one line, for a person."""
         raise NotImplementedError

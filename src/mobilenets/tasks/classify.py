@@ -87,6 +87,7 @@ class Classify(Task):
     default_recipe = "default"
     default_bn_recalibrate = 20
     resizable_inputs = True
+    distillation = True
     curves = (("loss", "cross-entropy", (("train_loss", "train (smoothed targets)"), ("val_loss", "val"))),
               ("accuracy", "accuracy", (("train_acc", "train (augmented)"), ("val_top1", "val top-1"))))
 
@@ -94,11 +95,17 @@ class Classify(Task):
                   world_size: int = 1) -> TaskData:
         kind, _ = data_kind(cfg.data)
         in_chans = in_chans or (1 if kind == "fashion" else 3)
-        img_size = img_size or (FASHION_IMG_SIZE if kind == "fashion" else 224)
+        img_size = img_size or self.default_img_size(cfg.data)
         pre = default_preprocessing(cfg.data, img_size, in_chans)
         train, val, class_names = build_train_val(cfg, pre, rank, world_size)
         return TaskData(train, val, list(class_names), pre, meta=asdict(cfg), num_train=train.num_samples,
                         num_val=val.num_samples)
+
+    def default_img_size(self, data: str) -> int:
+        return FASHION_IMG_SIZE if data_kind(data)[0] == "fashion" else 224
+
+    def flip_averaged(self, model: nn.Module) -> nn.Module:
+        return FlipAverage(model)
 
     def build_model(self, model: str, *, num_classes: int, in_chans: int, options: dict,
                     backbone: str | None = None, weights: str | None = None) -> nn.Module:
