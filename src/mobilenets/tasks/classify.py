@@ -103,8 +103,8 @@ class Classify(Task):
     def build_model(self, model: str, *, num_classes: int, in_chans: int, options: dict,
                     backbone: str | None = None, weights: str | None = None) -> nn.Module:
         if backbone is not None:
-            raise UserError("--backbone is for detection and segmentation models; for classification pick the "
-                            "model itself with --model")
+            raise UserError(f"backbone={backbone!r} is for detection and segmentation models; for classification "
+                            "pass the classification model itself as model")
         return create_model(model, weights=weights, num_classes=num_classes, in_chans=in_chans, **options)
 
     def loss(self, model, inputs, targets, label_smoothing=0.0, soft_targets=None):
@@ -153,7 +153,7 @@ class Classify(Task):
         if list(meta.class_names) != list(class_names):
             raise UserError(f"the checkpoint was trained on {len(meta.class_names)} classes "
                             f"({', '.join(meta.class_names[:6])}{', ...' if len(meta.class_names) > 6 else ''}) "
-                            f"but --data {cfg.data} has {len(class_names)} ({', '.join(class_names[:6])}"
+                            f"but data={str(cfg.data)!r} has {len(class_names)} ({', '.join(class_names[:6])}"
                             f"{', ...' if len(class_names) > 6 else ''}); evaluate it on the data it was trained for")
         return batches
 

@@ -47,7 +47,7 @@ class DenseTask(Task):
     def open_data(self, cfg: DataConfig, *, img_size: int | None, in_chans: int | None, rank: int = 0,
                   world_size: int = 1) -> TaskData:
         if in_chans not in (None, 3):
-            raise UserError(f"--in-chans {in_chans}: detection and segmentation models read RGB images (3)")
+            raise UserError(f"in_chans={in_chans}: detection and segmentation models read RGB images (3)")
         scenes = cfg.data == SCENES
         val = self.open_split(cfg, "val", None)
         class_names = self.class_names_of(val)
@@ -56,8 +56,8 @@ class DenseTask(Task):
         train = FolderBatches(raw, class_names, cfg.batch_size, train=True, seed=cfg.seed, rank=rank,
                               world_size=world_size, num_workers=cfg.num_workers, collate=self.collate)
         if len(train) == 0:
-            raise UserError(f"{len(raw)} training images make no full batch of --batch-size {cfg.batch_size} "
-                            f"per process; lower --batch-size")
+            raise UserError(f"{len(raw)} training images make no full batch of batch_size={cfg.batch_size} "
+                            f"per process; lower batch_size")
         meta = scenes_meta(raw, val, size) if scenes else {
             "data": str(cfg.data), "train": raw.describe(), "val": val.describe(), "input_size": size,
             **self.skipped_record(raw)}
@@ -98,14 +98,14 @@ class DenseTask(Task):
             options["backbone"] = backbone or model
             model = self.generic_model
         elif entry.task != self.name:
-            raise UserError(f"--model {model} is a {entry.task} model; pass a {self.name} model "
+            raise UserError(f"model={model!r} is a {entry.task} model; pass a {self.name} model "
                             f"(e.g. {self.generic_model}) or a classification backbone")
         elif backbone is not None:
             options["backbone"] = backbone
         built = create_model(model, num_classes=num_classes, **options)
         if weights in ("torchvision", "timm"):
-            raise UserError(f"--weights {weights} names ImageNet classification weights; for --task {self.name} "
-                            "pass the PATH of a checkpoint of the same model")
+            raise UserError(f"weights={weights!r} names ImageNet classification weights; for task={self.name!r} "
+                            "pass the path of a checkpoint of the same model")
         if weights:
             load_weights(built, weights)
         return built
