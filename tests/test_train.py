@@ -128,7 +128,7 @@ def test_finetune_with_frozen_backbone(trained, data, tmp_path):
 def test_freeze_stage_out_of_range(data, tmp_path, capsys):
     rc = main(train_args(data, tmp_path / "x", 1, "--freeze", "99"))
     err = capsys.readouterr().err
-    assert rc == 2 and "--freeze 99" in err
+    assert rc == 2 and "freeze='99': the model has stages 0.." in err
 
 
 def test_eval_json_and_text(trained, data, capsys):
