@@ -11,7 +11,7 @@ from mobilenets.checkpoint import read_checkpoint
 from mobilenets.cli import main
 from mobilenets.data.scenes import FashionScenes, SceneConfig, export_scenes
 from mobilenets.tasks import get_task
-from mobilenets.tasks.detect import coco_map, collate_train
+from mobilenets.tasks.detect import Detect, coco_map
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -34,7 +34,7 @@ def test_ssdlite_learns_a_batch():
     torch.manual_seed(0)
     scenes = FashionScenes("train", 8, SceneConfig(image_size=64, scale=(1.0, 1.6), max_items=3),
                            transforms=get_task("detect").train_transforms(64, scenes=False), targets="detect")
-    x, targets, _ = collate_train([scenes[i] for i in range(8)])
+    x, targets, _ = Detect().collate([scenes[i] for i in range(8)])
     model = mobilenets.create_model("ssdlite", backbone="mobilenet_v3_small", num_classes=11,
                                     width_multiplier=0.5)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)

@@ -55,9 +55,9 @@ def test_classifier_freezing_is_unchanged():
 
 
 @pytest.mark.parametrize("spec, message", [
-    ("head", "freeze='head': use backbone, none or a stage index 0.."),
-    ("99", "freeze=99: the backbone has stages 0.."),
-    ("-1", "freeze=-1: the backbone has stages 0.."),
+    ("head", "freeze='head': use 'backbone', 'none' or a stage index 0.."),
+    ("99", "freeze='99': the backbone has stages 0.."),
+    ("-1", "freeze='-1': the backbone has stages 0.."),
 ])
 def test_bad_freeze_values_name_the_choices(spec, message):
     with pytest.raises(UserError, match=message.replace(".", r"\.")):
@@ -112,7 +112,7 @@ def test_training_keeps_the_frozen_backbone_and_trains_the_head(task, name, spec
     argv[argv.index("--freeze") + 1] = "neck"
     assert main([*argv[:-5], "--out", str(tmp_path / "bad"), "--no-progress", "--threads", "1"]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "freeze='neck': use backbone, none or a stage index 0.." in err
+    assert len(err.splitlines()) == 1 and "freeze='neck': use 'backbone', 'none' or a stage index 0.." in err
 
 
 def test_v5_classifier_on_the_frozen_encoder():

@@ -107,7 +107,7 @@ def test_features_only_builds_nothing_after_the_deepest_map(name):
     assert sum(p.numel() for p in full.parameters()) < sum(p.numel() for p in create(name).parameters())
     stride8 = Select(Location.STAGE, 8)
     early = create(name, features_only=True, out_indices=[stride8])
-    assert early.feature_info[early.out_indices[0]].reduction == 8
+    assert early.feature_info.reduction() == [8] == [early.taps[early.out_indices[0]].reduction]
     assert len(early.stages) < len(full.stages) and isinstance(early.final_conv, torch.nn.Identity)
     with pytest.raises(mobilenets.UserError, match="out_indices"):
         create(name, features_only=True, out_indices=[99])
@@ -193,3 +193,34 @@ def test_a_misspelt_block_is_refused_not_built_as_another():
     with pytest.raises(ValueError, match="unknown block 'uibb': use one of depthwise_separable"):
         Unit("uibb", out=16, stride=1)
     assert all(Unit(name, out=16, stride=1).block == name for name in BLOCKS)
+
+
+def _describes_its_outputs(model, x) -> None:
+    """timm's features_only contract: ``feature_info`` lists exactly the returned maps, in order."""
+    with torch.no_grad():
+        outs = model.eval()(x)
+    info = model.feature_info
+    assert len(info) == len(outs)
+    assert info.channels() == [o.shape[1] for o in outs]
+    assert info.reduction() == [x.shape[-1] // o.shape[-1] for o in outs]
+    assert [info.channels(i) for i in range(len(outs))] == info.channels()
+    assert info.reduction([0, len(outs) - 1]) == [info.reduction(0), info.reduction(-1)]
+    assert len(info.module_name()) == len(outs) and all(isinstance(n, str) for n in info.module_name())
+
+
+@pytest.mark.parametrize("out_indices", [None, [Select(Location.EXPANSION, 16), Select(Location.STAGE, 8)]])
+def test_features_only_feature_info_describes_exactly_the_outputs_as_timms(out_indices):
+    timm = pytest.importorskip("timm")
+    x = torch.randn(1, 3, 128, 128)
+    _describes_its_outputs(timm.create_model("mobilenetv3_small_100", pretrained=False, features_only=True), x)
+    options = {} if out_indices is None else {"out_indices": out_indices}
+    ours = create("mobilenet_v3_small", features_only=True, **options)
+    _describes_its_outputs(ours, x)
+    full = create("mobilenet_v3_small")
+    assert len(full.feature_info) > len(ours.feature_info)  # the classifier lists every tap
+    assert list(ours.feature_info) == [full.feature_info[i] for i in ours.out_indices] == [
+        ours.taps[i] for i in ours.out_indices]
+    if out_indices is not None:  # in the order asked, not the network's
+        assert [f.location for f in ours.feature_info] == [Location.EXPANSION, Location.STAGE]
+    assert all(f.module == (f"stages.{f.stage}" if f.block is None else f"stages.{f.stage}.{f.block}")
+               for f in full.feature_info if f.stage is not None)

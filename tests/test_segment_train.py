@@ -12,7 +12,7 @@ from mobilenets.checkpoint import read_checkpoint
 from mobilenets.cli import main
 from mobilenets.data.scenes import FashionScenes, SceneConfig, export_scenes
 from mobilenets.tasks import get_task
-from mobilenets.tasks.segment import AUX_WEIGHT, collate_train, confusion_metrics
+from mobilenets.tasks.segment import AUX_WEIGHT, Segment, confusion_metrics
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -32,7 +32,7 @@ def test_segmenter_learns_a_batch(name):
     task = get_task("segment")
     scenes = FashionScenes("train", 4, SceneConfig(image_size=64, max_items=3),
                            transforms=task.train_transforms(64, scenes=True), targets="segment")
-    x, masks, _ = collate_train([scenes[i] for i in range(4)])
+    x, masks, _ = Segment().collate([scenes[i] for i in range(4)])
     model = mobilenets.create_model(name, backbone="mobilenet_v3_small", num_classes=11, width_multiplier=0.5,
                                     **({"aux_loss": True} if name == "deeplabv3" else {}))
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)

@@ -22,8 +22,7 @@ SIZE = (96, 128)  # non-square: 6x8 at stride 16, 3x4 at stride 32
 def taps(model) -> list[tuple[str, Location, int, int]]:
     """(module, location, channels, reduction) of each map a head's features_only backbone returns."""
     f = model.features
-    return [(f.feature_info[i].module, f.feature_info[i].location, f.feature_info[i].channels,
-             f.feature_info[i].reduction) for i in f.out_indices]
+    return [(i.module, i.location, i.channels, i.reduction) for i in f.feature_info]
 
 
 def maps_of(model, x) -> list[tuple[int, int]]:

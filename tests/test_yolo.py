@@ -16,7 +16,7 @@ from mobilenets.errors import UserError
 from mobilenets.heads.yolo import TaskAlignedAssigner, dfl_targets, distances_to_boxes, expected_distance, grid_points
 from mobilenets.preprocessing import Preprocessing
 from mobilenets.tasks import get_task
-from mobilenets.tasks.detect import collate_train
+from mobilenets.tasks.detect import Detect
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def _scene_batch(n=8, size=64):
     scenes = FashionScenes("train", n, SceneConfig(image_size=size, scale=(1.0, 1.6), max_items=3),
                            transforms=get_task("detect").train_transforms(size, scenes=False), targets="detect")
-    return collate_train([scenes[i] for i in range(n)])[:2]
+    return Detect().collate([scenes[i] for i in range(n)])[:2]
 
 
 def _small_yolo(**options):

@@ -46,6 +46,10 @@ class CheckpointMeta:
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
     extra: dict = field(default_factory=dict)  # free-form: metrics, epoch, recipe, ...
 
+    def data_record(self) -> dict:
+        """What the checkpoint records about the data it was trained on (``extra["data"]``; {} when absent)."""
+        return self.extra.get("data", {}) if isinstance(self.extra, dict) else {}
+
     def to_json(self) -> str:
         return json.dumps(asdict(self))
 

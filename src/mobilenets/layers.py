@@ -33,6 +33,18 @@ def depthwise_convs(module: nn.Module) -> list[nn.Conv2d]:
     return [m for m in module.modules() if isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels]
 
 
+class Block(str, Enum):
+    """The paper blocks an architecture table may name (``archs.spec.Unit.block``); model.py maps each to the
+    builder of its class in blocks.py, with no default: a Block without a builder fails when model.py is imported."""
+
+    DEPTHWISE_SEPARABLE = "depthwise_separable"  # V1
+    INVERTED_RESIDUAL = "inverted_residual"  # V2, V3
+    CONV = "conv"  # V4
+    FUSED_IB = "fused_ib"  # V4
+    UIB = "uib"  # V4
+    MOBILE_MQA = "mobile_mqa"  # V4 hybrids
+
+
 class Act(str, Enum):
     """Activations named in the papers' tables (V3 Table 1/2: RE = ReLU, HS = h-swish)."""
 

@@ -11,14 +11,15 @@ MobileNetV5 ends in a neck (:class:`~mobilenets.blocks.MultiScaleFusionAdapter`)
 last two stages instead of a final conv; ``forward_features`` returns the neck's fixed-size map. Built with
 ``encoder=True`` a model has no pooling, head or classifier and ``forward`` returns that map as tokens.
 
-The builder also records ``feature_info``: every map a task head may read (stage outputs, the output and the
-expansion of each stage's reducing block, the final conv), with its channels and reduction. ``features_only=True``
-builds the same network without pooling, head or classifier (and without the stages and final conv after the
-last requested map); its ``forward`` returns the requested maps.
+The builder also records ``taps`` (a classifier's ``feature_info``): every map a task head may read (stage outputs,
+the output and the expansion of each stage's reducing block, the final conv), with its channels, reduction, stage
+and block. ``features_only=True`` builds the same network without pooling, head or classifier (and without the
+stages and final conv after the last requested map); its ``forward`` returns the requested maps and its
+``feature_info`` describes exactly those (timm's ``channels()`` / ``reduction()`` / ``module_name()``).
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING
@@ -37,6 +38,7 @@ from .blocks import (
 )
 from .errors import UserError
 from .layers import (
+    Block,
     ConvNormAct,
     PooledConvNorm,
     make_divisible,
@@ -73,6 +75,30 @@ class FeatureInfo:
     channels: int
     reduction: int  # input size / map size (before dilation takes over)
     location: Location = Location.STAGE
+    stage: int | None = None  # index into ``stages`` (None: the final conv)
+    block: int | None = None  # index of the block within the stage (BLOCK, EXPANSION); None: the stage's output
+
+
+class FeatureInfoList(list):
+    """``feature_info``: a list of :class:`FeatureInfo` with timm's accessors. ``channels()``, ``reduction()`` and
+    ``module_name()`` give every entry's value in order; with an index, that entry's; with a list of indices, theirs.
+    A ``features_only`` model's list describes exactly the maps its ``forward`` returns, in order."""
+
+    def get(self, key: str, idx: int | Sequence[int] | None = None):
+        if idx is None:
+            return [getattr(f, key) for f in self]
+        if isinstance(idx, int):
+            return getattr(self[idx], key)
+        return [getattr(self[i], key) for i in idx]
+
+    def channels(self, idx: int | Sequence[int] | None = None):
+        return self.get("channels", idx)
+
+    def reduction(self, idx: int | Sequence[int] | None = None):
+        return self.get("reduction", idx)
+
+    def module_name(self, idx: int | Sequence[int] | None = None):
+        return self.get("module", idx)
 
 
 @dataclass(frozen=True)
@@ -110,10 +136,12 @@ LAST = Select(Location.FINAL, fallback=Select(Location.STAGE))  # the deepest ma
 class MobileNet(nn.Module):
     """Every MobileNet variant. Build it with :func:`mobilenets.create_model`.
 
-    forward(x) = forward_head(forward_features(x)); ``forward_intermediates`` returns maps listed in
-    ``feature_info``. Built with ``features_only=True`` the model has no pooling, head or classifier and
-    ``forward(x)`` returns the maps of ``out_indices``; built with ``encoder=True`` it has no pooling, head or
-    classifier either and ``forward(x)`` returns ``forward_tokens(x)``.
+    forward(x) = forward_head(forward_features(x)); ``forward_intermediates`` returns maps listed in ``taps``
+    (every map a head may read; a classifier's ``feature_info`` is the same list). Built with
+    ``features_only=True`` the model has no pooling, head or classifier, ``forward(x)`` returns the maps of
+    ``out_indices`` (indices into ``taps``) and ``feature_info`` describes exactly those maps, in order; built
+    with ``encoder=True`` it has no pooling, head or classifier either and ``forward(x)`` returns
+    ``forward_tokens(x)``.
     """
 
     # What a checkpoint needs to rebuild this exact network (set by create_model; see checkpoint.py).
@@ -134,11 +162,14 @@ class MobileNet(nn.Module):
         self.final_conv = final_conv
         self.neck = neck  # V5: reads the outputs of stages ``neck_taps``; None elsewhere
         self.neck_taps = neck_taps
-        self.feature_info = feature_info
+        self.taps = FeatureInfoList(feature_info)  # every map forward_intermediates can return
         self.num_features = num_features  # channels of forward_features' output
         self.features_only = out_indices is not None
         self.encoder = encoder
-        self.out_indices = out_indices  # features_only: the feature_info entries forward returns
+        self.out_indices = out_indices  # features_only: the ``taps`` entries forward returns
+        # timm's contract: a features_only model's feature_info lists exactly its outputs; else every tap
+        self.feature_info = (FeatureInfoList(self.taps[i] for i in out_indices) if out_indices is not None
+                             else self.taps)
         if encoder:
             self.num_classes = 0
         elif not self.features_only:
@@ -150,7 +181,7 @@ class MobileNet(nn.Module):
             self.num_classes = num_classes
             self.classifier = nn.Linear(head_hidden_size, num_classes) if num_classes else nn.Identity()
         # (stage, block, location) of every entry, so forward_intermediates walks the blocks once
-        self._taps = {_position(f): i for i, f in enumerate(feature_info)}
+        self._tap_index = {(f.stage, f.block, f.location): i for i, f in enumerate(feature_info)}
         _init_weights(self)
 
     # -- the model contract ------------------------------------------------------------------------
@@ -194,18 +225,18 @@ class MobileNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
     def forward_intermediates(self, x: torch.Tensor, indices: Sequence[int] | None = None) -> list[torch.Tensor]:
-        """The maps of ``feature_info`` entries ``indices`` (default: the stage outputs and the final conv), in
+        """The maps of ``taps`` entries ``indices`` (default: the stage outputs and the final conv), in
         the order of ``indices``. One pass; it stops after the deepest requested map. (V5's neck output is not
-        a ``feature_info`` map: its size does not follow the input's; ``forward_features`` returns it.)"""
+        a ``taps`` map: its size does not follow the input's; ``forward_features`` returns it.)"""
         self.check_input(x)
         if indices is None:
-            indices = [i for i, f in enumerate(self.feature_info) if f.location in (Location.STAGE, Location.FINAL)]
+            indices = [i for i, f in enumerate(self.taps) if f.location in (Location.STAGE, Location.FINAL)]
         wanted = set(indices)
-        bad = [i for i in wanted if not 0 <= i < len(self.feature_info)]
+        bad = [i for i in wanted if not 0 <= i < len(self.taps)]
         if bad:
-            raise UserError(f"feature indices {bad} out of range; this model has {len(self.feature_info)} maps")
+            raise UserError(f"feature indices {bad} out of range; this model has {len(self.taps)} maps")
         maps: dict[int, torch.Tensor] = {}
-        taps = self._taps
+        taps = self._tap_index
 
         def keep(key, value):
             i = taps.get(key)
@@ -244,13 +275,6 @@ class MobileNet(nn.Module):
             _init_linear(self.classifier)
 
 
-def _position(info: FeatureInfo) -> tuple[int | None, int | None, Location]:
-    parts = info.module.split(".")  # "stages.3", "stages.3.0" or "final_conv", as the builder wrote them
-    stage = int(parts[1]) if parts[0] == "stages" else None
-    block = int(parts[2]) if len(parts) > 2 else None
-    return stage, block, info.location
-
-
 def _init_linear(m: nn.Linear) -> None:
     nn.init.normal_(m.weight, 0, 0.01)
     nn.init.zeros_(m.bias)
@@ -287,8 +311,9 @@ def build(arch: Architecture, *, width_multiplier: float = 1.0, num_classes: int
     dilated. "torchvision": that block is dilated too (torchvision's ``dilated=True`` backbones).
 
     features_only: no pooling, head or classifier; ``forward`` returns the maps ``out_indices`` (indices into
-    ``feature_info`` or :class:`Select` queries; default the stage outputs and the final conv, timm's
-    convention). Stages and the final conv after the deepest requested map are not built.
+    the classifier's ``feature_info``, the model's ``taps``, or :class:`Select` queries; default the stage outputs
+    and the final conv, timm's convention), and ``feature_info`` describes those maps. Stages and the final conv
+    after the deepest requested map are not built.
 
     padding: "symmetric" (PyTorch's, every published PyTorch weight) or "tf_same" (TensorFlow's "SAME" on the
     strided convs, :class:`~mobilenets.layers.TFSameConv2d`: for weights trained in TF, e.g. the Gemma 3n encoder
@@ -363,11 +388,11 @@ def build(arch: Architecture, *, width_multiplier: float = 1.0, num_classes: int
                 b, before = reducing
                 expanded = getattr(current[b], "expansion_channels", None)
                 if expanded is not None:
-                    feature_info.append(FeatureInfo(f"stages.{s}.{b}", expanded, before, Location.EXPANSION))
+                    feature_info.append(FeatureInfo(f"stages.{s}.{b}", expanded, before, Location.EXPANSION, s, b))
                 if len(current) > 1:  # else the block's output is the stage's
                     feature_info.append(FeatureInfo(f"stages.{s}.{b}", current[b].out_channels, reduction,
-                                                    Location.BLOCK))
-            feature_info.append(FeatureInfo(f"stages.{s}", out_ch, reduction, Location.STAGE))
+                                                    Location.BLOCK, s, b))
+            feature_info.append(FeatureInfo(f"stages.{s}", out_ch, reduction, Location.STAGE, s))
             stages.append(nn.Sequential(*current))
             current, reducing = [], None
 
@@ -397,10 +422,10 @@ def build(arch: Architecture, *, width_multiplier: float = 1.0, num_classes: int
         deepest = feature_info[max(kept)]
         if deepest.location != Location.FINAL:
             final_conv = nn.Identity()
-            last_stage = _position(deepest)[0]
+            last_stage = deepest.stage
             stages = stages[:last_stage + 1]
             feature_info = feature_info[:max(i for i, f in enumerate(feature_info)
-                                             if _position(f)[0] == last_stage) + 1]
+                                             if f.stage == last_stage) + 1]
         num_features = feature_info[max(kept)].channels
         head_fc = head_act = None
         head_hidden = 0
@@ -438,33 +463,58 @@ def _resolve_indices(out_indices, info: list[FeatureInfo]) -> tuple[int, ...]:
         i = q.index(info) if isinstance(q, Select) else q
         if not isinstance(i, int) or not 0 <= i < len(info):
             raise UserError(f"out_indices entry {q!r} is not one of this model's {len(info)} feature maps "
-                            f"(0-{len(info) - 1}, see model.feature_info)")
+                            f"(0-{len(info) - 1}, see the classifier's feature_info)")
         kept.append(i)
     if len(set(kept)) != len(kept):
         raise UserError(f"out_indices {list(out_indices)} name one feature map twice")
     return tuple(kept)
 
 
-def _make_block(unit: Unit, in_ch: int, out_ch: int, stride: int, dilation: int, norm) -> nn.Module:
-    if unit.block == "depthwise_separable":
-        return DepthwiseSeparable(in_ch, out_ch, stride=stride, dilation=dilation, kernel=unit.kernel,
-                                  act=unit.act, norm=norm)
-    if unit.block == "conv":
-        return ConvBlock(in_ch, out_ch, unit.kernel, stride, dilation=dilation, norm=norm, act=unit.act)
-    if unit.block == "fused_ib":
-        return FusedInvertedBottleneck(in_ch, out_ch, expanded=make_divisible(in_ch * unit.expansion),
-                                       kernel=unit.kernel, stride=stride, act=unit.act, norm=norm, dilation=dilation)
-    if unit.block == "uib":
-        return UniversalInvertedBottleneck(in_ch, out_ch, expanded=make_divisible(in_ch * unit.expansion),
-                                           start_kernel=unit.start_kernel, mid_kernel=unit.kernel, stride=stride,
-                                           act=unit.act, norm=norm, layer_scale=unit.layer_scale, dilation=dilation)
-    if unit.block == "mobile_mqa":
-        # heads and key width are not scaled by the width multiplier (timm, TF); the block keeps its width
-        return MobileMQA(in_ch, heads=unit.heads, key_dim=unit.key_dim, kv_stride=unit.kv_stride, norm=norm,
-                         layer_scale=unit.layer_scale, kv_kernel=unit.kernel, dilation=dilation)
-    if unit.block != "inverted_residual":
-        raise ValueError(f"no builder for block {unit.block!r}")  # a new name in spec.BLOCKS needs a branch here
+def _depthwise_separable(unit: Unit, in_ch: int, out_ch: int, stride: int, dilation: int, norm) -> nn.Module:
+    return DepthwiseSeparable(in_ch, out_ch, stride=stride, dilation=dilation, kernel=unit.kernel, act=unit.act,
+                              norm=norm)
+
+
+def _inverted_residual(unit: Unit, in_ch: int, out_ch: int, stride: int, dilation: int, norm) -> nn.Module:
     expanded = in_ch if unit.expansion == 1 else make_divisible(in_ch * unit.expansion)
     se_reduced = make_divisible(expanded / 4) if unit.se else None  # V3 section 5.3: 1/4 of the expansion
     return InvertedResidual(in_ch, out_ch, expanded=expanded, kernel=unit.kernel, stride=stride, act=unit.act,
                             norm=norm, se_reduced=se_reduced, dilation=dilation)
+
+
+def _conv(unit: Unit, in_ch: int, out_ch: int, stride: int, dilation: int, norm) -> nn.Module:
+    return ConvBlock(in_ch, out_ch, unit.kernel, stride, dilation=dilation, norm=norm, act=unit.act)
+
+
+def _fused_ib(unit: Unit, in_ch: int, out_ch: int, stride: int, dilation: int, norm) -> nn.Module:
+    return FusedInvertedBottleneck(in_ch, out_ch, expanded=make_divisible(in_ch * unit.expansion), kernel=unit.kernel,
+                                   stride=stride, act=unit.act, norm=norm, dilation=dilation)
+
+
+def _uib(unit: Unit, in_ch: int, out_ch: int, stride: int, dilation: int, norm) -> nn.Module:
+    return UniversalInvertedBottleneck(in_ch, out_ch, expanded=make_divisible(in_ch * unit.expansion),
+                                       start_kernel=unit.start_kernel, mid_kernel=unit.kernel, stride=stride,
+                                       act=unit.act, norm=norm, layer_scale=unit.layer_scale, dilation=dilation)
+
+
+def _mobile_mqa(unit: Unit, in_ch: int, out_ch: int, stride: int, dilation: int, norm) -> nn.Module:
+    # heads and key width are not scaled by the width multiplier (timm, TF); the block keeps its width
+    return MobileMQA(in_ch, heads=unit.heads, key_dim=unit.key_dim, kv_stride=unit.kv_stride, norm=norm,
+                     layer_scale=unit.layer_scale, kv_kernel=unit.kernel, dilation=dilation)
+
+
+# Each paper block -> the builder of its class at the unit's widths; no default, and every Block has its entry.
+BUILDERS: dict[Block, Callable[..., nn.Module]] = {
+    Block.DEPTHWISE_SEPARABLE: _depthwise_separable,
+    Block.INVERTED_RESIDUAL: _inverted_residual,
+    Block.CONV: _conv,
+    Block.FUSED_IB: _fused_ib,
+    Block.UIB: _uib,
+    Block.MOBILE_MQA: _mobile_mqa,
+}
+if set(BUILDERS) != set(Block):  # a new Block needs its builder here
+    raise ImportError(f"model.BUILDERS has no builder for {sorted(set(Block) - set(BUILDERS))}")
+
+
+def _make_block(unit: Unit, in_ch: int, out_ch: int, stride: int, dilation: int, norm) -> nn.Module:
+    return BUILDERS[unit.block](unit, in_ch, out_ch, stride, dilation, norm)

@@ -8,17 +8,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from ..layers import Act
+from ..layers import Act, Block
 
-# The paper blocks a row may name (model.py builds each with its own class).
-BLOCKS = ("depthwise_separable", "inverted_residual", "conv", "fused_ib", "uib", "mobile_mqa")
+BLOCKS = tuple(b.value for b in Block)  # the names a row may give a block
 
 
 @dataclass(frozen=True)
 class Unit:
     """One block of the network at width multiplier 1.0."""
 
-    block: str  # "depthwise_separable" (V1), "inverted_residual" (V2/V3); V4: "conv", "fused_ib", "uib", "mobile_mqa"
+    block: Block  # a name ("uib") is accepted and becomes its Block
     out: int
     stride: int
     kernel: int = 3  # the depthwise kernel after the expansion (V4 UIB: the middle one, 0 = none)
@@ -34,7 +33,8 @@ class Unit:
 
     def __post_init__(self):
         if self.block not in BLOCKS:  # a misspelt block must not silently build another block
-            raise ValueError(f"unknown block {self.block!r}: use one of {', '.join(BLOCKS)}")
+            raise ValueError(f"unknown block {str(self.block)!r}: use one of {', '.join(BLOCKS)}")
+        object.__setattr__(self, "block", Block(self.block))
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class DSConv:
     act: Act = Act.RELU6
 
     def units(self, in_ch: int) -> list[Unit]:
-        return [Unit("depthwise_separable", self.out, self.stride, act=self.act)]
+        return [Unit(Block.DEPTHWISE_SEPARABLE, self.out, self.stride, act=self.act)]
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ class IRStage:
     s: int
 
     def units(self, in_ch: int) -> list[Unit]:
-        return [Unit("inverted_residual", self.c, self.s if i == 0 else 1, 3, float(self.t), act=Act.RELU6)
+        return [Unit(Block.INVERTED_RESIDUAL, self.c, self.s if i == 0 else 1, 3, float(self.t), act=Act.RELU6)
                 for i in range(self.n)]
 
 
@@ -90,7 +90,7 @@ class Bneck:
     def units(self, in_ch: int) -> list[Unit]:
         # The expansion is stored as a ratio of the input width so that width multipliers scale it from the
         # *rounded* input width, as the TF reference does (expand_input_by_factor).
-        return [Unit("inverted_residual", self.out, self.stride, self.k, self.exp / in_ch, self.se, self.act)]
+        return [Unit(Block.INVERTED_RESIDUAL, self.out, self.stride, self.k, self.exp / in_ch, self.se, self.act)]
 
     def minimal(self) -> "Bneck":
         """The "minimalistic" variant (TF-slim MobileNetV3 minimal): no SE, ReLU, 3x3 kernels."""
@@ -170,7 +170,7 @@ class Conv:
     act: Act = Act.RELU
 
     def units(self, in_ch: int) -> list[Unit]:
-        return [Unit("conv", self.out, self.stride, self.k, act=self.act)]
+        return [Unit(Block.CONV, self.out, self.stride, self.k, act=self.act)]
 
 
 @dataclass(frozen=True)
@@ -184,7 +184,7 @@ class FusedIB:
     act: Act = Act.RELU
 
     def units(self, in_ch: int) -> list[Unit]:
-        return [Unit("fused_ib", self.out, self.stride, self.k, float(self.e), act=self.act)]
+        return [Unit(Block.FUSED_IB, self.out, self.stride, self.k, float(self.e), act=self.act)]
 
 
 @dataclass(frozen=True)
@@ -211,7 +211,7 @@ class UIB:
             raise ValueError("a strided UIB row needs a depthwise kernel to carry the stride")
 
     def units(self, in_ch: int) -> list[Unit]:
-        return [Unit("uib", self.out, self.stride if i == 0 else 1, self.mid, float(self.e), act=self.act,
+        return [Unit(Block.UIB, self.out, self.stride if i == 0 else 1, self.mid, float(self.e), act=self.act,
                      start_kernel=self.start, layer_scale=self.layer_scale) for i in range(self.n)]
 
 
@@ -230,5 +230,5 @@ class MobileMQA:
     def units(self, in_ch: int) -> list[Unit]:
         if in_ch != self.out:
             raise ValueError(f"a Mobile MQA block keeps its width: input {in_ch}, out {self.out}")
-        return [Unit("mobile_mqa", self.out, 1, 3, heads=self.heads, key_dim=self.key_dim, kv_stride=self.kv_stride,
+        return [Unit(Block.MOBILE_MQA, self.out, 1, 3, heads=self.heads, key_dim=self.key_dim, kv_stride=self.kv_stride,
                      layer_scale=self.layer_scale)]

@@ -15,11 +15,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchvision.transforms import v2
 
+from ..checkpoint import CheckpointMeta
 from ..errors import UserError
 from .loaders import VAL_SPLITS, DataConfig
 
@@ -91,3 +93,16 @@ def scenes_meta(train, val, input_size: int) -> dict:
     return {"data": SCENES, "seed": train.seed, "image_size": train.config.image_size, "train_scenes": len(train),
             "val_scenes": len(val), "val_split": "holdout" if val.split == "val" else "test",
             "val_fraction": val.holdout, "input_size": input_size}
+
+
+def scene_inputs(meta: CheckpointMeta, n: int = 4) -> np.ndarray:
+    """Parity inputs of a dense model: test scenes for a model trained on the Fashion-MNIST scenes (real inputs),
+    else seeded noise."""
+    c, h, w = meta.preprocessing.input_size
+    data = meta.data_record()
+    if data.get("data") == SCENES and c == 3:
+        from .scenes import FashionScenes, SceneConfig
+
+        scenes = FashionScenes("test", n, SceneConfig(image_size=data.get("image_size", h)), seed=data.get("seed", 0))
+        return model_inputs([scenes.render(i)[0] for i in range(n)], h).numpy()
+    return torch.randn(n, c, h, w, generator=torch.Generator().manual_seed(0)).numpy()

@@ -48,7 +48,7 @@ def build_backbone(name: str, taps: Sequence[Select], *, width_multiplier: float
 
 def channels_of(backbone: nn.Module) -> list[int]:
     """Channels of each map a features_only backbone returns, in order."""
-    return [backbone.feature_info[i].channels for i in backbone.out_indices]
+    return backbone.feature_info.channels()
 
 
 def leaf_modules(module: nn.Module, prefix: str) -> list[str]:

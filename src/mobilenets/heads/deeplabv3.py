@@ -72,8 +72,6 @@ class FCNHead(nn.Sequential):
 
 
 class DeepLabV3(nn.Module):
-    task = "segment"
-
     def __init__(self, backbone: nn.Module, num_classes: int, atrous_rates: tuple[int, ...] = (12, 24, 36),
                  aux_loss: bool = False, head_conv: bool = True):
         super().__init__()

@@ -31,7 +31,6 @@ def postprocess_detections(boxes: Tensor, scores: Tensor, image_size: tuple[int,
 class Detector(nn.Module):
     """Base of the detectors: NMS settings as attributes, ``postprocess`` and ``predict``."""
 
-    task = "detect"
     score_thresh: float
     nms_thresh: float
     topk_candidates: int

@@ -49,8 +49,6 @@ class LRASPPHead(nn.Module):
 class LRASPP(nn.Module):
     """Backbone (stride-8 stage entry + last map) -> LR-ASPP head -> bilinear upsampling to the input size."""
 
-    task = "segment"
-
     def __init__(self, backbone: nn.Module, num_classes: int, inter_channels: int = 128, norm=nn.BatchNorm2d):
         super().__init__()
         if num_classes < 2:

@@ -18,9 +18,11 @@ Adding a task is one module here plus its head in :mod:`mobilenets.heads`.
 """
 from __future__ import annotations
 
+import abc
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import torch
@@ -31,14 +33,36 @@ from ..data.loaders import DataConfig
 from ..preprocessing import Preprocessing
 
 
+class Batches(Protocol):
+    """Training batches (and classification's validation batches): ``(inputs, targets)`` pairs, their number,
+    per-epoch shuffling identical on every rank, and the count of images skipped as unreadable (``skip_bad``)."""
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Any]]: ...
+
+    def __len__(self) -> int: ...
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+    @property
+    def bad(self) -> int: ...
+
+
+class Samples(Protocol):
+    """The dense tasks' validation data: raw ``(image, target)`` samples by index (the image float (3, H, W) in
+    [0, 1] at its own size, the target in its coordinates)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> tuple[Tensor, dict]: ...
+
+
 @dataclass
 class TaskData:
-    """What a task's data gives the trainer. ``train`` iterates ``(inputs, targets)`` batches, has ``len``,
-    ``set_epoch(epoch)`` (per-epoch shuffling, identical on every rank) and ``bad`` (images skipped with
-    --skip-bad); ``val`` is what :meth:`Task.evaluate` reads; ``meta`` goes into the checkpoints."""
+    """What a task's data gives the trainer: ``train`` batches, ``val`` (what :meth:`Task.evaluate` reads),
+    the class names and preprocessing; ``meta`` goes into the checkpoints."""
 
-    train: Any
-    val: Any
+    train: Batches
+    val: Batches | Samples
     class_names: list[str]
     preprocessing: Preprocessing
     meta: dict = field(default_factory=dict)
@@ -74,8 +98,9 @@ class Parity:
                 f"{'PASS' if self.passed else 'FAIL'}")
 
 
-class Task:
-    """Base of the three tasks; the methods here are what every task shares."""
+class Task(abc.ABC):
+    """Base of the three tasks. The abstract methods are what the trainer, the exporter, the server and the commands
+    call, so a task that lacks one cannot be instantiated; the others are optional hooks with a default."""
 
     name: ClassVar[str]
     metric: ClassVar[str]  # the evaluate() key that picks best.safetensors (higher is better)
@@ -83,59 +108,65 @@ class Task:
     default_recipe: ClassVar[str]
     default_bn_recalibrate: ClassVar[int]  # training batches that re-estimate BN statistics before evaluation
     curves: ClassVar[tuple]  # training_curves.png panels (mobilenets.plots.Panels)
+    distillation: ClassVar[bool] = False  # its loss can take teachers' soft targets (TrainConfig.teachers)
+    default_data: ClassVar[str | None] = None  # the data when none is given (None: it must be given)
+    resizable_inputs: ClassVar[bool] = False  # progressive resizing may resize training batches (no targets move)
 
     # -- data and model ------------------------------------------------------------------------------------
+    @abc.abstractmethod
     def open_data(self, cfg: DataConfig, *, img_size: int | None, in_chans: int | None, rank: int = 0,
                   world_size: int = 1) -> TaskData:
-        raise NotImplementedError
+        """Training and validation data of ``cfg`` for this rank."""
 
+    @abc.abstractmethod
     def build_model(self, model: str, *, num_classes: int, in_chans: int, options: dict,
                     backbone: str | None = None, weights: str | None = None) -> nn.Module:
-        raise NotImplementedError
+        """The network to train: a registry model (or a backbone in the task's generic head)."""
 
     # -- training --------------------------------------------------------------------------------------------
+    @abc.abstractmethod
     def loss(self, model: nn.Module, inputs: Tensor, targets, label_smoothing: float = 0.0
              ) -> tuple[Tensor, dict[str, Tensor], dict[str, float]]:
         """``(loss to minimise, named loss terms to log, counts to sum over the epoch)`` of one batch."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def evaluate(self, model: nn.Module, val: Any, *, preprocessing: Preprocessing, class_names: list[str],
                  device: torch.device, channels_last: bool = False, progress: bool = False) -> dict:
         """The task's metrics on validation data (``TaskData.val`` of :meth:`open_data`, or what
         :meth:`open_eval_data` returns)."""
-        raise NotImplementedError
 
-    default_data: ClassVar[str | None] = None  # --data when none is given (None: it must be given)
-    resizable_inputs: ClassVar[bool] = False  # --progressive-resize may resize training batches (no targets move)
-
+    @abc.abstractmethod
     def epoch_record(self, epoch: int, step: int, train: dict, metrics: dict, lr: float) -> dict:
         """The metrics.jsonl record of an epoch from the training statistics and the evaluation."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def summary(self, metrics: dict) -> str:
         """One line of the metrics, for logs."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def checkpoint_extra(self, metrics: dict, record: dict) -> dict:
         """What a checkpoint records about its evaluation."""
-        raise NotImplementedError
 
     def figures(self, run, history: list[dict], metrics: dict, class_names: list[str], title: str) -> None:
-        """Task-specific figures of the run folder (the trainer draws the curves)."""
+        """Task-specific figures of the run folder (the trainer draws the curves); default: none."""
 
     # -- evaluation of a checkpoint ------------------------------------------------------------------------
+    @abc.abstractmethod
     def open_eval_data(self, meta: CheckpointMeta, cfg: DataConfig) -> Any:
         """Validation data for ``mobilenets eval`` of a checkpoint (default: the data it was trained with)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
+    def eval_defaults(self, trained: dict) -> dict:
+        """DataConfig fields ``mobilenets eval`` takes from the checkpoint's data record (``trained``)."""
+
+    @abc.abstractmethod
     def report(self, metrics: dict, class_names: list[str]) -> dict:
         """The JSON report of ``mobilenets eval`` (per-class values named)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def report_lines(self, report: dict) -> list[str]:
         """The report as lines for a person (commands/ prints them): first what was counted ("10000 images"),
         then the metrics."""
-        raise NotImplementedError
 
     # -- export ----------------------------------------------------------------------------------------------
     def output_names(self, properties: dict[str, str]) -> tuple[str, ...]:
@@ -151,11 +182,11 @@ class Task:
         """String metadata written beside the checkpoint metadata (e.g. a detector's NMS settings)."""
         return {}
 
+    @abc.abstractmethod
     def compare(self, reference: list[np.ndarray], got: list[np.ndarray], *, inputs: str, int8: bool,
                 properties: dict[str, str], tolerance: float | None = None,
                 min_agreement: float | None = None) -> Parity:
         """An export's outputs ``got`` against eager PyTorch's ``reference`` on the same inputs."""
-        raise NotImplementedError
 
     def parity_inputs(self, meta: CheckpointMeta, n: int, source: str | None = None, seed: int = 1) -> np.ndarray:
         """Inputs for the parity check of an export: ``source`` images when given, else what the task knows of
@@ -164,28 +195,26 @@ class Task:
         return sample_inputs(meta.preprocessing, source, n, split="test", seed=seed)
 
     # -- results for a person --------------------------------------------------------------------------------
+    @abc.abstractmethod
     def load(self, path: str | Path, meta: CheckpointMeta) -> tuple[Tensor, Tensor]:
         """``(image, input)``: an image file decoded (float (C, H, W) in [0, 1], for drawing) and the network's
         (1, C, H, W) input made from it as the checkpoint's preprocessing says."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def inputs(self, image: Tensor, meta: CheckpointMeta) -> Tensor:
         """The network's (1, C, H, W) input for a decoded image (float (C, H, W) in [0, 1], the checkpoint's
         channel count), as :meth:`load` makes it; the server calls it on uploaded images."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def postprocess(self, outputs: list[Tensor], meta: CheckpointMeta, properties: dict[str, str],
                     image_size: tuple[int, int], **options) -> dict:
         """The network's outputs for one image -> a JSON-able result."""
-        raise NotImplementedError
 
     def draw(self, image: Tensor, result: dict, meta: CheckpointMeta) -> Tensor | None:
         """The result drawn over the image (uint8 (3, H, W)), or None for tasks that draw nothing."""
         return None
 
-    # -- what the commands ask of a task ---------------------------------------------------------------------
-    distillation: ClassVar[bool] = False  # its loss can take teachers' soft targets (TrainConfig.teachers)
-
+    # -- what the commands ask of a task (optional hooks) ----------------------------------------------------
     def default_img_size(self, data: str) -> int | None:
         """The input size of training on ``data`` when ``img_size`` is not given; None (the default): not known
         before the data is open."""
@@ -196,9 +225,19 @@ class Task:
         where the task has none."""
         return None
 
+    @abc.abstractmethod
     def result_line(self, result: dict) -> str:
         """A result in one line, for a person."""
-        raise NotImplementedError
+
+
+def relative_tolerance(reference: np.ndarray, k: float) -> float:
+    """A parity tolerance of ``k`` relative to the reference's scale: ``k * max(1, max |reference|)``."""
+    return k * max(1.0, float(np.abs(reference).max()))
+
+
+def default_min_agreement(int8: bool) -> float:
+    """The decision agreement an export needs unless told otherwise: 99% (fp32 and fp16), 90% (int8)."""
+    return 0.9 if int8 else 0.99
 
 
 def to_input(x: Tensor, device: torch.device, channels_last: bool) -> Tensor:

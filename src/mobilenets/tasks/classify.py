@@ -17,7 +17,7 @@ from ..data.loaders import DataConfig, build_eval, build_train_val, data_kind, d
 from ..data.transforms import decode_image, preprocess
 from ..errors import UserError
 from ..registry import create_model
-from .base import Parity, Task, TaskData, to_input
+from .base import Parity, Task, TaskData, default_min_agreement, relative_tolerance, to_input
 
 FASHION_IMG_SIZE = 32  # the demo's and the default Fashion-MNIST input (28x28 images resized)
 
@@ -110,8 +110,8 @@ class Classify(Task):
     def build_model(self, model: str, *, num_classes: int, in_chans: int, options: dict,
                     backbone: str | None = None, weights: str | None = None) -> nn.Module:
         if backbone is not None:
-            raise UserError("--backbone is for detection and segmentation models; for classification pick the "
-                            "model itself with --model")
+            raise UserError(f"backbone={backbone!r} is for detection and segmentation models; for classification "
+                            "pass the classification model itself as model")
         return create_model(model, weights=weights, num_classes=num_classes, in_chans=in_chans, **options)
 
     def loss(self, model, inputs, targets, label_smoothing=0.0, soft_targets=None):
@@ -128,11 +128,10 @@ class Classify(Task):
         return loss, terms, {"correct": (logits.detach().argmax(1) == targets).sum()}
 
     def evaluate(self, model, val, *, preprocessing, class_names, device, channels_last=False, progress=False):
-        batches = val
-        result = evaluate_classifier(model, batches, len(class_names), class_names, device=device,
+        result = evaluate_classifier(model, val, len(class_names), class_names, device=device,
                                      channels_last=channels_last, progress=progress)
         return {"top1": result.top1, "top5": result.top5, "loss": result.loss, "result": result,
-                "skipped_images": batches.bad}
+                "skipped_images": val.bad}
 
     def epoch_record(self, epoch, step, train, metrics, lr):
         return {"epoch": epoch, "train_loss": train["loss"],
@@ -160,7 +159,7 @@ class Classify(Task):
         if list(meta.class_names) != list(class_names):
             raise UserError(f"the checkpoint was trained on {len(meta.class_names)} classes "
                             f"({', '.join(meta.class_names[:6])}{', ...' if len(meta.class_names) > 6 else ''}) "
-                            f"but --data {cfg.data} has {len(class_names)} ({', '.join(class_names[:6])}"
+                            f"but data={str(cfg.data)!r} has {len(class_names)} ({', '.join(class_names[:6])}"
                             f"{', ...' if len(class_names) > 6 else ''}); evaluate it on the data it was trained for")
         return batches
 
@@ -186,9 +185,9 @@ class Classify(Task):
     def compare(self, reference, got, *, inputs, int8, properties, tolerance=None, min_agreement=None) -> Parity:
         ref, out = reference[0], got[0]
         if min_agreement is None:
-            min_agreement = 0.9 if int8 else 0.99
+            min_agreement = default_min_agreement(int8)
         if tolerance is None and not int8:
-            tolerance = 5e-4 * max(1.0, float(np.abs(ref).max()))
+            tolerance = relative_tolerance(ref, 5e-4)
         agree = out.argmax(1) == ref.argmax(1)
         if tolerance is not None:
             # Near-ties cannot be decided in fp32: count agreement where the reference's top-2 margin exceeds

@@ -18,21 +18,18 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
 from torchvision.transforms import v2
-from tqdm import tqdm
 
-from ..data.dense import MEAN, SCENES, STD, model_inputs, open_scenes, split_folder
+from ..data.dense import MEAN, STD, split_folder
 from ..errors import UserError
 from ..heads.detection import postprocess_detections
 from ..heads.yolo import detections_to_dict
-from .base import Parity, to_input
+from .base import Parity
 from .dense import DenseTask
 
 POSTPROCESS_KEY = "mobilenets.postprocess"  # a detector's NMS settings (JSON) in an exported file's metadata
@@ -94,10 +91,28 @@ def coco_map(gts: list[dict], detections: list[dict], num_classes: int) -> dict:
     return {"map": float(ev.stats[0]), "map50": float(ev.stats[1]), "per_class_ap": per_class}
 
 
-def collate_train(batch):
-    images = torch.stack([im.as_subclass(Tensor) for im, _ in batch])
-    targets = [{"boxes": t["boxes"].as_subclass(Tensor).float(), "labels": t["labels"]} for _, t in batch]
-    return images, targets, []
+class DetectionTally:
+    """Detections of a model in original image coordinates beside the ground truth, for :func:`coco_map`."""
+
+    def __init__(self, model: nn.Module, size: int):
+        self.model, self.size = model, size
+        self.gts: list[dict] = []
+        self.dets: list[dict] = []
+
+    def add(self, samples, x):
+        size = self.size
+        for (im, target), pred in zip(samples, self.model.predict(x)):
+            h, w = im.shape[-2:]
+            scale = torch.tensor([w / size, h / size, w / size, h / size])
+            self.dets.append({"boxes": pred["boxes"].cpu() * scale, "scores": pred["scores"].cpu(),
+                              "labels": pred["labels"].cpu()})
+            self.gts.append({"boxes": target["boxes"].as_subclass(Tensor), "labels": target["labels"],
+                             "size": (h, w)})
+
+    def metrics(self) -> dict:
+        result = coco_map(self.gts, self.dets, self.model.num_classes)
+        result.update(images=len(self.gts), objects=int(sum(len(g["labels"]) for g in self.gts)))
+        return result
 
 
 class Detect(DenseTask):
@@ -122,15 +137,13 @@ class Detect(DenseTask):
         return v2.Compose([*flip, *colour, v2.Resize((size, size), antialias=True),
                            v2.SanitizeBoundingBoxes(min_size=1), v2.Normalize(MEAN, STD)])
 
-    def collate(self, batch):
-        return collate_train(batch)
+    def collate_targets(self, targets):
+        return [{"boxes": t["boxes"].as_subclass(Tensor).float(), "labels": t["labels"]} for t in targets]
 
-    def open_split(self, cfg, split, transforms, class_names=None, trained=None):
-        """Scenes, or a COCO folder (whose JSON names the classes, so ``class_names`` is not needed)."""
+    def open_folder(self, cfg, split, transforms, class_names):
+        """A COCO folder (whose JSON names the classes, so ``class_names`` is not needed)."""
         from ..data.coco import open_coco
 
-        if cfg.data in (None, SCENES):
-            return open_scenes(cfg, split, transforms, "detect", trained)
         folder = split_folder(cfg, split)
         annotations = cfg.annotations if folder == Path(cfg.data) else None  # the JSON of --data itself
         return open_coco(folder, annotations, transforms, cfg.skip_bad)
@@ -149,29 +162,9 @@ class Detect(DenseTask):
         named = {f"loss_{TERM_NAMES.get(k, k)}": v for k, v in terms.items()}
         return sum(named.values()), named, {}
 
-    @torch.no_grad()
-    def evaluate(self, model, val, *, preprocessing, class_names, device, channels_last=False, progress=False,
-                 batch_size=32):
-        """COCO mAP of ``model`` on raw, untransformed samples, boxes in original coordinates."""
-        dataset, size = val, preprocessing.input_size[-1]
-        model.eval()
-        gts, dets = [], []
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=lambda b: b)
-        start = time.perf_counter()
-        for batch in tqdm(loader, desc="eval", unit="batch", leave=False, disable=not progress):
-            x = to_input(model_inputs([im for im, _ in batch], size), device, channels_last)
-            preds = model.predict(x)
-            for (im, target), pred in zip(batch, preds):
-                h, w = im.shape[-2:]
-                scale = torch.tensor([w / size, h / size, w / size, h / size])
-                dets.append({"boxes": pred["boxes"].cpu() * scale, "scores": pred["scores"].cpu(),
-                             "labels": pred["labels"].cpu()})
-                gts.append({"boxes": target["boxes"].as_subclass(Tensor), "labels": target["labels"],
-                            "size": (h, w)})
-        seconds = time.perf_counter() - start
-        result = coco_map(gts, dets, model.num_classes)
-        result.update(images=len(gts), objects=int(sum(len(g["labels"]) for g in gts)), eval_seconds=seconds)
-        return result
+    def tally(self, model, size):
+        """COCO mAP of the model's boxes in original coordinates."""
+        return DetectionTally(model, size)
 
     def summary(self, metrics: dict) -> str:
         return f"mAP@[.5:.95] {metrics['map']:.4f}  mAP@.5 {metrics['map50']:.4f}"
@@ -226,9 +219,6 @@ class Detect(DenseTask):
         return Parity(n=len(boxes), inputs=inputs, max_abs_diff=diff, agreement=matched / total if total else 1.0,
                       tolerance=tolerance, min_agreement=min_agreement if min_agreement is not None
                       else (0.5 if int8 else 0.0), what="confident detections matched")
-
-    def parity_inputs(self, meta, n, source=None, seed=1):
-        return scene_inputs(meta, n) if source is None else super().parity_inputs(meta, n, source, seed)
 
     # -- results for a person --------------------------------------------------------------------------------
     def postprocess(self, outputs, meta, properties, image_size, *, score_thresh: float = 0.3, **options):
@@ -294,15 +284,3 @@ def _compare_detections(reference: Tensor, got: Tensor, *, inputs, int8: bool, t
                   min_agreement=min_agreement if min_agreement is not None else (0.5 if int8 else 0.99),
                   what="confident detections matched")
 
-
-def scene_inputs(meta, n: int = 4) -> np.ndarray:
-    """Parity inputs of a dense model: test scenes for a model trained on the Fashion-MNIST scenes (real inputs),
-    else seeded noise."""
-    c, h, w = meta.preprocessing.input_size
-    data = meta.extra.get("data", {}) if isinstance(meta.extra, dict) else {}
-    if data.get("data") == SCENES and c == 3:
-        from ..data.scenes import FashionScenes, SceneConfig
-
-        scenes = FashionScenes("test", n, SceneConfig(image_size=data.get("image_size", h)), seed=data.get("seed", 0))
-        return model_inputs([scenes.render(i)[0] for i in range(n)], h).numpy()
-    return torch.randn(n, c, h, w, generator=torch.Generator().manual_seed(0)).numpy()

@@ -5,22 +5,17 @@ as given (logits are upsampled back to the mask size); 255 in a mask is ignored.
 the logits at the input size; the class map is their arg-max."""
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
-from torch.utils.data import DataLoader
+from torch import Tensor, nn
 from torchvision.transforms import v2
-from tqdm import tqdm
 
-from ..data.dense import MEAN, SCENES, STD, model_inputs, open_scenes, split_folder
+from ..data.dense import MEAN, STD, split_folder
 from ..data.masks import IGNORE_INDEX
 from ..data.scenes import FashionScenes
-from .base import Parity, to_input
+from .base import Parity, default_min_agreement, relative_tolerance
 from .dense import DenseTask
-from .detect import scene_inputs
 
 AUX_WEIGHT = 0.5  # torchvision's segmentation recipe
 MASK_PIXELS = 4_000_000  # postprocess: the largest class map computed from bilinear logits
@@ -40,10 +35,28 @@ def confusion_metrics(confusion: Tensor) -> dict:
             "per_class_iou": [float(v) for v in iou]}
 
 
-def collate_train(batch):
-    images = torch.stack([im.as_subclass(Tensor) for im, _ in batch])
-    masks = torch.stack([t["mask"].as_subclass(Tensor) for _, t in batch]).long()
-    return images, masks, []
+class ConfusionTally:
+    """The (classes, classes) confusion of a segmenter's arg-max against the masks, at the masks' resolution."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.c = c = model.num_classes
+        self.confusion = torch.zeros(c, c, dtype=torch.int64)
+        self.images = 0
+
+    def add(self, samples, x):
+        c = self.c
+        for (_, target), lg in zip(samples, self.model(x).cpu()):
+            mask = target["mask"].as_subclass(Tensor).long()
+            if tuple(lg.shape[-2:]) != tuple(mask.shape):
+                lg = F.interpolate(lg[None], size=mask.shape, mode="bilinear", align_corners=False)[0]
+            pred = lg.argmax(0)
+            valid = mask != IGNORE_INDEX
+            self.confusion += torch.bincount(mask[valid] * c + pred[valid], minlength=c * c).view(c, c)
+            self.images += 1
+
+    def metrics(self) -> dict:
+        return {**confusion_metrics(self.confusion), "images": self.images}
 
 
 def colour(index: int) -> tuple[int, int, int]:
@@ -80,14 +93,13 @@ class Segment(DenseTask):
         flip = [] if augment == "none" else [v2.RandomHorizontalFlip()]
         return v2.Compose([*flip, *steps, v2.Normalize(MEAN, STD)])
 
-    def collate(self, batch):
-        return collate_train(batch)
+    def collate_targets(self, targets):
+        return torch.stack([t["mask"].as_subclass(Tensor) for t in targets]).long()
 
-    def open_split(self, cfg, split, transforms, class_names=None, trained=None):
+    def open_folder(self, cfg, split, transforms, class_names):
+        """A VOC-style folder of images and PNG masks."""
         from ..data.masks import SegmentationFolder
 
-        if cfg.data in (None, SCENES):
-            return open_scenes(cfg, split, transforms, "segment", trained)
         return SegmentationFolder(split_folder(cfg, split), class_names, transforms, cfg.skip_bad)
 
     def class_names_of(self, dataset) -> list[str]:
@@ -107,30 +119,9 @@ class Segment(DenseTask):
             terms["loss_aux"] = AUX_WEIGHT * F.cross_entropy(aux, targets, ignore_index=IGNORE_INDEX)
         return sum(terms.values()), terms, {}
 
-    @torch.no_grad()
-    def evaluate(self, model, val, *, preprocessing, class_names, device, channels_last=False, progress=False,
-                 batch_size=32):
-        """mIoU and pixel accuracy on raw samples, at the masks' own resolution."""
-        size = preprocessing.input_size[-1]
-        model.eval()
-        c = model.num_classes
-        confusion = torch.zeros(c, c, dtype=torch.int64)
-        loader = DataLoader(val, batch_size=batch_size, shuffle=False, collate_fn=lambda b: b)
-        start, images = time.perf_counter(), 0
-        for batch in tqdm(loader, desc="eval", unit="batch", leave=False, disable=not progress):
-            x = to_input(model_inputs([im for im, _ in batch], size), device, channels_last)
-            logits = model(x).cpu()
-            for (_, target), lg in zip(batch, logits):
-                mask = target["mask"].as_subclass(Tensor).long()
-                if tuple(lg.shape[-2:]) != tuple(mask.shape):
-                    lg = F.interpolate(lg[None], size=mask.shape, mode="bilinear", align_corners=False)[0]
-                pred = lg.argmax(0)
-                valid = mask != IGNORE_INDEX
-                confusion += torch.bincount(mask[valid] * c + pred[valid], minlength=c * c).view(c, c)
-                images += 1
-        result = confusion_metrics(confusion)
-        result.update(images=images, eval_seconds=time.perf_counter() - start)
-        return result
+    def tally(self, model, size):
+        """mIoU and pixel accuracy at the masks' own resolution."""
+        return ConfusionTally(model)
 
     def summary(self, metrics: dict) -> str:
         return f"mIoU {metrics['miou']:.4f}  pixel accuracy {metrics['pixel_acc']:.4f}"
@@ -146,14 +137,11 @@ class Segment(DenseTask):
     def compare(self, reference, got, *, inputs, int8, properties, tolerance=None, min_agreement=None) -> Parity:
         ref, out = np.asarray(reference[0]), np.asarray(got[0])
         if tolerance is None and not int8:
-            tolerance = 1e-3 * max(1.0, float(np.abs(ref).max()))
+            tolerance = relative_tolerance(ref, 1e-3)
         agree = float((out.argmax(1) == ref.argmax(1)).mean())
         return Parity(n=len(ref), inputs=inputs, max_abs_diff=float(np.abs(out - ref).max()), agreement=agree,
                       tolerance=tolerance, min_agreement=min_agreement if min_agreement is not None
-                      else (0.9 if int8 else 0.99), what="pixel agreement")
-
-    def parity_inputs(self, meta, n, source=None, seed=1):
-        return scene_inputs(meta, n) if source is None else super().parity_inputs(meta, n, source, seed)
+                      else default_min_agreement(int8), what="pixel agreement")
 
     # -- results for a person --------------------------------------------------------------------------------
     def postprocess(self, outputs, meta, properties, image_size, **options):

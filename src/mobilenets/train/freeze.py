@@ -47,10 +47,10 @@ def freeze(model: nn.Module, spec: str) -> list[nn.Module]:
         try:
             k = int(spec)
         except ValueError:
-            raise UserError(f"freeze={spec!r}: use backbone, none or a stage index 0..{last}") from None
+            raise UserError(f"freeze={spec!r}: use 'backbone', 'none' or a stage index 0..{last}") from None
         if not 0 <= k <= last:
-            raise UserError(f"freeze={k}: the {'backbone' if body is not model else 'model'} has stages "
-                            f"0..{last}; use one of those, backbone or none")
+            raise UserError(f"freeze={spec!r}: the {'backbone' if body is not model else 'model'} has stages "
+                            f"0..{last}; use one of those, 'backbone' or 'none'")
         parts = [body.stem, *stages[:k + 1]]
     for part in parts:
         part.requires_grad_(False)
