@@ -15,7 +15,8 @@ import torch
 from safetensors.torch import load_file
 
 from mobilenets.checkpoint import load_checkpoint, read_checkpoint
-from mobilenets.cli import main
+from mobilenets.cli import build_parser, main
+from mobilenets.commands.train import config_from_args
 from mobilenets.data import loaders
 from mobilenets.data.loaders import DataConfig, build_eval
 from mobilenets.errors import UserError
@@ -92,7 +93,8 @@ def test_resume_after_kill_matches_uninterrupted(data, trained, tmp_path):
 def test_existing_run_needs_resume(trained, capsys):
     rc = main(train_args(Path("fashion-mnist"), trained, 1))
     err = capsys.readouterr().err.strip()
-    assert rc == 2 and "--resume" in err and len(err.splitlines()) == 1
+    assert rc == 2 and "already holds a run; resume it or choose another out folder" in err
+    assert len(err.splitlines()) == 1
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path, monkeypatch, capsys):
@@ -108,7 +110,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path, monkeypat
     rc = main(train_args(data, out, 3))
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1
-    assert "loss is nan at epoch 2" in err and str(out / "last.safetensors") in err and "--lr" in err
+    assert "loss is nan at epoch 2" in err and str(out / "last.safetensors") in err and "lower lr" in err
     _, meta = read_checkpoint(out / "last.safetensors")
     assert meta.extra["epoch"] == 1
     assert torch.load(out / "state.pt", weights_only=True)["epoch"] == 1
@@ -201,11 +203,11 @@ def test_recipes_schedules():
             opt.step()
             sched.step()
         assert opt.param_groups[0]["lr"] == pytest.approx(expected, abs=0.01)
-    with pytest.raises(UserError, match="--time-limit 0 must be a positive"):
+    with pytest.raises(UserError, match="time_limit=0 must be a positive"):
         Deadline(0.0)
     rms = resolve_recipe("rmsprop")
     assert rms.optimizer == "rmsprop" and rms.ema_decay == 0.9999 and rms.schedule == "step"
-    with pytest.raises(Exception, match="--recipe"):
+    with pytest.raises(Exception, match="unknown recipe 'adam-ish'"):
         resolve_recipe("adam-ish")
 
 
@@ -227,13 +229,13 @@ def test_depthwise_weight_decay_group(capsys, data, tmp_path):
     opt.step()
     moved = {id(p) for p in model.parameters() if not torch.equal(p, before[id(p)])}
     assert moved == {id(p) for p in opt.param_groups[0]["params"]}
-    with pytest.raises(UserError, match="--depthwise-wd must not be negative"):  # the dense tasks' path
+    with pytest.raises(UserError, match="^depthwise_weight_decay=-1 must not be negative"):  # decay_groups checks too
         decay_groups(model, 5e-4, -1.0)
     # the CLI: a bad value is one line before any run folder exists
     out = tmp_path / "neg"
     assert main(train_args(data, out, 1, "--depthwise-wd", "-1")) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "--depthwise-wd must not be negative" in err and not out.exists()
+    assert len(err.splitlines()) == 1 and "depthwise_weight_decay=-1 must not be negative" in err and not out.exists()
 
 
 def test_progressive_size_schedule():
@@ -255,6 +257,16 @@ def test_progressive_resize_trains_small_then_full(data, tmp_path, capsys):
     rc = main(train_args(data, tmp_path / "bad", 1, "--img-size", "48", "--progressive-resize", "48"))
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "--progressive-resize 48" in err and len(err.splitlines()) == 1
+
+
+def test_progressive_resize_is_bounded_by_the_default_size_of_the_data(tmp_path):
+    """Without --img-size the bound is the size the task trains the data at: 224 for an image folder (32 for
+    Fashion-MNIST, checked above through --img-size)."""
+    folder = write_folder(tmp_path / "pets", per_class=2)
+    argv = ["train", "--data", str(folder), "--out", str(tmp_path / "run")]
+    assert config_from_args(build_parser().parse_args([*argv, "--progressive-resize", "128"])).progressive_resize == 128
+    with pytest.raises(UserError, match="--progressive-resize 224 must be at least 1 and smaller than --img-size 224"):
+        config_from_args(build_parser().parse_args([*argv, "--progressive-resize", "224"]))
 
 
 def test_image_folder_training_skips_bad_files(tmp_path, capsys):
