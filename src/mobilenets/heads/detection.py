@@ -50,4 +50,4 @@ class Detector(nn.Module):
     @torch.no_grad()
     def predict(self, x: Tensor) -> list[dict[str, Tensor]]:
         """Detections (``boxes`` xyxy in input pixels, ``scores``, ``labels``) for a normalised batch."""
-        return self.postprocess(self(x), tuple(x.shape[-2:]))
+        return self.postprocess(self(x), (x.shape[-2], x.shape[-1]))
