@@ -37,7 +37,8 @@ class Detector(nn.Module):
     topk_candidates: int
     detections_per_img: int
 
-    def decode(self, outputs) -> tuple[Tensor, Tensor]:
+    def decode(self, outputs) -> tuple[Tensor, Tensor] | Tensor:
+        """(boxes, scores); a head that selects its own detections (YOLO's one-to-one) returns them instead."""
         raise NotImplementedError
 
     def postprocess(self, outputs, image_size: tuple[int, int]) -> list[dict[str, Tensor]]:
