@@ -56,6 +56,7 @@ PYTEST_WORKERS ?= 2
 test: venv data browser
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 	trained=$$(mktemp -d) && export MOBILENETS_TEST_TRAINED=$$trained && \
 	$(VPY) -m pytest -q -n $(PYTEST_WORKERS) && $(VPY) tests/lowered_isa.py -q -n $(PYTEST_WORKERS); \
 	rc=$$?; rm -rf $$trained; exit $$rc

@@ -16,6 +16,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -56,8 +57,9 @@ class CheckpointMeta:
     @classmethod
     def from_json(cls, text: str) -> "CheckpointMeta":
         d = json.loads(text)
-        d["preprocessing"] = Preprocessing(**{k: tuple(v) if isinstance(v, list) else v
-                                              for k, v in d.get("preprocessing", {}).items()})
+        fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v
+                                  for k, v in d.get("preprocessing", {}).items()}
+        d["preprocessing"] = Preprocessing(**fields)
         return cls(**d)
 
 

@@ -190,7 +190,7 @@ class ConvNormAct(nn.Module):
         self.conv = nn.Conv2d(in_ch, out_ch, kernel, stride, padding, dilation=dilation, groups=groups, bias=bias)
         self.bn = norm(out_ch)
         self.act = act.layer() if act is not None else nn.Identity()
-        self.aa = nn.Identity()
+        self.aa: nn.Module = nn.Identity()
         self.out_channels = out_ch
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

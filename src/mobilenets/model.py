@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -174,8 +174,8 @@ class MobileNet(nn.Module):
             self.num_classes = 0
         elif not self.features_only:
             self.global_pool = nn.AdaptiveAvgPool2d(1)
-            self.head_fc = head_fc
-            self.head_act = head_act
+            self.head_fc = head_fc if head_fc is not None else nn.Identity()  # None: no head layer here
+            self.head_act = head_act if head_act is not None else nn.Identity()
             self.dropout = nn.Dropout(dropout)
             self.head_hidden_size = head_hidden_size  # width of the pre-logits vector
             self.num_classes = num_classes
@@ -244,10 +244,11 @@ class MobileNet(nn.Module):
                 maps[i] = value
 
         x = self.stem(x)
+        block: Any  # blocks of several classes; those with an expansion tap have forward_expansion
         for s, stage in enumerate(self.stages):
             if len(maps) == len(wanted):
                 break
-            for b, block in enumerate(stage):
+            for b, block in enumerate(cast(nn.Sequential, stage)):  # a Sequential of Sequentials
                 i = taps.get((s, b, Location.EXPANSION))
                 if i is not None and i in wanted:
                     x, expansion = block.forward_expansion(x)
@@ -271,7 +272,7 @@ class MobileNet(nn.Module):
             raise UserError(f"num_classes must be >= 0, got {num_classes}")
         self.num_classes = num_classes
         self.classifier = nn.Linear(self.head_hidden_size, num_classes) if num_classes else nn.Identity()
-        if num_classes:
+        if isinstance(self.classifier, nn.Linear):  # (num_classes > 0)
             _init_linear(self.classifier)
 
 
@@ -360,8 +361,10 @@ def build(arch: Architecture, *, width_multiplier: float = 1.0, num_classes: int
     stem = ConvNormAct(in_chans, stem_ch, arch.stem.kernel, arch.stem.stride, norm=norm, act=arch.stem.act,
                        bias=arch.stem.bias)
 
-    stages, feature_info = [], []
-    current, in_ch = [], stem_ch
+    stages: list[nn.Sequential] = []
+    feature_info: list[FeatureInfo] = []
+    current: list[Any] = []  # blocks of several classes, each with out_channels and expansion_channels
+    in_ch = stem_ch
     reduction, dilation = arch.stem.stride, 1
     reducing = None  # (block index, reduction before it) of the current stage's strided block
     units = arch.units()
@@ -402,7 +405,8 @@ def build(arch: Architecture, *, width_multiplier: float = 1.0, num_classes: int
         final_conv = ConvNormAct(in_ch, final_ch, 1, norm=norm, act=arch.final_conv.act)
         feature_info.append(FeatureInfo("final_conv", final_ch, reduction, Location.FINAL))
 
-    neck, neck_taps = None, ()
+    neck: MultiScaleFusionAdapter | None = None
+    neck_taps: tuple[int, ...] = ()
     if arch.neck is not None and not features_only:
         stage_widths = [f.channels for f in feature_info if f.location == Location.STAGE]
         neck_taps = tuple(sorted(t % len(stage_widths) for t in arch.neck.taps))
@@ -414,7 +418,7 @@ def build(arch: Architecture, *, width_multiplier: float = 1.0, num_classes: int
     head_act: nn.Module | None = nn.Identity()
     kept = None
     if encoder:
-        num_features = arch.neck.out if neck is not None else feature_info[-1].channels
+        num_features = neck.out_channels if neck is not None else feature_info[-1].channels
         head_fc = head_act = None
         head_hidden = 0
     elif features_only:
@@ -423,6 +427,7 @@ def build(arch: Architecture, *, width_multiplier: float = 1.0, num_classes: int
         if deepest.location != Location.FINAL:
             final_conv = nn.Identity()
             last_stage = deepest.stage
+            assert last_stage is not None  # every map but the final conv's lies in a stage
             stages = stages[:last_stage + 1]
             feature_info = feature_info[:max(i for i, f in enumerate(feature_info)
                                              if f.stage == last_stage) + 1]
@@ -432,7 +437,7 @@ def build(arch: Architecture, *, width_multiplier: float = 1.0, num_classes: int
     else:
         if out_indices is not None:
             raise UserError("out_indices needs features_only=True")
-        num_features = arch.neck.out if neck is not None else feature_info[-1].channels
+        num_features = neck.out_channels if neck is not None else feature_info[-1].channels
         head_hidden = num_features
         if arch.head is not None:
             head_hidden = arch.head.out

@@ -26,6 +26,7 @@ import copy
 import functools
 import logging
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -72,7 +73,7 @@ class FakeQuantized(nn.Module):
         model = copy.deepcopy(model).train()  # traced in training form, as the quantizer's conv + BN patterns are
         for m in model.modules():  # in-place activations would overwrite a tensor that a disabled fake quantizer
             if getattr(m, "inplace", False):  # passes through unchanged (and that something else still reads)
-                m.inplace = False
+                setattr(m, "inplace", False)  # (mypy types a Module's attributes Tensor | Module)
         example = torch.zeros(2, *self.input_size)
         try:
             program = torch.export.export(model, (example,),
@@ -117,7 +118,7 @@ class FakeQuantized(nn.Module):
         ``sqrt(running_var + eps)`` in the form the fold reads."""
         graph = self._inference_copy()
         for name, (momentum, eps) in self.bn_settings.items():
-            functools.reduce(getattr, name.split("."), graph).add_(eps - TORCHAO_BN_EPS)
+            cast(torch.Tensor, functools.reduce(getattr, name.split("."), graph)).add_(eps - TORCHAO_BN_EPS)
         _restore_bn_settings(graph, {name: (momentum, TORCHAO_BN_EPS)
                                      for name, (momentum, _) in self.bn_settings.items()})
         return _pt2e()[1].convert_pt2e(graph)
@@ -136,13 +137,14 @@ class FakeQuantized(nn.Module):
 
 def _attr_name(node: torch.fx.Node) -> str | None:
     """The attribute a get_attr node reads (a buffer or parameter name), else None."""
-    return node.target if isinstance(node, torch.fx.Node) and node.op == "get_attr" else None
+    return str(node.target) if isinstance(node, torch.fx.Node) and node.op == "get_attr" else None  # (a str there)
 
 
 def _bn_settings(graph: torch.fx.GraphModule) -> dict[str, tuple[float, float]]:
     """(momentum, eps) of every BatchNorm of an exported graph, by the name of its running variance."""
-    return {_attr_name(n.args[4]): (n.args[6], n.args[7]) for n in graph.graph.nodes
-            if n.op == "call_function" and n.target is torch.ops.aten.batch_norm.default}
+    return {name: (n.args[6], n.args[7]) for n in graph.graph.nodes
+            if n.op == "call_function" and n.target is torch.ops.aten.batch_norm.default
+            and (name := _attr_name(n.args[4])) is not None}
 
 
 def _restore_bn_settings(graph: torch.fx.GraphModule, settings: dict[str, tuple[float, float]]) -> None:
@@ -153,12 +155,12 @@ def _restore_bn_settings(graph: torch.fx.GraphModule, settings: dict[str, tuple[
     for node in graph.graph.nodes:
         if node.op != "call_function":
             continue
-        if node.target is aten.batch_norm.default and _attr_name(node.args[4]) in settings:
-            momentum, eps = settings[_attr_name(node.args[4])]
+        if node.target is aten.batch_norm.default and (name := _attr_name(node.args[4])) in settings:
+            momentum, eps = settings[name]
             node.args = (*node.args[:6], momentum, eps, *node.args[8:])
-        elif node.target is aten.add.Tensor and _attr_name(node.args[0]) in settings \
+        elif node.target is aten.add.Tensor and (name := _attr_name(node.args[0])) in settings \
                 and isinstance(node.args[1], float):  # running_var + eps of the simulated fold
-            node.args = (node.args[0], settings[_attr_name(node.args[0])][1], *node.args[2:])
+            node.args = (node.args[0], settings[name][1], *node.args[2:])
     graph.recompile()
 
 

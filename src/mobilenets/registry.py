@@ -94,6 +94,7 @@ def create_model(name: str, *, weights: str | None = None, accept_licence: str |
         model = create_with_weights(entry, weights, kwargs, accept_licence)
     # What a checkpoint needs to rebuild this exact network (see checkpoint.py), including the options that
     # published weights imply (fix_stem, bn_eps: set by create_with_weights / load_weights).
-    model.arch_name = name
-    model.arch_options = {**getattr(model, "arch_options", {}), **options}
+    # (setattr: task models are plain nn.Modules, which mypy types as holding only tensors and modules)
+    setattr(model, "arch_name", name)
+    setattr(model, "arch_options", {**getattr(model, "arch_options", {}), **options})
     return model

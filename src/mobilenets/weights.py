@@ -12,6 +12,7 @@ import os
 import urllib.error
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -19,6 +20,7 @@ from torch import nn
 from .blocks import ConvBlock, DepthwiseSeparable, FusedInvertedBottleneck, MobileMQA, UniversalInvertedBottleneck
 from .errors import UserError
 from .layers import PooledConvNorm
+from .model import MobileNet
 from .preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 log = logging.getLogger(__name__)
@@ -75,11 +77,12 @@ def check_licence(entry: WeightEntry, accept_licence: str | None = None) -> None
 
 _TV = "https://download.pytorch.org/models/"
 _HF = "https://huggingface.co/timm/{}/resolve/main/model.safetensors"
-_IMAGENET = dict(mean=IMAGENET_MEAN, std=IMAGENET_STD)
-_INCEPTION = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-_UNIT = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))  # images in [0, 1], not normalised
-_TIMM_BN = {"bn_eps": 1e-5, "bn_momentum": 0.1}  # timm's MobileNetV2/V3 (PyTorch's BN defaults)
-_TF_PORT = {"bn_eps": 1e-3, "padding": "tf_same"}  # timm's tf_ ports of TF checkpoints
+# keyword bundles for Preprocessing / _timm (typed Any: mypy cannot match a dict's keys to parameters)
+_IMAGENET: dict[str, Any] = dict(mean=IMAGENET_MEAN, std=IMAGENET_STD)
+_INCEPTION: dict[str, Any] = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+_UNIT: dict[str, Any] = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))  # images in [0, 1], not normalised
+_TIMM_BN: dict[str, Any] = {"bn_eps": 1e-5, "bn_momentum": 0.1}  # timm's MobileNetV2/V3 (PyTorch's BN defaults)
+_TF_PORT: dict[str, Any] = {"bn_eps": 1e-3, "padding": "tf_same"}  # timm's tf_ ports of TF checkpoints
 
 
 def _timm(model: str, hub_name: str, size: int, crop_pct: float, top1: float | None, *, inception: bool = False,
@@ -261,7 +264,7 @@ def create_with_weights(entry, weights: str, options: dict, accept_licence: str 
     skip = ("classifier.",) if fresh_head else ()
     eps = known.options.get("bn_eps", TIMM_BN_EPS) if known is not None and known.source == "timm" else TIMM_BN_EPS
     load_weights(model, state, skip=skip, source_name=str(path), timm_bn_eps=eps)
-    if known is not None and not known.classifier and getattr(model, "num_classes", 0):
+    if known is not None and not known.classifier and getattr(model, "num_classes", None):
         log.info("%s holds no classifier: %s's %d-class classifier keeps its random init; train it, e.g. with "
                  "freeze='backbone'", known.tag, entry.name, model.num_classes)
     model.weights_entry = known
@@ -311,13 +314,13 @@ def _conv_bn(ours: str, theirs_conv: str, theirs_bn: str) -> dict[str, str]:
     return {f"{ours}.conv": theirs_conv, f"{ours}.bn": theirs_bn}
 
 
-def torchvision_module_map(model: nn.Module, prefix: str = "features") -> dict[str, str]:
+def torchvision_module_map(model: MobileNet, prefix: str = "features") -> dict[str, str]:
     """Our module paths -> torchvision's MobileNetV2/V3 paths (``features.*`` and ``classifier.*``)."""
     v3 = model.arch.name.startswith("mobilenet_v3")
     m = _conv_bn("stem", f"{prefix}.0.0", f"{prefix}.0.1")
     index = 1
     for s, stage in enumerate(model.stages):
-        for b, block in enumerate(stage):
+        for b, block in enumerate(cast(nn.Sequential, stage)):  # a Sequential of Sequentials
             ours, theirs = f"stages.{s}.{b}", f"{prefix}.{index}.{'block' if v3 else 'conv'}"
             parts = _block_parts(block)
             for j, part in enumerate(parts):
@@ -360,14 +363,14 @@ def _timm_v4_block(block: nn.Module, ours: str, theirs: str) -> dict[str, str] |
     return None
 
 
-def timm_module_map(model: nn.Module) -> dict[str, str]:
+def timm_module_map(model: MobileNet) -> dict[str, str]:
     """Our module paths -> timm's EfficientNet / MobileNetV3 / MobileNetV4 / MobileNetV5 paths (``conv_stem``,
     ``blocks.s.b.*``, ``msfa.*``, ...). Paths of modules the model does not have (e.g. an absent start depthwise
     conv) match nothing."""
     v5 = model.arch.neck is not None  # timm's MobileNetV5 keeps its stem as one ConvNormAct
     m = _conv_bn("stem", "conv_stem.conv", "conv_stem.bn") if v5 else _conv_bn("stem", "conv_stem", "bn1")
     for s, stage in enumerate(model.stages):
-        for b, block in enumerate(stage):
+        for b, block in enumerate(cast(nn.Sequential, stage)):  # a Sequential of Sequentials
             ours, theirs = f"stages.{s}.{b}", f"blocks.{s}.{b}"
             se = {f"{ours}.se.fc1": f"{theirs}.se.conv_reduce", f"{ours}.se.fc2": f"{theirs}.se.conv_expand"}
             v4 = _timm_v4_block(block, ours, theirs)
@@ -412,12 +415,13 @@ def detect_format(keys) -> str:
 
 def module_map_for(model: nn.Module, source_keys) -> dict[str, str] | None:
     """The module map from ``model`` to a state dict with ``source_keys`` (None: same names as ours)."""
-    if hasattr(model, "foreign_module_map"):  # task models (detection/segmentation) map their own heads
-        return model.foreign_module_map(source_keys)
+    foreign_module_map = getattr(model, "foreign_module_map", None)
+    if foreign_module_map is not None:  # task models (detection/segmentation) map their own heads
+        return foreign_module_map(source_keys)
     fmt = detect_format(source_keys)
     if fmt == "mobilenets":
         return None
-    if not hasattr(model, "arch"):
+    if not isinstance(model, MobileNet):  # (the only model with an ``arch``)
         raise UserError(f"cannot map a {fmt} checkpoint onto {type(model).__name__}")
     return timm_module_map(model) if fmt == "timm" else torchvision_module_map(model)
 
@@ -505,9 +509,10 @@ def _fit_timm_bn_eps(model: nn.Module, source: str, eps: float = TIMM_BN_EPS) ->
         log.info("%s: timm weights: BN eps of %d layers set from %g to %g, as they were trained", source,
                  len(changed), changed[0].eps, eps)
         for m in changed:
-            m.eps = eps
-    if getattr(model, "arch_options", None) is not None and (changed or "bn_eps" in model.arch_options):
-        model.arch_options["bn_eps"] = eps
+            setattr(m, "eps", eps)  # (an nn.Module attribute set outside __init__: mypy types it Tensor | Module)
+    arch_options: dict | None = getattr(model, "arch_options", None)
+    if arch_options is not None and (changed or "bn_eps" in arch_options):
+        arch_options["bn_eps"] = eps
 
 
 # Where Hugging Face Transformers' Gemma 3n checkpoints keep the timm MobileNetV5 vision tower.

@@ -84,8 +84,10 @@ def load_fashion_mnist(split: str, root: str | os.PathLike | None = None
         raise UserError(f"unknown Fashion-MNIST split {split!r}; use 'train' or 'test'")
     root = resolve_root(root)
     images_stem, labels_stem = _FILES[split]
-    images = read_idx(find_file(root, images_stem))
-    labels = read_idx(find_file(root, labels_stem)).long()
+    images_path, labels_path = find_file(root, images_stem), find_file(root, labels_stem)
+    assert images_path is not None and labels_path is not None  # resolve_root found all four files
+    images = read_idx(images_path)
+    labels = read_idx(labels_path).long()
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise UserError(f"Fashion-MNIST files in {root} do not match: images {tuple(images.shape)}, "
                         f"labels {tuple(labels.shape)}; reinstall {DEBIAN_PACKAGE}")

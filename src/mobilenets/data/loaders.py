@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from ..errors import UserError
 from ..preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
@@ -61,8 +61,9 @@ class TensorBatches:
                  rank: int = 0, world_size: int = 1):
         self.images, self.labels, self.class_names = images, labels, class_names
         self.batch_size, self.transform, self.train = batch_size, transform, train
-        self.sampler = DistributedSampler(images, num_replicas=world_size, rank=rank, shuffle=train, seed=seed,
-                                          drop_last=train) if train else None
+        self.sampler: DistributedSampler | None  # (it reads only the length; TensorDataset wraps without a copy)
+        self.sampler = DistributedSampler(TensorDataset(images), num_replicas=world_size, rank=rank, shuffle=train,
+                                          seed=seed, drop_last=train) if train else None
 
     @property
     def num_samples(self) -> int:
@@ -92,6 +93,7 @@ class FolderBatches:
                  seed: int = 0, rank: int = 0, world_size: int = 1, num_workers: int = 0,
                  collate: Callable = collate_skip_bad):
         self.class_names = class_names
+        self.sampler: DistributedSampler | None
         self.sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=seed,
                                           drop_last=train) if train else None
         self.loader = DataLoader(dataset, batch_size=batch_size, sampler=self.sampler, shuffle=False,
@@ -176,11 +178,15 @@ def build_train_val(cfg: DataConfig, pre: Preprocessing, rank: int = 0, world_si
             x_va, y_va, _ = fashion_mnist.load_fashion_mnist("test", root)
         x_tr, y_tr = _limit(cfg.limit_train, x_tr.unsqueeze(1), y_tr)
         x_va, y_va = _limit(cfg.limit_val, x_va.unsqueeze(1), y_va)
-        augment = TensorAugment(pre, cfg.augment, tuple(x_tr.shape[-2:]), erase=cfg.erase)
+        augment: Callable[[torch.Tensor], torch.Tensor]
+        augment = TensorAugment(pre, cfg.augment, (x_tr.shape[-2], x_tr.shape[-1]), erase=cfg.erase)
+        train: TensorBatches | FolderBatches
+        val: TensorBatches | FolderBatches
         train = TensorBatches(x_tr, y_tr, names, cfg.batch_size, augment, train=True, seed=cfg.seed, rank=rank,
                               world_size=world_size)
         val = TensorBatches(x_va, y_va, names, cfg.batch_size, lambda b: preprocess(b, pre), train=False)
         return train, val, names
+    assert root is not None  # data_kind gives folders their path
     train_s, val_s, names = find_splits(root, cfg.val_fraction, cfg.seed)  # (val_split: Fashion-MNIST / idx only)
     train_s, val_s = train_s[:cfg.limit_train], val_s[:cfg.limit_val]
     in_chans = pre.input_size[0]
@@ -200,6 +206,7 @@ def build_eval(cfg: DataConfig, pre: Preprocessing):
         x, y, names = fashion_mnist.load_fashion_mnist("test", root)
         x, y = _limit(cfg.limit_val, x.unsqueeze(1), y)
         return TensorBatches(x, y, names, cfg.batch_size, lambda b: preprocess(b, pre), train=False), names
+    assert root is not None  # data_kind gives folders their path
     _, val_s, names = find_splits(root, cfg.val_fraction, cfg.seed)
     val_s = val_s[:cfg.limit_val]
     ds = ImageFolderDataset(val_s, folder_transforms(pre, "none"), pre.input_size[0], cfg.skip_bad)

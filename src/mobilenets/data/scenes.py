@@ -25,6 +25,7 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -116,7 +117,7 @@ class FashionScenes(Dataset):
             raise IndexError(index)
         image, boxes, labels, mask = self.render(index) if self._cache is None else self._cached(index)
         s = self.config.image_size
-        target = {"image_id": index}
+        target: dict[str, Any] = {"image_id": index}
         if self.targets != "segment":
             target["boxes"] = tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(s, s))
             target["labels"] = labels
@@ -128,10 +129,12 @@ class FashionScenes(Dataset):
         return image, target
 
     def _cached(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        if index not in self._cache:
+        cache = self._cache
+        assert cache is not None  # (called only with the cache on)
+        if index not in cache:
             image, boxes, labels, mask = self.render(index)
-            self._cache[index] = ((image * 255).round_().to(torch.uint8), boxes, labels, mask.to(torch.uint8))
-        image, boxes, labels, mask = self._cache[index]
+            cache[index] = ((image * 255).round_().to(torch.uint8), boxes, labels, mask.to(torch.uint8))
+        image, boxes, labels, mask = cache[index]
         return image.float().div_(255), boxes, labels, mask.long()
 
     def annotation(self, index: int) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
@@ -151,7 +154,7 @@ class FashionScenes(Dataset):
         rng = np.random.default_rng([self.seed, SPLITS[self.split], index])
         image = _background(rng, s)
         instance = torch.full((s, s), -1, dtype=torch.int64)  # which pasted item owns each pixel
-        labels = []
+        labels: list[int] = []
         n_items = 0 if rng.random() < cfg.empty_fraction else int(rng.integers(cfg.min_items, cfg.max_items + 1))
         for _ in range(n_items):
             k = int(rng.integers(len(self.items)))
@@ -203,6 +206,7 @@ def _background(rng: np.random.Generator, s: int) -> torch.Tensor:
 
 def _item(item: torch.Tensor, rng: np.random.Generator, cfg: SceneConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Rescaled item intensities (h, w) in [0, 1] and its foreground mask, cropped to the foreground."""
+    assert cfg.scale is not None  # SceneConfig.__post_init__ fills in the default
     side = 28 * rng.uniform(*cfg.scale)
     aspect = float(np.exp(rng.uniform(-0.15, 0.15)))
     h = int(min(cfg.image_size, max(8, round(side * aspect))))
@@ -246,7 +250,8 @@ def export_scenes(dataset: FashionScenes, out_dir: str | os.PathLike, limit: int
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
-    images, annotations = [], []
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
     n = len(dataset) if limit is None else min(limit, len(dataset))
     for i in range(n):
         image, boxes, labels, mask = dataset.render(i)

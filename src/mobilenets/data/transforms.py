@@ -42,6 +42,7 @@ def _pixels(path: Path) -> np.ndarray:
     """Decode ``path`` to float32 (H, W, 1 or 3) in [0, 1]."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
+    im: Image.Image
     try:
         with Image.open(path) as im:
             im.load()  # decode now, so truncated files fail here and not somewhere later
@@ -168,7 +169,7 @@ class TensorAugment:
         if level not in AUGMENTATIONS:
             raise UserError(f"unknown augment {level!r}; use one of {', '.join(AUGMENTATIONS)}")
         self.pre = pre
-        self.crop = (tuple(image_size), pad) if level != "none" else None
+        self.crop = ((image_size[0], image_size[1]), pad) if level != "none" else None
         p = erase_probability(level, erase)
         self.erase = v2.RandomErasing(p=p, value=0) if p > 0 else None
 

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
+from typing import Any
 
 from torch import nn
 
 from ..errors import UserError
-from ..model import Select
+from ..model import MobileNet, Select
 from ..registry import create_model, get_entry, list_models
 
 
 def build_backbone(name: str, taps: Sequence[Select], *, width_multiplier: float = 1.0,
                    reduced_tail: bool | None = None, default_reduced_tail: bool = False, in_chans: int = 3,
                    norm_layer: str | None = None, output_stride: int = 32,
-                   dilation_policy: str | None = None) -> nn.Module:
+                   dilation_policy: str | None = None) -> MobileNet:
     """``create_model(name, features_only=True, out_indices=taps)`` for a classification model of the zoo: no
     pooling, head or classifier, and nothing after the deepest tap; ``forward`` returns the tapped maps in the
     order of ``taps``, their channels are ``channels_of(backbone)``.
@@ -30,7 +31,7 @@ def build_backbone(name: str, taps: Sequence[Select], *, width_multiplier: float
     takes_tail = "reduced_tail" in inspect.signature(entry.builder).parameters
     if reduced_tail is None:
         reduced_tail = default_reduced_tail and takes_tail
-    options = dict(features_only=True, out_indices=list(taps), width_multiplier=width_multiplier,
+    options: dict[str, Any] = dict(features_only=True, out_indices=list(taps), width_multiplier=width_multiplier,
                    in_chans=in_chans, output_stride=output_stride)
     if reduced_tail:
         if not takes_tail:
@@ -43,10 +44,12 @@ def build_backbone(name: str, taps: Sequence[Select], *, width_multiplier: float
         options["norm_layer"] = norm_layer
     if dilation_policy is not None:
         options["dilation_policy"] = dilation_policy
-    return create_model(name, **options)
+    backbone = create_model(name, **options)
+    assert isinstance(backbone, MobileNet)  # (every classification model of the zoo is one)
+    return backbone
 
 
-def channels_of(backbone: nn.Module) -> list[int]:
+def channels_of(backbone: MobileNet) -> list[int]:
     """Channels of each map a features_only backbone returns, in order."""
     return backbone.feature_info.channels()
 
@@ -67,7 +70,7 @@ def rename_prefixes(paths: list[str], renames: dict[str, str]) -> dict[str, str]
     return out
 
 
-def torchvision_backbone_map(backbone: nn.Module, prefix: str) -> dict[str, str]:
+def torchvision_backbone_map(backbone: MobileNet, prefix: str) -> dict[str, str]:
     """Our backbone module paths -> torchvision's classification ``features`` paths, renamed to ``prefix``."""
     from ..weights import torchvision_module_map
 
@@ -81,8 +84,10 @@ def torchvision_segmenter_map(model: nn.Module, source_keys, head_renames: dict[
     None for checkpoints that are not torchvision's (our own use our names)."""
     if not any(k.startswith("backbone.") for k in source_keys):
         return None
+    features = model.features
+    assert isinstance(features, MobileNet)  # (a build_backbone backbone)
     mapping = {f"features.{ours}": theirs
-               for ours, theirs in torchvision_backbone_map(model.features, "backbone").items()}
+               for ours, theirs in torchvision_backbone_map(features, "backbone").items()}
     heads = [p for name in ("head", "aux_head") if getattr(model, name, None) is not None
              for p in leaf_modules(getattr(model, name), name + ".")]
     mapping.update(rename_prefixes(heads, head_renames))

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import UserError
-from ..model import LAST, Location, Select
+from ..model import LAST, Location, MobileNet, Select
 from ..registry import register_model
 from .backbones import build_backbone, channels_of, torchvision_segmenter_map
 
@@ -72,7 +72,7 @@ class FCNHead(nn.Sequential):
 
 
 class DeepLabV3(nn.Module):
-    def __init__(self, backbone: nn.Module, num_classes: int, atrous_rates: tuple[int, ...] = (12, 24, 36),
+    def __init__(self, backbone: MobileNet, num_classes: int, atrous_rates: tuple[int, ...] = (12, 24, 36),
                  aux_loss: bool = False, head_conv: bool = True):
         super().__init__()
         if num_classes < 2:

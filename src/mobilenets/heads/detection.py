@@ -36,7 +36,8 @@ class Detector(nn.Module):
     topk_candidates: int
     detections_per_img: int
 
-    def decode(self, outputs) -> tuple[Tensor, Tensor]:
+    def decode(self, outputs) -> tuple[Tensor, Tensor] | Tensor:
+        """(boxes, scores); a head that selects its own detections (YOLO's one-to-one) returns them instead."""
         raise NotImplementedError
 
     def postprocess(self, outputs, image_size: tuple[int, int]) -> list[dict[str, Tensor]]:
@@ -49,4 +50,4 @@ class Detector(nn.Module):
     @torch.no_grad()
     def predict(self, x: Tensor) -> list[dict[str, Tensor]]:
         """Detections (``boxes`` xyxy in input pixels, ``scores``, ``labels``) for a normalised batch."""
-        return self.postprocess(self(x), tuple(x.shape[-2:]))
+        return self.postprocess(self(x), (x.shape[-2], x.shape[-1]))

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from ..errors import UserError
 from ..layers import norm_factory
-from ..model import LAST, Location, Select
+from ..model import LAST, Location, MobileNet, Select
 from ..registry import register_model
 from .backbones import build_backbone, channels_of, torchvision_segmenter_map
 
@@ -49,7 +49,7 @@ class LRASPPHead(nn.Module):
 class LRASPP(nn.Module):
     """Backbone (stride-8 stage entry + last map) -> LR-ASPP head -> bilinear upsampling to the input size."""
 
-    def __init__(self, backbone: nn.Module, num_classes: int, inter_channels: int = 128, norm=nn.BatchNorm2d):
+    def __init__(self, backbone: MobileNet, num_classes: int, inter_channels: int = 128, norm=nn.BatchNorm2d):
         super().__init__()
         if num_classes < 2:
             raise UserError(f"num_classes={num_classes}: segmentation needs the background plus at least one class")

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torchvision.ops import Conv2dNormActivation
 
 from ..errors import UserError
-from ..model import LAST, Location, Select
+from ..model import LAST, Location, MobileNet, Select
 from ..registry import register_model
 from .anchors import BoxCoder, DefaultBoxes, match_anchors
 from .backbones import build_backbone, channels_of, leaf_modules, rename_prefixes, torchvision_backbone_map
@@ -98,7 +98,7 @@ def _normal_init(module: nn.Module, std: float = 0.03) -> None:
 class SSDLite(Detector):
     """SSDLite detector: backbone taps + extra blocks + depthwise separable class/box heads."""
 
-    def __init__(self, backbone: nn.Module, num_classes: int, *, extra_channels=(512, 256, 256, 128),
+    def __init__(self, backbone: MobileNet, num_classes: int, *, extra_channels=(512, 256, 256, 128),
                  aspect_ratios=(2.0, 3.0), min_ratio: float = 0.2, max_ratio: float = 0.95,
                  score_thresh: float = 0.001, nms_thresh: float = 0.55, detections_per_img: int = 300,
                  topk_candidates: int = 300, iou_threshold: float = 0.5, neg_to_pos_ratio: float = 3.0):
@@ -140,7 +140,7 @@ class SSDLite(Detector):
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         feats = self.forward_features(x)
-        anchors = self.anchor_generator([tuple(f.shape[-2:]) for f in feats], tuple(x.shape[-2:]),
+        anchors = self.anchor_generator([(f.shape[-2], f.shape[-1]) for f in feats], (x.shape[-2], x.shape[-1]),
                                         device=x.device, dtype=x.dtype)
         return {"cls_logits": self.cls_head(feats),  # (B, A, num_classes)
                 "bbox_regression": self.box_head(feats),  # (B, A, 4)
@@ -155,6 +155,7 @@ class SSDLite(Detector):
         the classifier: it contributes its ``neg_to_pos_ratio`` hardest negatives.
         """
         cls_logits, box_reg, anchors = outputs["cls_logits"], outputs["bbox_regression"], outputs["anchors"]
+        cls_targets: list[Tensor] | Tensor
         cls_targets, box_losses, num_pos = [], [], 0
         for logits_i, reg_i, target in zip(cls_logits, box_reg, targets):
             boxes, labels = target["boxes"].to(anchors), target["labels"]

@@ -44,6 +44,7 @@ the best 100, so anything above 100 leaves COCO mAP unchanged).
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -52,7 +53,7 @@ from torchvision.ops import Conv2dNormActivation, clip_boxes_to_image, complete_
 
 from ..errors import UserError
 from ..layers import make_divisible, norm_factory
-from ..model import Location, Select
+from ..model import Location, MobileNet, Select
 from ..registry import register_model
 from .backbones import build_backbone, channels_of
 from .detection import Detector
@@ -270,7 +271,8 @@ class YOLOHead(nn.Module):
         self.box_branches = nn.ModuleList(nn.Sequential(separable(width, width, norm),
                                                         nn.Conv2d(width, 4 * reg_max, 1)) for _ in range(levels))
         for branch in self.cls_branches:  # every class starts at probability ``prior`` (RetinaNet section 4.1)
-            nn.init.constant_(branch[-1].bias, -math.log((1 - prior) / prior))
+            bias = cast(Tensor, cast(nn.Sequential, branch)[-1].bias)  # its Conv2d's
+            nn.init.constant_(bias, -math.log((1 - prior) / prior))
 
     def forward(self, features: list[Tensor]) -> tuple[Tensor, Tensor]:
         """``(B, A, classes)`` class logits and ``(B, A, 4, reg_max)`` side distributions, points row-major per
@@ -286,7 +288,7 @@ class YOLOHead(nn.Module):
 class YOLO(Detector):
     """YOLOv8-style detector: backbone taps at strides 8/16/32 -> depthwise PAN -> decoupled head."""
 
-    def __init__(self, backbone: nn.Module, num_classes: int, *, neck_width: int | None = None, neck_depth: int = 1,
+    def __init__(self, backbone: MobileNet, num_classes: int, *, neck_width: int | None = None, neck_depth: int = 1,
                  reg_max: int = 16, norm=nn.BatchNorm2d, score_thresh: float = 0.001, nms_thresh: float = 0.7,
                  detections_per_img: int = 300, topk_candidates: int = 300, topk: int = 10, alpha: float = 0.5,
                  beta: float = 6.0, gains: tuple[float, float, float] = (7.5, 1.5, 0.5), end_to_end: bool = False):

@@ -166,7 +166,8 @@ async def upload_bytes(request: Request, cap: int) -> bytes:
             raise ServeError(400, f"malformed multipart upload ({e.message})") from None
         try:
             files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
-            chosen = form.get("file") if isinstance(form.get("file"), UploadFile) else (files[0] if files else None)
+            field = form.get("file")
+            chosen = field if isinstance(field, UploadFile) else (files[0] if files else None)
             if chosen is None:
                 raise ServeError(400, "the multipart upload has no file; send the image in a field named 'file'")
             return await chosen.read()

@@ -14,6 +14,7 @@ import io
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -107,7 +108,7 @@ class ServedModel:
         (segmentation) comes back as a base64 PNG of class indices with its size."""
         result = self.task.postprocess([torch.from_numpy(o) for o in outputs], self.meta, self.runner.properties,
                                        size, **options)
-        out = {}
+        out: dict[str, Any] = {}
         for key, value in result.items():
             if isinstance(value, torch.Tensor):
                 out[key] = png_base64(value)

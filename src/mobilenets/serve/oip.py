@@ -83,6 +83,7 @@ def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
                                   "shape of non-negative integers")
         count = int(np.prod(shape)) if shape else 1
         size = (spec.get("parameters") or {}).get("binary_data_size")
+        data: list[bytes] | np.ndarray
         if size is not None:
             if not isinstance(size, int) or size < 0 or offset + size > len(binary):
                 raise ServeError(400, f"input {name!r}: binary_data_size {size} runs past the request body")
@@ -134,7 +135,7 @@ def response(model: str, request: InferRequest, outputs: dict[str, np.ndarray],
              labels: list[str]) -> tuple[bytes, dict[str, str]]:
     """The infer response body and its headers; binary outputs follow the JSON as the extension says."""
     binary_default = bool(request.parameters.get("binary_data_output", False))
-    wanted = request.outputs if request.outputs is not None else [{"name": n} for n in outputs]
+    wanted: list[dict] = request.outputs if request.outputs is not None else [{"name": n} for n in outputs]
     parts, chunks = [], []
     for spec in wanted:
         name, params = spec["name"], spec.get("parameters") or {}

@@ -57,8 +57,9 @@ class Teachers:
 
     @torch.no_grad()
     def probs(self, x: torch.Tensor, temperature: float) -> torch.Tensor:
-        total = None
+        total: torch.Tensor | None = None
         for model, pre in self.models:
             p = F.softmax(model(to_teacher_input(x, self.student, pre)).float() / temperature, dim=1)
             total = p if total is None else total + p
+        assert total is not None  # (at least one teacher)
         return total / len(self.models)

@@ -10,12 +10,14 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
+_Tensors = list[torch.Tensor] | tuple[torch.Tensor, ...]  # what AveragedModel passes, what the foreach ops take
+
 
 def create_ema(model: nn.Module, decay: float) -> AveragedModel | None:
     if decay <= 0:
         return None
 
-    def update(ema_params: list[torch.Tensor], params: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+    def update(ema_params: _Tensors, params: _Tensors, num_averaged: torch.Tensor | int) -> None:
         n = float(num_averaged)
         d = min(decay, (1.0 + n) / (10.0 + n))
         if torch.is_floating_point(ema_params[0]):

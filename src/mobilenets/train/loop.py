@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -19,6 +19,7 @@ from .precision import autocast
 
 if TYPE_CHECKING:
     from ..tasks import Task
+    from .distill import Teachers
 
 
 class Diverged(RuntimeError):
@@ -41,6 +42,8 @@ class TrainingStep(nn.Module):
     that a task whose loss calls more than ``model.forward`` (a detector's matching, a segmenter's aux head)
     still runs through DDP's forward."""
 
+    teachers: Teachers | None  # (set in __init__ outside the module tree)
+
     def __init__(self, task: Task, model: nn.Module, label_smoothing: float = 0.0, teachers=None,
                  temperature: float = 4.0, weight: float = 0.5):
         super().__init__()
@@ -57,7 +60,7 @@ class TrainingStep(nn.Module):
 
 
 def train_one_epoch(step: nn.Module, batches, optimizer: torch.optim.Optimizer, scheduler, *, epoch: int,
-                    world: World, ema=None, frozen: list[nn.Module] = (), channels_last: bool = False,
+                    world: World, ema=None, frozen: Sequence[nn.Module] = (), channels_last: bool = False,
                     progress: bool = True, max_steps: int | None = None, size: int | None = None,
                     deadline=None, precision: str = "fp32", scaler=None) -> dict:
     """Train over ``batches`` once (or until ``deadline`` passes, on every rank alike); returns the mean loss and
@@ -122,7 +125,8 @@ def train_one_epoch(step: nn.Module, batches, optimizer: torch.optim.Optimizer, 
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") else model
+    inner = getattr(model, "module", None)  # DDP's / AveragedModel's wrapped model
+    return inner if isinstance(inner, nn.Module) else model
 
 
 @torch.no_grad()

@@ -116,7 +116,9 @@ def decay_groups(model: nn.Module, weight_decay: float, depthwise_weight_decay: 
     have two groups, still load)."""
     check_weight_decay(weight_decay, depthwise_weight_decay)
     depthwise = {id(m.weight) for m in depthwise_convs(model)} if depthwise_weight_decay is not None else set()
-    decay, depthwise_decay, no_decay = [], [], []
+    decay: list[nn.Parameter] = []
+    depthwise_decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for p in model.parameters():
         if p.requires_grad:
             (no_decay if p.ndim <= 1 else depthwise_decay if id(p) in depthwise else decay).append(p)

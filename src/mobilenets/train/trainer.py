@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import nn
 
 from ..checkpoint import CheckpointMeta, save_checkpoint
 from ..errors import UserError
@@ -104,7 +106,7 @@ def _fit(task: Task, cfg: TrainConfig, run: RunFiles, world: distributed.World, 
     frozen = freeze(model, cfg.freeze)
     frozen_names = tuple(name for name, m in model.named_modules() if any(m is f for f in frozen))
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model.to(world.device, memory_format=memory_format)
+    model.to(world.device, memory_format=memory_format)  # type: ignore[call-overload]  # (torch's overloads omit this pair)
     ema = create_ema(model, recipe.ema_decay)
     teachers = None
     if cfg.teachers:
@@ -144,8 +146,9 @@ def _fit(task: Task, cfg: TrainConfig, run: RunFiles, world: distributed.World, 
                  "lr %.3g, %d epochs -> %s", model.arch_name, model.arch_options, cfg.data.data, data.num_train,
                  data.num_val, len(data.class_names), *data.preprocessing.input_size[1:], cfg.data.batch_size,
                  world.world_size, scaled_lr(recipe, global_batch), cfg.epochs, run.root)
-    step_net = torch.compile(step) if cfg.compile else step
-    evaluated = ema.module if ema is not None else model
+    # (torch.compile of a Module returns an OptimizedModule, a Module; torch annotates it as a plain callable)
+    step_net: nn.Module = torch.compile(step) if cfg.compile else step  # type: ignore[assignment]
+    evaluated: Any = ema.module if ema is not None else model  # zoo, task or FakeQuantized model: all have arch_name
     bn_batches = task.default_bn_recalibrate if cfg.bn_recalibrate is None else cfg.bn_recalibrate
     steps_done = history[-1].get("step", 0) if history else 0
 
