@@ -61,9 +61,9 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict:
         if not getattr(model, "end_to_end", False):
             raise UserError(f"--nms reads the one-to-many head of an end-to-end YOLO; {args.checkpoint} "
                             f"({meta.model}) has no other head and already uses NMS where it has one: drop --nms")
-        model.one_to_one = False
+        setattr(model, "one_to_one", False)  # noqa: B010  (an attribute of the YOLO head, not of nn.Module)
     device = torch.device("cuda" if args.device == "cuda" else "cpu")
-    model.to(device, memory_format=torch.channels_last)
+    model.to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]  # (torch's overloads omit this pair)
     if args.tta == "flip":
         flipped = task.flip_averaged(model)
         if flipped is None:

@@ -55,7 +55,7 @@ def predict_images(checkpoint: str | Path, images: list[str], *, backend: str = 
     for path in images:
         image, x = handler.load(path, meta)
         outputs = [torch.from_numpy(o) for o in runner.outputs(x.numpy())]
-        result = handler.postprocess(outputs, meta, runner.properties, tuple(image.shape[-2:]), top_k=top_k,
+        result = handler.postprocess(outputs, meta, runner.properties, (image.shape[-2], image.shape[-1]), top_k=top_k,
                                      score_thresh=score_thresh)
         drawn = handler.draw(image, result, meta)
         entry = {"image": str(path), **{k: v for k, v in result.items() if not isinstance(v, torch.Tensor)}}

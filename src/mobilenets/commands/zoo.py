@@ -5,6 +5,9 @@ import argparse
 
 from ..errors import UserError
 
+# the mean/std column of `models --weights`
+STATS_NAMES: dict[tuple[float, ...], str] = {(0.5, 0.5, 0.5): "inception", (0.0, 0.0, 0.0): "[0, 1]"}
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list every model with params and MACs at its default resolution")
@@ -48,7 +51,7 @@ def cmd_weights(args) -> int:
     for key in list_models(args.task, weights=True):
         e = WEIGHTS[key]
         pre = e.preprocessing
-        stats = {(0.5,) * 3: "inception", (0.0,) * 3: "[0, 1]"}.get(tuple(pre.mean), "imagenet")
+        stats = STATS_NAMES.get(tuple(pre.mean), "imagenet")
         top1 = "-" if e.top1 is None else f"{e.top1:.3f}"
         print(f"{e.model:<28} {e.tag:<34} {key[2]:>5g} {pre.input_size[-1]:>5} {pre.resize:>6} {stats:<9} "
               f"{top1:>6}  {e.licence or 'open'}")

@@ -125,9 +125,12 @@ class Task(abc.ABC):
 
     # -- training --------------------------------------------------------------------------------------------
     @abc.abstractmethod
-    def loss(self, model: nn.Module, inputs: Tensor, targets, label_smoothing: float = 0.0
+    def loss(self, model: nn.Module, inputs: Tensor, targets, label_smoothing: float = 0.0,
+             soft_targets: tuple[Tensor, float, float] | None = None
              ) -> tuple[Tensor, dict[str, Tensor], dict[str, float]]:
-        """``(loss to minimise, named loss terms to log, counts to sum over the epoch)`` of one batch."""
+        """``(loss to minimise, named loss terms to log, counts to sum over the epoch)`` of one batch.
+        ``soft_targets`` (teacher probabilities at temperature T, T, weight) reaches only tasks whose
+        ``distillation`` is True; the others refuse teachers before training starts."""
 
     @abc.abstractmethod
     def evaluate(self, model: nn.Module, val: Any, *, preprocessing: Preprocessing, class_names: list[str],

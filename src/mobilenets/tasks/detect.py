@@ -19,6 +19,7 @@ import contextlib
 import io
 import json
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -27,7 +28,7 @@ from torchvision.transforms import v2
 
 from ..data.dense import MEAN, STD, split_folder
 from ..errors import UserError
-from ..heads.detection import postprocess_detections
+from ..heads.detection import Detector, postprocess_detections
 from ..heads.yolo import detections_to_dict
 from .base import Parity
 from .dense import DenseTask
@@ -41,11 +42,11 @@ TERM_NAMES = {"bbox_regression": "box", "classification": "cls"}  # torchvision'
 class DecodedDetections(nn.Module):
     """A detector up to (not including) NMS: ``(boxes, scores)`` for a batch."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: Detector):
         super().__init__()
         self.model = model
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor] | Tensor:
         return self.model.decode(self.model(x))
 
 
@@ -60,7 +61,9 @@ def coco_map(gts: list[dict], detections: list[dict], num_classes: int) -> dict:
         from pycocotools.cocoeval import COCOeval
     except ImportError as e:
         raise UserError("detection metrics need pycocotools: pip install 'mobilenets[detection]'") from e
-    images, annotations, results = [], [], []
+    images: list[dict] = []
+    annotations: list[dict] = []
+    results: list[dict] = []
     for i, (gt, det) in enumerate(zip(gts, detections)):
         h, w = gt["size"]
         images.append({"id": i + 1, "height": int(h), "width": int(w)})
@@ -110,7 +113,7 @@ class DetectionTally:
                              "size": (h, w)})
 
     def metrics(self) -> dict:
-        result = coco_map(self.gts, self.dets, self.model.num_classes)
+        result = coco_map(self.gts, self.dets, cast(int, self.model.num_classes))
         result.update(images=len(self.gts), objects=int(sum(len(g["labels"]) for g in self.gts)))
         return result
 
@@ -155,7 +158,7 @@ class Detect(DenseTask):
         return {"skipped_annotations": dict(dataset.skipped)}
 
     # -- training and evaluation ---------------------------------------------------------------------------
-    def loss(self, model, inputs, targets, label_smoothing=0.0):
+    def loss(self, model, inputs, targets, label_smoothing=0.0, soft_targets=None):
         """The sum of the terms the detector's ``loss`` returns, each logged as ``loss_<term>`` (torchvision's
         ``bbox_regression`` / ``classification`` as ``loss_box`` / ``loss_cls``; YOLO adds ``loss_dfl``)."""
         terms = model.loss(model(inputs), targets)

@@ -5,6 +5,8 @@ as given (logits are upsampled back to the mask size); 255 in a mask is ignored.
 the logits at the input size; the class map is their arg-max."""
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -40,7 +42,7 @@ class ConfusionTally:
 
     def __init__(self, model: nn.Module):
         self.model = model
-        self.c = c = model.num_classes
+        self.c = c = cast(int, model.num_classes)
         self.confusion = torch.zeros(c, c, dtype=torch.int64)
         self.images = 0
 
@@ -112,7 +114,7 @@ class Segment(DenseTask):
         return {"skipped_images": dict(dataset.skipped)}
 
     # -- training and evaluation ---------------------------------------------------------------------------
-    def loss(self, model, inputs, targets, label_smoothing=0.0):
+    def loss(self, model, inputs, targets, label_smoothing=0.0, soft_targets=None):
         logits, aux = model.forward_with_aux(inputs)
         terms = {"loss_main": F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX)}
         if aux is not None:
