@@ -21,7 +21,7 @@ from mobilenets.checkpoint import load_checkpoint
 from mobilenets.data.samples import fashion_mnist_inputs, sample_inputs
 from mobilenets.deploy import export_model, open_runner
 from mobilenets.deploy.accuracy import accuracy
-from mobilenets.deploy.litert import LiteRTRunner, op_counts, with_properties
+from mobilenets.deploy.formats.litert import LiteRTRunner, op_counts, with_properties
 from mobilenets.deploy.onnx_graph import fold_batchnorm
 
 

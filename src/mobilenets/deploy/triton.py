@@ -48,8 +48,10 @@ from torch import nn
 from ..checkpoint import CheckpointMeta
 from ..errors import UserError
 from .export import ExportResult, export_model
-from .formats import onnx_runtimes, optional_import
-from .runtime import RUNNERS
+from .files import optional_import
+from .formats import onnx_runtimes
+from .open import open_runner
+from .options import ExportOptions
 
 TRITON_BACKENDS = ("onnxruntime", "openvino")
 FORMAT = {"onnxruntime": "onnx", "openvino": "openvino"}
@@ -137,9 +139,10 @@ def export_triton(model: nn.Module, meta: CheckpointMeta, repository: str | os.P
     try:
         model_file = tmp / VERSION / MODEL_FILE[backend]
         try:
-            result = export_model(model, meta, model_file, FORMAT[backend], dynamic_batch=max_batch > 0, batch=1,
-                                  parity_data=parity_data, parity_n=parity_n, min_agreement=min_agreement,
-                                  int8=int8, calibration_data=calibration_data, calibration_n=calibration_n)
+            options = ExportOptions(dynamic_batch=max_batch > 0, parity_data=parity_data, parity_n=parity_n,
+                                    min_agreement=min_agreement, int8=int8, calibration_data=calibration_data,
+                                    calibration_n=calibration_n)
+            result = export_model(model, meta, model_file, FORMAT[backend], options)
         except UserError as e:  # name the repository entry, not the staging folder
             raise UserError(str(e).replace(str(tmp), str(target))) from e
         inputs, outputs = _tensors(model_file, backend, batched=max_batch > 0, classes=len(meta.class_names))
@@ -290,7 +293,7 @@ def _tensors(model_file: Path, backend: str, *, batched: bool, classes: int) -> 
 
 def _run_once(model_file: Path, backend: str, input_shape: list[int]):
     """The outputs of one run of the written file on zeros (batch 1), in the graph's order."""
-    runner = RUNNERS["openvino" if backend == "openvino" else onnx_runtimes()[0]](model_file)
+    runner = open_runner(model_file, "openvino" if backend == "openvino" else onnx_runtimes()[0])
     return runner.outputs(np.zeros([1, *input_shape[1:]], np.float32))
 
 

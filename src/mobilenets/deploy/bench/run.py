@@ -7,7 +7,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ...errors import UserError
-from ..formats import BACKEND, RUNTIMES, installed, optional_import, runs_here
+from ..files import optional_import
+from ..formats import BACKEND, RUNTIMES, installed, runs_here
 from .harness import Timings, Worker, interleave, sgemm_roof
 from .paths import MODELS, PEERS, PathSpec, build, input_size, load, specs
 from .report import BenchReport
@@ -28,11 +29,11 @@ def run_bench(models=MODELS, backends=None, batches=(1, 32), threads: int = 2, r
     from ... import profile
     from ..auto import cpu_name
 
-    checked = [(threads, "threads"), (rounds, "rounds"), (large_batch_rounds, "large-batch-rounds"),
-               *((b, "batch") for b in batches), *([] if resolution is None else [(resolution, "resolution")])]
+    checked = [(threads, "threads"), (rounds, "rounds"), (large_batch_rounds, "large_batch_rounds"),
+               *((b, "batches") for b in batches), *([] if resolution is None else [(resolution, "resolution")])]
     for value, what in checked:
         if value < 1:
-            raise UserError(f"--{what} {value} must be at least 1")
+            raise UserError(f"{what}={value} must be at least 1")
     unknown = [m for m in models if m not in PEERS]
     if unknown:
         raise UserError(f"unknown benchmark model(s) {', '.join(unknown)}; use {', '.join(PEERS)}")
@@ -43,9 +44,9 @@ def run_bench(models=MODELS, backends=None, batches=(1, 32), threads: int = 2, r
         raise UserError(f"unknown backend(s) {', '.join(bad)}; use {', '.join(RUNTIMES)}")
     for b in backends:
         if not runs_here(b):
-            raise UserError(f"backend {b!r} cannot run here: {BACKEND[b].platform_note}; drop it from --backends")
+            raise UserError(f"backend {b!r} cannot run here: {BACKEND[b].platform_note}; drop it from backends")
         if b != "torch":
-            optional_import(BACKEND[b].module, BACKEND[b].extra, what=f"backend {b!r}")
+            optional_import(BACKEND[b].module, BACKEND[b].extra, what=f"backend={b!r}")
     if int8 and calibration is None:
         calibration = "fashion-mnist"
     say = progress or (lambda msg: log.info("%s", msg))
