@@ -132,12 +132,13 @@ def move_into_place(written: Path, out: Path, companions: tuple[str, ...] = ()) 
         raise
 
 
-def replace_folder(folder: Path, out: Path) -> None:
-    """``os.replace`` for a folder onto a possibly existing one: the old folder is moved aside, then removed."""
+def replace_folder(folder: Path, out: Path, aside: Path | None = None) -> None:
+    """``os.replace`` for a folder onto a possibly existing one: the old folder is moved aside (into ``aside``,
+    default ``out``'s parent; on the same file system), then removed."""
     if not out.exists():
         os.replace(folder, out)
         return
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=aside or out.parent))
     os.replace(out, old / out.name)
     try:
         os.replace(folder, out)

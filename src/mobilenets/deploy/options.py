@@ -49,10 +49,13 @@ class ExportOptions:
 
 
 NAMES = tuple(f.name for f in fields(ExportOptions))
+# What a Triton repository entry takes (:mod:`.triton`): its max_batch sets the batch, its int8 weights are 7-bit.
+TRITON_OPTIONS = ("parity_data", "parity_n", "min_agreement", "int8", "calibration_data", "calibration_n")
 
 
-def validate(fmt: str, options: ExportOptions) -> Format:
-    """The format row of ``fmt`` once ``options`` fit it; else one-line UserError naming the field."""
+def validate(fmt: str, options: ExportOptions, *, triton: bool = False) -> Format:
+    """The format row of ``fmt`` once ``options`` fit it (and a Triton repository entry, with ``triton``); else
+    one-line UserError naming the field."""
     if fmt not in FORMATS:
         raise UserError(f"unknown export format fmt={fmt!r}; use one of {', '.join(FORMATS)}")
     spec = FORMAT[fmt]
@@ -62,6 +65,12 @@ def validate(fmt: str, options: ExportOptions) -> Format:
             raise UserError(f"{name}={value} must be at least 1")
     if options.int8_weights is not None and options.int8_weights not in INT8_WEIGHTS:
         raise UserError(f"int8_weights={options.int8_weights!r}: use {' or '.join(map(repr, INT8_WEIGHTS))}")
+    if triton:
+        refused = [name for name in options.asked() if name not in TRITON_OPTIONS]
+        if refused:
+            raise UserError(f"{', '.join(refused)} {'does' if len(refused) == 1 else 'do'} not apply to a Triton "
+                            "repository (its backend sets the format, max_batch the batch, int8 weights are 7-bit); "
+                            "drop them")
     refused = [name for name in options.asked() if name not in spec.options]
     if refused:
         name = refused[0]
@@ -85,18 +94,20 @@ def _why(spec: Format, name: str) -> str:
     return ""
 
 
-def from_keywords(options: ExportOptions | None, keywords: dict, caller: str, stacklevel: int = 3) -> ExportOptions:
-    """``options``, or the deprecated keyword arguments of ``caller`` mapped onto the record (with a
-    DeprecationWarning naming them); both at once is refused."""
+def from_keywords(record, keywords: dict, caller: str, parameter: str = "options", stacklevel: int = 3,
+                  cls: type = ExportOptions):
+    """``record``, or the deprecated keyword arguments of ``caller`` mapped onto a ``cls`` record (with a
+    DeprecationWarning naming them and ``parameter``, what replaces them); both at once is refused."""
     if not keywords:
-        return options or ExportOptions()
-    unknown = [k for k in keywords if k not in NAMES]
+        return record if record is not None else cls()
+    names = [f.name for f in fields(cls)]
+    unknown = [k for k in keywords if k not in names]
     if unknown:
         raise TypeError(f"{caller}() got unexpected keyword argument(s) {', '.join(unknown)}")
-    if options is not None:
-        raise TypeError(f"{caller}() takes options=ExportOptions(...) or the deprecated keywords "
+    if record is not None:
+        raise TypeError(f"{caller}() takes {parameter}={cls.__name__}(...) or the deprecated keywords "
                         f"({', '.join(keywords)}), not both")
     warnings.warn(f"{caller}({', '.join(f'{k}=' for k in keywords)}...) is deprecated; pass "
-                  f"options=ExportOptions({', '.join(f'{k}=...' for k in keywords)})", DeprecationWarning,
+                  f"{parameter}={cls.__name__}({', '.join(f'{k}=...' for k in keywords)})", DeprecationWarning,
                   stacklevel=stacklevel)
-    return ExportOptions(**keywords)
+    return cls(**keywords)

@@ -66,7 +66,7 @@ class ServedModel:
         self.task = get_task(self.meta.task)
         self.name = name or self.meta.model
         if not self.name.replace("_", "").replace("-", "").replace(".", "").isalnum():
-            raise UserError(f"model name {self.name!r} must be letters, digits, '_', '-' or '.'; pass --name")
+            raise UserError(f"model name {self.name!r} must be letters, digits, '_', '-' or '.'; pass another name")
         pre = self.meta.preprocessing
         self.input_shape = tuple(int(v) for v in pre.input_size)  # (C, H, W)
         self.need = max(int(pre.resize), *self.input_shape[1:])  # JPEG draft decoding keeps sides >= this

@@ -3,7 +3,8 @@ runs (our exports and the peers') and :func:`load`, which a worker process calls
 
 * ``ours``: ``mobilenets.create_model(name)`` exported by :func:`~mobilenets.deploy.export.export_model`
   (BN folded, GlobalAveragePool, parity-checked) and run by the format table's runners
-  (:func:`~mobilenets.deploy.open.open_runner`), plus eager PyTorch (batch 1 only: at batch 32 one eager run takes seconds on a busy machine).
+  (:func:`~mobilenets.deploy.open.open_runner`), plus eager PyTorch (batch 1 only: at batch 32 one eager run
+  takes seconds on a busy machine).
 * ``peer``: torchvision's ``mobilenet_v2`` / ``mobilenet_v3_large`` / ``mobilenet_v3_small`` and timm's
   ``mobilenetv1_100``, ``mobilenetv2_140``, ``mobilenetv4_*`` and ``mobilenetv5_*`` (built by timm, random init:
   nothing is downloaded), exported with plain ``torch.onnx.export`` (its defaults: the dynamo exporter, opset 18)
