@@ -121,3 +121,13 @@ def test_export_job_cuts_calibration_into_whole_batches():
     assert [b.shape for b in job.calibration_batches()] == [(4, 3), (4, 3)]
     assert [b.shape for b in job.calibration_batches(16)] == [(16, 3)]  # fewer images than a batch: repeated
     assert Writer(save=lambda f, p: None, open=None).unchecked == ""
+
+
+def test_run_bench_takes_a_record_and_its_old_keywords():
+    from mobilenets.deploy.bench import BenchOptions, run_bench
+
+    with pytest.raises(UserError, match=r"^threads=0 must be at least 1$"):
+        run_bench(BenchOptions(threads=0))
+    with pytest.warns(DeprecationWarning, match=r"pass options=BenchOptions\(threads=\.\.\.\)"), \
+            pytest.raises(UserError, match=r"^threads=0 must be at least 1$"):
+        run_bench(threads=0)

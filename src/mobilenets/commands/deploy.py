@@ -183,15 +183,15 @@ def triton_command(args: argparse.Namespace, options: ExportOptions) -> int:
 
 
 def bench_command(args: argparse.Namespace) -> int:
-    from ..deploy.bench import format_table, run_bench
+    from ..deploy.bench import BenchOptions, format_table, run_bench
 
-    report = run_bench(
-        models=parse_list(args.models, "models"),
-        backends=parse_list(args.backends, "backends") if args.backends else None,
-        batches=parse_list(args.batch, "batch", int), threads=args.threads, rounds=args.rounds,
-        large_batch_rounds=args.large_batch_rounds, resolution=args.resolution,
-        tuned_peers=args.tuned_peers, int8=args.int8, calibration=args.calibration_data,
-        progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+    options = BenchOptions(
+        models=tuple(parse_list(args.models, "models")),
+        backends=tuple(parse_list(args.backends, "backends")) if args.backends else None,
+        batches=tuple(parse_list(args.batch, "batch", int)), threads=args.threads, rounds=args.rounds,
+        large_batch_rounds=args.large_batch_rounds, resolution=args.resolution, tuned_peers=args.tuned_peers,
+        int8=args.int8, calibration=args.calibration_data)
+    report = run_bench(options, progress=lambda msg: print(msg, file=sys.stderr, flush=True))
     print(json.dumps(report.to_json(), indent=1) if args.json else format_table(report))
     return 0
 
