@@ -52,8 +52,8 @@ def test_the_table_is_the_only_runner_registry():
 @pytest.mark.parametrize("fmt, options, words", [
     ("coreml", ExportOptions(int8=True), "int8 is not available for fmt='coreml'"),
     ("litert", ExportOptions(dynamic_batch=True), "dynamic_batch is not available for fmt='litert'"),
-    ("onnx", ExportOptions(nhwc=True), "nhwc is not available for fmt='onnx' (its input is NCHW); it is offered by "
-                                       "fmt=litert"),
+    ("onnx", ExportOptions(nhwc=True), "nhwc is not available for fmt='onnx' (its input is NCHW); drop it or use a "
+                                       "format that offers it (litert)"),
     ("executorch", ExportOptions(int8=True, int8_weights="8bit"), "int8_weights is not available for "
                                                                   "fmt='executorch'"),
     ("onnx", ExportOptions(batch=0), "batch=0 must be at least 1"),

@@ -180,8 +180,9 @@ def test_coreml_predict_says_it_needs_macos_in_one_line(mlpackage, tmp_path, cap
 # ------------------------------------------------------------------------------------------------- bad flags
 @pytest.mark.parametrize("flags, message", [
     (["--format", "coreml", "--int8", "--calibration-data", "fashion-mnist"],
-     "--int8 is not available for --format coreml"),
-    (["--format", "executorch", "--dynamic-batch"], "--dynamic-batch is not available for --format executorch"),
+     "int8 is not available for fmt='coreml'; drop it"),
+    (["--format", "executorch", "--dynamic-batch"], "dynamic_batch is not available for fmt='executorch' (the file "
+                                                    "has a fixed batch; pass batch=N); drop it"),
     (["--format", "ort", "--out", "x.onnx"], "must end in .ort"),
 ])
 def test_bad_flag_combinations_are_refused_in_one_line(flags, message, tmp_path, capsys, monkeypatch):

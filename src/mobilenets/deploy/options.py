@@ -75,8 +75,8 @@ def validate(fmt: str, options: ExportOptions, *, triton: bool = False) -> Forma
     if refused:
         name = refused[0]
         offered = ", ".join(f.name for f in FORMAT.values() if name in f.options)
-        raise UserError(f"{name} is not available for fmt={fmt!r}" + _why(spec, name)
-                        + (f"; it is offered by fmt={offered}" if offered else "") + ": drop it")
+        raise UserError(f"{name} is not available for fmt={fmt!r}{_why(spec, name)}; drop it"
+                        + (f" or use a format that offers it ({offered})" if offered else ""))
     if options.int8_weights is not None and not options.int8:
         raise UserError("int8_weights is for int8=True; add int8 or drop it")
     if options.calibration_data is not None and not options.int8:

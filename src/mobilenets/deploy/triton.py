@@ -54,7 +54,7 @@ from .open import open_runner
 from .options import ExportOptions, from_keywords, validate
 
 TRITON_BACKENDS = ("onnxruntime", "openvino")
-FORMAT = {"onnxruntime": "onnx", "openvino": "openvino"}  # the export format each Triton backend serves
+EXPORT_FORMAT = {"onnxruntime": "onnx", "openvino": "openvino"}  # the export format each Triton backend serves
 MODEL_FILE = {"onnxruntime": "model.onnx", "openvino": "model.xml"}
 LABELS_FILE = "labels.txt"
 VERSION = "1"
@@ -151,7 +151,7 @@ def export_triton(model: nn.Module, meta: CheckpointMeta, repository: str | os.P
     backend = triton.backend
     if backend not in TRITON_BACKENDS:
         raise UserError(f"backend={backend!r} is not one of {', '.join(TRITON_BACKENDS)}")
-    validate(FORMAT[backend], options, triton=True)
+    validate(EXPORT_FORMAT[backend], options, triton=True)
     name = triton.name if triton.name is not None else f"{meta.model}{'_int8' if options.int8 else ''}"
     if not NAME.fullmatch(name):
         raise UserError(f"name={name!r} is not a Triton model name; use letters, digits, '_', '-' and '.', "
@@ -171,7 +171,7 @@ def export_triton(model: nn.Module, meta: CheckpointMeta, repository: str | os.P
         with staged(target, "repository", parent=_staging_parent(repository)) as tmp:
             model_file = tmp / VERSION / MODEL_FILE[backend]
             try:
-                result = export_model(model, meta, model_file, FORMAT[backend],
+                result = export_model(model, meta, model_file, EXPORT_FORMAT[backend],
                                       options.replace(dynamic_batch=max_batch > 0))
             except UserError as e:  # name the repository entry, not the staging folder
                 raise UserError(str(e).replace(str(tmp), str(target))) from e
