@@ -29,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ...errors import UserError
 from ..files import failing_as, optional_import, quiet_native_stderr, require
 from ..keys import PROPERTY_PREFIX
 from ..runtime import Runner, meta_of
@@ -146,20 +145,19 @@ def read_properties(path_or_bytes: str | Path | bytes) -> dict[str, str]:
     from ai_edge_litert import schema_py_generated as schema
 
     data = path_or_bytes if isinstance(path_or_bytes, (bytes, bytearray)) else Path(path_or_bytes).read_bytes()
-    try:
+    what = path_or_bytes if not isinstance(path_or_bytes, bytes) else "the model"
+    out = {}
+    # a damaged flatbuffer fails in many ways
+    with failing_as(f"{what} is not a readable .tflite file", "pass a file written by 'mobilenets export' with "
+                    "fmt='litert'"):
         if not schema.Model.ModelBufferHasIdentifier(data, 0):
             raise ValueError("no TFL3 identifier")
         model = schema.Model.GetRootAs(data, 0)
-        out = {}
         for i in range(model.MetadataLength()):
             entry = model.Metadata(i)
             name = _name(entry.Name())
             if name.startswith(PROPERTY_PREFIX):
                 out[name] = model.Buffers(entry.Buffer()).DataAsNumpy().tobytes().decode()
-    except Exception as e:  # noqa: BLE001 - a damaged flatbuffer fails in many ways
-        raise UserError(f"{path_or_bytes if not isinstance(path_or_bytes, bytes) else 'the model'} is not a "
-                        f"readable .tflite file ({type(e).__name__}); pass a file written by "
-                        "'mobilenets export' with fmt='litert'") from e
     return out
 
 
@@ -226,8 +224,7 @@ def _to_float(y: np.ndarray, detail: dict) -> np.ndarray:
 def writer(job: ExportJob) -> Writer:
     """Convert ``job``'s model (BatchNorm folded) to LiteRT, int8 when asked, with an NHWC input when
     ``job.nhwc``, once; the Writer saves it with its properties for the exporter's parity-or-delete
-    (:func:`mobilenets.deploy.export.export_model`)."""
-    check(job.int8)
+    (:func:`mobilenets.deploy.export.export_model`, which ran :func:`check` first)."""
     nhwc = job.nhwc
     model = convert(job.fused, tuple(job.meta.preprocessing.input_size), batch=job.batch, nhwc=nhwc)
     layout = "NHWC" if nhwc else "NCHW"
