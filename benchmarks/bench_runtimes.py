@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from mobilenets.deploy.bench import MODELS, format_table, run_bench
+from mobilenets.deploy.bench import MODELS, BenchOptions, format_table, run_bench
 
 
 def main():
@@ -32,11 +32,10 @@ def main():
         out.with_suffix(".md").write_text(format_table(report) + "\n")
         out.with_suffix(".json").write_text(json.dumps(report.to_json(), indent=1))
 
-    report = run_bench(models=args.models.split(","), batches=[int(b) for b in args.batch.split(",")],
-                       threads=args.threads, rounds=args.rounds, large_batch_rounds=args.large_batch_rounds,
-                       resolution=args.resolution,
-                       tuned_peers=True, int8=not args.no_int8, on_block=save,
-                       progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+    options = BenchOptions(models=tuple(args.models.split(",")), batches=tuple(int(b) for b in args.batch.split(",")),
+                           threads=args.threads, rounds=args.rounds, large_batch_rounds=args.large_batch_rounds,
+                           resolution=args.resolution, tuned_peers=True, int8=not args.no_int8)
+    report = run_bench(options, on_block=save, progress=lambda msg: print(msg, file=sys.stderr, flush=True))
     save(report)
     print(format_table(report))
 

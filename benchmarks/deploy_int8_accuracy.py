@@ -14,7 +14,7 @@ import torch
 
 from mobilenets.checkpoint import load_checkpoint
 from mobilenets.data.samples import fashion_mnist_inputs
-from mobilenets.deploy import export_model, open_runner
+from mobilenets.deploy import ExportOptions, export_model, open_runner
 from mobilenets.deploy.accuracy import accuracy
 
 
@@ -38,11 +38,13 @@ def main():
 
         stem = Path(ckpt).stem
         base = accuracy(eager, images, labels)
-        fp32 = export_model(model, meta, work / f"{stem}.onnx", "onnx", parity_data="fashion-mnist")
-        nncf = export_model(model, meta, work / f"{stem}_int8.xml", "openvino", int8=True,
-                            calibration_data="fashion-mnist", calibration_n=args.calibration_samples)
-        qdq = export_model(model, meta, work / f"{stem}_int8.onnx", "onnx", int8=True,
-                           calibration_data="fashion-mnist", calibration_n=args.calibration_samples)
+        fp32 = export_model(model, meta, work / f"{stem}.onnx", "onnx", ExportOptions(parity_data="fashion-mnist"))
+        nncf = export_model(model, meta, work / f"{stem}_int8.xml", "openvino",
+                            ExportOptions(int8=True, calibration_data="fashion-mnist",
+                                          calibration_n=args.calibration_samples))
+        qdq = export_model(model, meta, work / f"{stem}_int8.onnx", "onnx",
+                           ExportOptions(int8=True, calibration_data="fashion-mnist",
+                                         calibration_n=args.calibration_samples))
         figures = [accuracy(open_runner(fp32.path, "onnxruntime").run, images, labels),
                    accuracy(open_runner(nncf.path, "openvino").run, images, labels),
                    accuracy(open_runner(qdq.path, "onnxruntime").run, images, labels),

@@ -104,7 +104,7 @@ def main() -> None:
 
     from mobilenets.checkpoint import load_checkpoint
     from mobilenets.data.samples import fashion_mnist_inputs
-    from mobilenets.deploy import export_model
+    from mobilenets.deploy import ExportOptions, export_model
     from mobilenets.deploy.accuracy import accuracy
 
     logging.basicConfig(level=logging.WARNING)
@@ -124,8 +124,9 @@ def main() -> None:
     files = []
     for i, (label, fmt, options, backend) in enumerate(VARIANTS):
         t = time.perf_counter()
-        result = export_model(model, meta, work / f"v{i}{SUFFIX[fmt]}", fmt, int8=True,
-                              calibration_data="fashion-mnist", calibration_n=args.calibration_samples, **options)
+        result = export_model(model, meta, work / f"v{i}{SUFFIX[fmt]}", fmt,
+                              ExportOptions(int8=True, calibration_data="fashion-mnist",
+                                            calibration_n=args.calibration_samples, **options))
         files.append({"label": label, "path": str(result.path), "backend": backend,
                       "settings": result.details, "export_seconds": time.perf_counter() - t})
         print(f"exported {label} in {time.perf_counter() - t:.0f} s", flush=True)

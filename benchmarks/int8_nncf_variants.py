@@ -5,7 +5,7 @@ mobilenets.deploy.quantize (the squeeze-excite Multiply kept in fp32), which is 
 
     .venv/bin/python benchmarks/int8_nncf_variants.py
 
-Every variant is saved as IR and loaded by the package's runner (mobilenets.deploy.runtime.OpenVinoRunner, so
+Every variant is saved as IR and loaded by the package's runner (mobilenets.deploy.formats.openvino.OpenVinoRunner, so
 its CPU settings are the ones measured); the pinned variants compile the same model with the runner's settings
 read back from its compiled model, plus ENABLE_CPU_PINNING.
 """
@@ -26,9 +26,9 @@ import mobilenets
 from mobilenets.checkpoint import CheckpointMeta
 from mobilenets.deploy import export_model
 from mobilenets.deploy.bench.harness import interleave, timed
+from mobilenets.deploy.formats.openvino import OpenVinoRunner
 from mobilenets.deploy.openvino_io import from_onnx, save_ir
 from mobilenets.deploy.quantize import quantize_openvino
-from mobilenets.deploy.runtime import OpenVinoRunner
 from mobilenets.preprocessing import Preprocessing
 
 RUNNER_SETTINGS = ("INFERENCE_PRECISION_HINT", "INFERENCE_NUM_THREADS")  # what OpenVinoRunner sets

@@ -19,9 +19,9 @@ import torch
 
 from mobilenets.checkpoint import load_checkpoint
 from mobilenets.data.samples import fashion_mnist_inputs, sample_inputs
-from mobilenets.deploy import export_model, open_runner
+from mobilenets.deploy import ExportOptions, export_model, open_runner
 from mobilenets.deploy.accuracy import accuracy
-from mobilenets.deploy.litert import LiteRTRunner, op_counts, with_properties
+from mobilenets.deploy.formats.litert import LiteRTRunner, op_counts, with_properties
 from mobilenets.deploy.onnx_graph import fold_batchnorm
 
 
@@ -70,10 +70,11 @@ def main():
 
         stem = Path(ckpt).parent.name if Path(ckpt).stem in ("last", "best") else Path(ckpt).stem
         base = accuracy(eager, images, labels)
-        fp32 = export_model(model, meta, work / f"{stem}.tflite", "litert", parity_data="fashion-mnist")
+        fp32 = export_model(model, meta, work / f"{stem}.tflite", "litert", ExportOptions(parity_data="fashion-mnist"))
         t = time.time()
-        aeq = export_model(model, meta, work / f"{stem}_int8.tflite", "litert", int8=True,
-                           calibration_data="fashion-mnist", calibration_n=args.calibration_samples)
+        aeq = export_model(model, meta, work / f"{stem}_int8.tflite", "litert",
+                           ExportOptions(int8=True, calibration_data="fashion-mnist",
+                                         calibration_n=args.calibration_samples))
         aeq_s = time.time() - t
         calibration = sample_inputs(meta.preprocessing, "fashion-mnist", args.calibration_samples, split="train",
                                     seed=0)

@@ -20,7 +20,7 @@ CHILD = r"""
 import dataclasses, json, sys, time, logging
 from pathlib import Path
 import torch
-from mobilenets.deploy import export_model
+from mobilenets.deploy import ExportOptions, export_model
 from mobilenets.deploy.source import meta_for
 from mobilenets.registry import create_model, get_entry
 logging.basicConfig(level=logging.ERROR)
@@ -36,15 +36,15 @@ for m in model.modules():
 meta = dataclasses.replace(meta_for(model, name, {}), task=entry.task)
 row = {"model": name, "task": entry.task, "px": meta.preprocessing.input_size[-1]}
 t = time.time()
-r = export_model(model, meta, out, "litert", parity_n=2)
+r = export_model(model, meta, out, "litert", ExportOptions(parity_n=2))
 row.update(fp32_s=round(time.time() - t, 1), fp32_bytes=Path(out).stat().st_size,
            max_abs_diff=r.parity.max_abs_diff, agreement=r.parity.agreement, what=r.parity.what,
            ops=r.details.get("ops"))
 if int8:
     q = out.replace(".tflite", "_int8.tflite")
     t = time.time()
-    r8 = export_model(model, meta, q, "litert", int8=True, calibration_data="fashion-mnist", calibration_n=64,
-                      parity_n=16, min_agreement=0.0)
+    r8 = export_model(model, meta, q, "litert", ExportOptions(int8=True, calibration_data="fashion-mnist",
+                                                              calibration_n=64, parity_n=16, min_agreement=0.0))
     row.update(int8_s=round(time.time() - t, 1), int8_bytes=Path(q).stat().st_size,
                int8_agreement_random_weights=r8.parity.agreement)
 print("ROW " + json.dumps(row))

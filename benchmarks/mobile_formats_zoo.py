@@ -21,7 +21,7 @@ import torch
 
 import mobilenets
 from mobilenets.checkpoint import CheckpointMeta, Preprocessing
-from mobilenets.deploy import export_model
+from mobilenets.deploy import ExportOptions, export_model
 from mobilenets.deploy.source import meta_for
 from mobilenets.errors import UserError
 from mobilenets.registry import list_models
@@ -45,9 +45,10 @@ def try_export(model, meta, folder: Path, fmt: str, int8: bool) -> dict:
     out = folder / f"{meta.model}_{'int8' if int8 else 'fp32'}{suffix}"
     t = time.perf_counter()
     try:
-        result = export_model(model, meta, out, fmt, parity_n=4 if not int8 else 16, int8=int8,
-                              calibration_data="fashion-mnist" if int8 else None, calibration_n=32,
-                              min_agreement=0.0 if int8 else None)
+        result = export_model(model, meta, out, fmt,
+                              ExportOptions(parity_n=4 if not int8 else 16, int8=int8,
+                                            calibration_data="fashion-mnist" if int8 else None, calibration_n=32,
+                                            min_agreement=0.0 if int8 else None))
     except UserError as e:
         return {"ok": False, "why": str(e)[:300], "seconds": round(time.perf_counter() - t, 1)}
     except Exception as e:  # noqa: BLE001 - a converter crash is a finding, not the end of the table

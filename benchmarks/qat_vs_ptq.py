@@ -58,6 +58,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     from mobilenets.checkpoint import load_checkpoint
     from mobilenets.data.samples import fashion_mnist_inputs
+    from mobilenets.deploy import ExportOptions
     from mobilenets.deploy.accuracy import accuracy
     from mobilenets.deploy.export import export_model
     from mobilenets.deploy.formats import RUNS_ON, installed
@@ -94,7 +95,7 @@ def main() -> int:
         accs = {}
         for kind, (model, meta) in (("ptq", (float_model, float_meta)), ("qat", (qat_model, qat_meta))):
             path = args.workdir / f"{kind}_{fmt}{suffix}"
-            result = export_model(model, meta, path, fmt, int8=True, calibration_data="fashion-mnist")
+            result = export_model(model, meta, path, fmt, ExportOptions(int8=True, calibration_data="fashion-mnist"))
             runner = open_runner(path, backend=backend)
             accs[kind] = {"accuracy": accuracy(runner.run, images, labels), "scheme": result.details.get("scheme"),
                           "parity": str(result.parity)}

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from mobilenets.deploy import ExportOptions
 from mobilenets.deploy.export import export_model
 from mobilenets.deploy.source import load_source
 from mobilenets.serve.client import Client
@@ -68,7 +69,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         model, meta = load_source(args.model)
         path = Path(tmp) / f"{args.model}.onnx"
-        export_model(model, meta, path, "onnx", dynamic_batch=True)
+        export_model(model, meta, path, "onnx", ExportOptions(dynamic_batch=True))
         proc, url, banner = start_server(path, args.backend, args.threads, [])
         try:
             c = Client(url)

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mobilenets.deploy import ExportOptions
 from mobilenets.deploy.export import export_model
 from mobilenets.deploy.open import open_runner
 from mobilenets.deploy.source import load_source
@@ -141,7 +142,7 @@ def main():
         for name in args.models.split(","):
             model, meta = load_source(name)
             path = Path(tmp) / f"{name}.onnx"
-            export_model(model, meta, path, "onnx", dynamic_batch=True)
+            export_model(model, meta, path, "onnx", ExportOptions(dynamic_batch=True))
             served = ServedModel(open_runner(path, args.backend, args.threads))
             if served.backend != "torch":
                 torch.set_num_threads(1)  # as the server does: torch only resizes, one image at a time

@@ -27,7 +27,7 @@ import torch
 from mobilenets.checkpoint import load_checkpoint
 from mobilenets.data.loaders import DataConfig
 from mobilenets.data.scenes import FashionScenes, SceneConfig, export_scenes
-from mobilenets.deploy import export_model, open_runner
+from mobilenets.deploy import ExportOptions, export_model, open_runner
 from mobilenets.heads.detection import postprocess_detections
 from mobilenets.heads.yolo import detections_to_dict
 from mobilenets.tasks import get_task
@@ -104,9 +104,10 @@ def main() -> int:
         for label, fmt, int8, backend in FILES:
             out = args.workdir / f"{head.split()[0]}_{fmt}_{'int8' if int8 else 'fp32'}{SUFFIX[fmt]}"
             start = time.perf_counter()
-            result = export_model(reading, meta, out, fmt, int8=int8, calibration_data=str(calibration) if int8
-                                  else None, calibration_n=args.calibration_n, parity_data=str(parity),
-                                  parity_n=args.parity_n)
+            result = export_model(reading, meta, out, fmt,
+                                  ExportOptions(int8=int8, calibration_data=str(calibration) if int8 else None,
+                                                calibration_n=args.calibration_n, parity_data=str(parity),
+                                                parity_n=args.parity_n))
             seconds = time.perf_counter() - start
             runner = open_runner(out, backend=backend, threads=args.threads)
             got = score(RunnerDetector(runner, model.num_classes))

@@ -12,41 +12,15 @@ import torch
 
 import mobilenets
 from checks import one_line_error
-from mobilenets.checkpoint import CheckpointMeta, Preprocessing, save_checkpoint
+from mobilenets.checkpoint import CheckpointMeta, save_checkpoint
 from mobilenets.cli import main
-from mobilenets.deploy import export_model, open_runner
+from mobilenets.deploy import ExportOptions, export_model, open_runner
 from mobilenets.deploy.formats import META_KEY, OPSET
 from mobilenets.deploy.onnx_graph import fold_batchnorm
+from small_models import OPTIONS, SIZE, dense_checkpoint, small_model
 
 onnx = pytest.importorskip("onnx")  # the test extra installs it; a bare install skips
 pytest.importorskip("onnxruntime")
-
-OPTIONS = {"num_classes": 10, "in_chans": 1, "width_multiplier": 0.5}
-SIZE = 64
-
-
-def small_model(name: str = "mobilenet_v3_small", seed: int = 0, in_chans: int = 1
-                ) -> tuple[torch.nn.Module, CheckpointMeta]:
-    """A small random model whose logits are O(1) and depend on the input, so parity checks mean something (a
-    freshly initialised MobileNet in eval mode gives ~1e-9 logits, the same for every input, where any export
-    'agrees'): random BN affine parameters, running statistics measured on random inputs."""
-    torch.manual_seed(seed)
-    options = {**OPTIONS, "in_chans": in_chans}
-    model = mobilenets.create_model(name, **options)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.2, 0.2)
-            m.momentum = None  # cumulative average over the calibration batches below
-    torch.nn.init.normal_(model.classifier.weight, std=0.5)
-    model.train()
-    with torch.no_grad():
-        for _ in range(3):
-            model(torch.randn(8, in_chans, SIZE, SIZE))
-    pre = Preprocessing(input_size=(in_chans, SIZE, SIZE), resize=SIZE, mean=(0.5,) * in_chans, std=(0.5,) * in_chans)
-    meta = CheckpointMeta(model=name, options=options, class_names=[f"c{i}" for i in range(10)], preprocessing=pre)
-    return model.eval(), meta
-
 
 @pytest.fixture(scope="module")
 def model_meta():
@@ -57,7 +31,7 @@ def model_meta():
 def exported(model_meta, tmp_path_factory):
     model, meta = model_meta
     out = tmp_path_factory.mktemp("export") / "v3s.onnx"
-    return export_model(model, meta, out, "onnx", dynamic_batch=True)
+    return export_model(model, meta, out, "onnx", ExportOptions(dynamic_batch=True))
 
 
 def test_eager_logits_are_not_degenerate(model_meta):
@@ -104,7 +78,7 @@ def test_parity_report_and_runner_match_eager(exported, model_meta):
 
 def test_exported_program_round_trip(tmp_path):
     model, meta = small_model("mobilenet_v1")  # the shortest network: torch.export is the slow part
-    result = export_model(model, meta, tmp_path / "v1.pt2", "exported-program", parity_n=4)
+    result = export_model(model, meta, tmp_path / "v1.pt2", "exported-program", ExportOptions(parity_n=4))
     assert result.parity.passed and result.parity.max_abs_diff < result.parity.tolerance
     runner = open_runner(result.path, backend="torch")
     assert runner.meta.model == "mobilenet_v1" and runner.meta.options == OPTIONS and runner.batch == 1
@@ -128,7 +102,7 @@ def test_export_refuses_a_file_that_fails_parity(model_meta, tmp_path, monkeypat
     monkeypatch.setattr(export_module, "fold_batchnorm", broken_fold)
     out = tmp_path / "bad.onnx"
     with pytest.raises(mobilenets.UserError, match="refusing to write"):
-        export_model(model, meta, out, "onnx", parity_n=4)
+        export_model(model, meta, out, "onnx", ExportOptions(parity_n=4))
     assert list(tmp_path.iterdir()) == []  # neither the file nor a temporary left behind
 
 
@@ -183,21 +157,8 @@ def test_cli_missing_optional_runtime_names_the_extra(tmp_path, capsys, monkeypa
 
 
 # ----------------------------------------------------------------------------------------- every task
-def _dense_checkpoint(task: str, folder, size=(96, 96)):
-    torch.manual_seed(0)
-    name = "ssdlite" if task == "detect" else "lraspp"
-    model = mobilenets.create_model(name, backbone="mobilenet_v3_small", num_classes=4, width_multiplier=0.5)
-    meta = CheckpointMeta(model=name, options=dict(model.arch_options), task=task,
-                          class_names=["background", "a", "b", "c"],
-                          preprocessing=Preprocessing(input_size=(3, *size), resize=size[0], mean=(0.5,) * 3,
-                                                      std=(0.5,) * 3))
-    path = folder / f"{task}.safetensors"
-    save_checkpoint(path, model.eval(), meta)
-    return model.eval(), meta, path
-
-
 def test_detector_exports_decoded_boxes_and_scores_with_its_nms_settings(tmp_path):
-    model, meta, _ = _dense_checkpoint("detect", tmp_path)
+    model, meta, _ = dense_checkpoint("detect", tmp_path)
     result = export_model(model, meta, tmp_path / "det.onnx")
     report = result.parity
     assert report.passed and report.max_abs_diff < 1e-3 and report.agreement >= 0.9
@@ -209,8 +170,8 @@ def test_detector_exports_decoded_boxes_and_scores_with_its_nms_settings(tmp_pat
 
 
 def test_segmenter_exports_logits_at_the_input_size_with_a_dynamic_batch(tmp_path):
-    model, meta, _ = _dense_checkpoint("segment", tmp_path, size=(80, 112))
-    result = export_model(model, meta, tmp_path / "seg.onnx", dynamic_batch=True)
+    model, meta, _ = dense_checkpoint("segment", tmp_path, size=(80, 112))
+    result = export_model(model, meta, tmp_path / "seg.onnx", options=ExportOptions(dynamic_batch=True))
     assert result.parity.passed and result.parity.agreement == 1.0
     runner = open_runner(result.path, backend="onnxruntime")
     assert runner.batch is None
@@ -224,9 +185,10 @@ def test_segmenter_exports_logits_at_the_input_size_with_a_dynamic_batch(tmp_pat
 def test_detector_int8_goes_through_the_same_exporter(tmp_path):
     """ONNX Runtime QDQ int8 of a detector: the task judges it (confident detections kept), the NMS settings
     travel with it."""
-    model, meta, _ = _dense_checkpoint("detect", tmp_path)
-    result = export_model(model, meta, tmp_path / "det_int8.onnx", int8=True, calibration_data="fashion-mnist",
-                          calibration_n=16, parity_n=4)
+    model, meta, _ = dense_checkpoint("detect", tmp_path)
+    result = export_model(model, meta, tmp_path / "det_int8.onnx",
+                          options=ExportOptions(int8=True, calibration_data="fashion-mnist", calibration_n=16,
+                                                parity_n=4))
     assert result.precision == "int8" and result.details["scheme"] == "onnxruntime-qdq" and result.parity.passed
     runner = open_runner(result.path, backend="onnxruntime")
     assert runner.properties["mobilenets.precision"] == "int8" and "mobilenets.postprocess" in runner.properties
@@ -237,7 +199,7 @@ def test_detector_int8_goes_through_the_same_exporter(tmp_path):
 def test_dense_checkpoint_runs_the_same_on_torch_and_onnxruntime(task, tmp_path, monkeypatch):
     """open_runner(ckpt, "torch") runs the task's export module, so its outputs equal the cached export's."""
     monkeypatch.setenv("MOBILENETS_CACHE", str(tmp_path / "cache"))
-    _, meta, ckpt = _dense_checkpoint(task, tmp_path)
+    _, meta, ckpt = dense_checkpoint(task, tmp_path)
     eager, exported = open_runner(ckpt, "torch"), open_runner(ckpt, "onnxruntime")
     assert exported.path.parent == tmp_path / "cache" / "exports" and exported.meta == eager.meta == meta
     assert json.loads(exported.properties["mobilenets.parity"])["passed"]

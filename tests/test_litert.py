@@ -16,15 +16,15 @@ import torch
 
 from mobilenets.checkpoint import CheckpointMeta, save_checkpoint
 from mobilenets.cli import main
-from mobilenets.deploy import export_model, open_runner
+from mobilenets.deploy import ExportOptions, export_model, open_runner
 from mobilenets.deploy.formats import META_KEY, PARITY_KEY, PRECISION_KEY
 from mobilenets.errors import UserError
+from small_models import SIZE, small_model
 
 litert_torch = pytest.importorskip("litert_torch")  # make test installs it (Makefile: LITERT_PKGS)
 interpreter = pytest.importorskip("ai_edge_litert.interpreter")
 
 from checks import assert_int8_keeps_top1, one_line_error  # noqa: E402
-from test_export import SIZE, small_model  # noqa: E402
 
 # int8 vs fp32 top-1 on 64 Fashion-MNIST test images of a V3-Small trained once per test run (tests/trained.py):
 # measured 0.95-1.00; what int8 costs a fully trained checkpoint on all 10,000 images is in BENCHMARKS.md.
@@ -55,8 +55,9 @@ def tflite(model_meta, tmp_path_factory):
 @pytest.fixture(scope="module")
 def tflite_int8(model_meta, tflite):
     model, meta = model_meta
-    return export_model(model, meta, tflite[0].with_name("v3s_int8.tflite"), "litert", int8=True,
-                        calibration_data="fashion-mnist", calibration_n=32, parity_n=64, min_agreement=0.0)
+    return export_model(model, meta, tflite[0].with_name("v3s_int8.tflite"), "litert",
+                        ExportOptions(int8=True, calibration_data="fashion-mnist", calibration_n=32, parity_n=64,
+                                      min_agreement=0.0))
 
 
 def _eager(model, x):
@@ -142,7 +143,7 @@ def test_nhwc_input_for_camera_pipelines(tmp_path, capsys):
     np.testing.assert_allclose(runner.run(x), got, rtol=0, atol=1e-6)
     # only LiteRT offers it: one line naming the formats that do
     assert main(["export", str(ckpt), "--format", "onnx", "--nhwc", "--out", str(tmp_path / "x.onnx")]) == 2
-    assert "--nhwc is not available for --format onnx" in one_line_error(capsys) and not (tmp_path / "x.onnx").exists()
+    assert "nhwc is not available for fmt='onnx'" in one_line_error(capsys) and not (tmp_path / "x.onnx").exists()
 
 
 def test_predict_backend_litert_cli(tflite, model_meta, tmp_path, capsys):
@@ -199,6 +200,6 @@ def test_missing_runtime_is_refused_in_one_line_naming_the_extra(tflite, tmp_pat
 
 def test_dynamic_batch_is_refused_in_one_line(model_meta, tmp_path):
     model, meta = model_meta
-    with pytest.raises(UserError, match="--dynamic-batch is not available for --format litert"):
-        export_model(model, meta, tmp_path / "m.tflite", "litert", dynamic_batch=True)
+    with pytest.raises(UserError, match="dynamic_batch is not available for fmt='litert'"):
+        export_model(model, meta, tmp_path / "m.tflite", "litert", ExportOptions(dynamic_batch=True))
     assert not list(tmp_path.iterdir())

@@ -15,14 +15,14 @@ import torch
 
 from mobilenets.checkpoint import CheckpointMeta
 from mobilenets.cli import main
-from mobilenets.deploy import export_model, open_runner
+from mobilenets.deploy import ExportOptions, export_model, open_runner
 from mobilenets.deploy.formats import META_KEY, PARITY_KEY, PRECISION_KEY
+from small_models import SIZE, small_model
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from checks import assert_int8_keeps_top1  # noqa: E402
-from test_export import SIZE, small_model  # noqa: E402
 
 # int8 .pte vs fp32 .pte, top-1 on 64 Fashion-MNIST test images of a V1 trained once per test run
 # (tests/trained.py); what int8 costs a fully trained checkpoint is BENCHMARKS.md's "On-device formats" figure
@@ -48,7 +48,8 @@ def _images(n=4, seed=0):
 def pte(model_meta, tmp_path_factory):
     pytest.importorskip("executorch")
     model, meta = model_meta
-    return export_model(model, meta, tmp_path_factory.mktemp("pte") / "v3s.pte", "executorch", parity_n=8)
+    return export_model(model, meta, tmp_path_factory.mktemp("pte") / "v3s.pte", "executorch",
+                        ExportOptions(parity_n=8))
 
 
 @pytest.fixture(scope="module")
@@ -56,9 +57,10 @@ def pte_pair(pte, trained):
     """V1 (width 0.5, trained) fp32 and int8 .pte: PT2E int8 lowering takes 2-3x as long as fp32 and grows with
     the number of graph nodes, and V1 has about a fifth of V3-Small's."""
     model, meta, _ = trained("mobilenet_v1")
-    fp32 = export_model(model, meta, pte.path.with_name("v1.pte"), "executorch", parity_n=4)
-    int8 = export_model(model, meta, pte.path.with_name("v1_int8.pte"), "executorch", int8=True,
-                        calibration_data="fashion-mnist", calibration_n=32, parity_n=64, min_agreement=0.0)
+    fp32 = export_model(model, meta, pte.path.with_name("v1.pte"), "executorch", ExportOptions(parity_n=4))
+    int8 = export_model(model, meta, pte.path.with_name("v1_int8.pte"), "executorch",
+                        ExportOptions(int8=True, calibration_data="fashion-mnist", calibration_n=32, parity_n=64,
+                                      min_agreement=0.0))
     return fp32, int8
 
 
@@ -113,7 +115,7 @@ def test_predict_backend_executorch_cli(pte, model_meta, tmp_path, capsys):
 def test_ort_format_loads_in_onnxruntime_with_metadata_and_operator_config(model_meta, tmp_path):
     import onnxruntime as ort
     model, meta = model_meta
-    result = export_model(model, meta, tmp_path / "v3s.ort", "ort", parity_n=8)
+    result = export_model(model, meta, tmp_path / "v3s.ort", "ort", ExportOptions(parity_n=8))
     assert result.parity.passed and result.details["ort_target"] == "arm"
     session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
     properties = session.get_modelmeta().custom_metadata_map
@@ -178,8 +180,9 @@ def test_coreml_predict_says_it_needs_macos_in_one_line(mlpackage, tmp_path, cap
 # ------------------------------------------------------------------------------------------------- bad flags
 @pytest.mark.parametrize("flags, message", [
     (["--format", "coreml", "--int8", "--calibration-data", "fashion-mnist"],
-     "--int8 is not available for --format coreml"),
-    (["--format", "executorch", "--dynamic-batch"], "--dynamic-batch is not available for --format executorch"),
+     "int8 is not available for fmt='coreml'; drop it"),
+    (["--format", "executorch", "--dynamic-batch"], "dynamic_batch is not available for fmt='executorch' (the file "
+                                                    "has a fixed batch; pass batch=N); drop it"),
     (["--format", "ort", "--out", "x.onnx"], "must end in .ort"),
 ])
 def test_bad_flag_combinations_are_refused_in_one_line(flags, message, tmp_path, capsys, monkeypatch):

@@ -15,6 +15,7 @@ from checks import die_before_epoch
 from mobilenets import create_model
 from mobilenets.checkpoint import load_checkpoint, save_checkpoint
 from mobilenets.cli import main
+from mobilenets.deploy import ExportOptions
 from mobilenets.deploy.export import export_model
 from mobilenets.qat import SCHEME, WEIGHT_RANGE, FakeQuantized
 from synthetic_data import write_fashion
@@ -87,7 +88,7 @@ def test_qat_run_reloads_evaluates_exports(data, base, tmp_path):
     # int8 with the learned scales: no calibration data needed; the QDQ graph carries the activation scales
     onnx = pytest.importorskip("onnx")
     from onnx import numpy_helper
-    result = export_model(model, meta, tmp_path / "q.onnx", "onnx", int8=True)
+    result = export_model(model, meta, tmp_path / "q.onnx", "onnx", ExportOptions(int8=True))
     assert result.precision == "int8" and result.parity.passed
     assert result.details["scheme"] == "quantization-aware (learned scales)"
     proto = onnx.load(tmp_path / "q.onnx")
@@ -125,11 +126,12 @@ def test_qat_executorch_and_openvino_take_the_learned_scales(data, base, tmp_pat
     out = tmp_path / "qat"
     assert main(qat_args(data, base, out, epochs=1)) == 0
     model, meta = load_checkpoint(out / "last.safetensors")
-    result = export_model(model, meta, tmp_path / "q.pte", "executorch", int8=True)
+    result = export_model(model, meta, tmp_path / "q.pte", "executorch", ExportOptions(int8=True))
     assert result.parity.passed and result.details["scheme"] == "quantization-aware (learned scales)"
     assert result.details["delegate_calls"] >= 1
     pytest.importorskip("openvino")
-    result = export_model(model, meta, tmp_path / "q.xml", "openvino", int8=True)  # the QDQ graph, read by OpenVINO
+    # the QDQ graph, read by OpenVINO
+    result = export_model(model, meta, tmp_path / "q.xml", "openvino", ExportOptions(int8=True))
     assert result.parity.passed and result.details["scheme"] == "quantization-aware (learned scales)"
     xml = result.path.read_text()
     assert 'type="FakeQuantize"' in xml or 'type="FakeConvert"' in xml or 'element_type="i8"' in xml

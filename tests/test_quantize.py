@@ -10,7 +10,7 @@ import pytest
 
 from mobilenets.checkpoint import save_checkpoint
 from mobilenets.cli import main
-from mobilenets.deploy import export_model, open_runner
+from mobilenets.deploy import ExportOptions, export_model, open_runner
 from mobilenets.deploy.accuracy import accuracy_report
 from mobilenets.errors import UserError
 
@@ -48,8 +48,9 @@ def image_folder(tmp_path_factory):
 
 def test_onnxruntime_qdq_is_per_channel_and_close_to_fp32(model_meta, tmp_path, image_folder):
     model, meta = model_meta
-    result = export_model(model, meta, tmp_path / "q.onnx", "onnx", int8=True, calibration_data=str(image_folder),
-                          calibration_n=CALIB, min_agreement=0.0)
+    result = export_model(model, meta, tmp_path / "q.onnx", "onnx",
+                          ExportOptions(int8=True, calibration_data=str(image_folder), calibration_n=CALIB,
+                                        min_agreement=0.0))
     assert result.precision == "int8" and result.details["scheme"] == "onnxruntime-qdq"
     proto = onnx.load(str(result.path))
     ops = collections.Counter(n.op_type for n in proto.graph.node)
@@ -76,8 +77,9 @@ def test_openvino_nncf_int8(model_meta, tmp_path):
     pytest.importorskip("openvino")
     pytest.importorskip("nncf")
     model, meta = model_meta
-    result = export_model(model, meta, tmp_path / "q.xml", "openvino", int8=True, calibration_data="fashion-mnist",
-                          calibration_n=CALIB, parity_n=32, min_agreement=0.0)
+    result = export_model(model, meta, tmp_path / "q.xml", "openvino",
+                          ExportOptions(int8=True, calibration_data="fashion-mnist", calibration_n=CALIB, parity_n=32,
+                                        min_agreement=0.0))
     assert result.details["scheme"] == "nncf" and result.path.with_suffix(".bin").is_file()
     xml = result.path.read_text()
     assert 'type="FakeQuantize"' in xml or 'type="FakeConvert"' in xml
@@ -94,8 +96,9 @@ def test_openvino_nncf_int8(model_meta, tmp_path):
 def test_int8_refuses_when_agreement_is_too_low(model_meta, tmp_path):
     model, meta = model_meta
     with pytest.raises(UserError, match="refusing to write"):
-        export_model(model, meta, tmp_path / "q.onnx", "onnx", int8=True, calibration_data="fashion-mnist",
-                     calibration_n=8, parity_n=4, min_agreement=1.01)
+        export_model(model, meta, tmp_path / "q.onnx", "onnx",
+                     ExportOptions(int8=True, calibration_data="fashion-mnist", calibration_n=8, parity_n=4,
+                                   min_agreement=1.01))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -111,10 +114,10 @@ def test_cli_calibration_errors(model_meta, tmp_path, capsys):
                  "--out", str(out)]) == 2
     assert f"folder {empty} has no images" in one_line_error(capsys)
     assert main(["export", str(ckpt), "--int8", "--format", "onnx", "--out", str(out)]) == 2
-    assert "--int8 needs --calibration-data" in one_line_error(capsys)
+    assert "int8=True needs calibration_data" in one_line_error(capsys)
     assert main(["export", str(ckpt), "--int8", "--format", "exported-program", "--calibration-data",
                  "fashion-mnist", "--out", str(tmp_path / "q.pt2")]) == 2
-    assert "--int8 is not available for --format exported-program" in one_line_error(capsys)
+    assert "int8 is not available for fmt='exported-program'" in one_line_error(capsys)
     assert not out.exists() and not (tmp_path / "q.pt2").exists()
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
 
@@ -143,16 +146,16 @@ def test_int8_weight_range(model_meta, tmp_path, capsys, fmt):
     ranges, suffix = {}, ".onnx" if fmt == "onnx" else ".xml"
     for weights in (None, "8bit"):
         result = export_model(model, meta, tmp_path / f"{weights}{suffix}", fmt,
-                              int8=True, calibration_data="fashion-mnist", calibration_n=CALIB, parity_n=16,
-                              min_agreement=0.0, int8_weights=weights)
+                              ExportOptions(int8=True, calibration_data="fashion-mnist", calibration_n=CALIB,
+                                            parity_n=16, min_agreement=0.0, int8_weights=weights))
         assert result.details["weight_range"] == (weights or "7bit")
         stored = _int8_conv_weights(result.path)
         assert len(stored) >= 10  # every convolution of the V2 (its weights, not only the first layer's)
         ranges[weights] = max(int(np.abs(w.astype(np.int32)).max()) for w in stored)
     assert 2 * 255 * ranges[None] <= 32_767 and ranges[None] >= 60
     assert ranges["8bit"] == 127
-    with pytest.raises(UserError, match="--int8-weights is for --int8"):
-        export_model(model, meta, tmp_path / f"x{suffix}", fmt, int8_weights="8bit")  # fp32: no int8 weights
+    with pytest.raises(UserError, match="int8_weights is for int8=True"):
+        export_model(model, meta, tmp_path / f"x{suffix}", fmt, ExportOptions(int8_weights="8bit"))  # fp32: none
 
 
 def test_cli_int8_weights_note_and_refusals(model_meta, tmp_path, capsys):

@@ -10,13 +10,13 @@ import torch
 
 from mobilenets.checkpoint import save_checkpoint
 from mobilenets.cli import main
-from mobilenets.deploy import auto, export_model, open_runner
+from mobilenets.deploy import ExportOptions, auto, export_model, open_runner
 from mobilenets.errors import UserError
+from small_models import SIZE, small_model
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from test_export import SIZE, small_model  # noqa: E402  (shared model fixture recipe)
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def model_meta():
 @pytest.fixture(scope="module")
 def onnx_file(model_meta, tmp_path_factory):
     model, meta = model_meta
-    return export_model(model, meta, tmp_path_factory.mktemp("rt") / "v2.onnx", "onnx", parity_n=4).path
+    return export_model(model, meta, tmp_path_factory.mktemp("rt") / "v2.onnx", "onnx", ExportOptions(parity_n=4)).path
 
 
 @pytest.fixture()
@@ -60,7 +60,7 @@ def test_openvino_runner_matches_eager(onnx_file, model_meta, tmp_path):
     runner = open_runner(onnx_file, backend="openvino", threads=2)
     assert runner.meta == meta
     np.testing.assert_allclose(runner.run(x), _eager(model, x), atol=1e-4, rtol=1e-4)
-    ir = export_model(model, meta, tmp_path / "v2.xml", "openvino", parity_n=2).path
+    ir = export_model(model, meta, tmp_path / "v2.xml", "openvino", ExportOptions(parity_n=2)).path
     assert ir.with_suffix(".bin").is_file()
     ir_runner = open_runner(ir, backend="openvino")
     assert ir_runner.meta == meta

@@ -15,16 +15,16 @@ import torch
 
 from mobilenets.checkpoint import save_checkpoint
 from mobilenets.cli import main
-from mobilenets.deploy.triton import export_triton
+from mobilenets.deploy import ExportOptions
+from mobilenets.deploy.triton import TritonOptions, export_triton
 from mobilenets.errors import UserError
 from mobilenets.tasks import get_task
+from small_models import dense_checkpoint, small_model
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
 from google.protobuf import text_format  # noqa: E402  (tritonclient[grpc] brings protobuf)
-
-from test_export import _dense_checkpoint, small_model  # noqa: E402
 
 CORES = 4  # the serving machine's cores as passed to export_triton (not this machine's)
 ONNX_FP32 = onnx.TensorProto.FLOAT
@@ -62,20 +62,21 @@ def repo(classifier, trained, tmp_path_factory):
     root = tmp_path_factory.mktemp("triton")
     folder = root / "repo"
     model, meta = classifier
-    det, det_meta, _ = _dense_checkpoint("detect", root)
-    seg, seg_meta, _ = _dense_checkpoint("segment", root, size=(80, 112))
+    det, det_meta, _ = dense_checkpoint("detect", root)
+    seg, seg_meta, _ = dense_checkpoint("segment", root, size=(80, 112))
     v1, v1_meta, _ = trained("mobilenet_v1")  # trained (tests/trained.py); NNCF quantizes V1's plain graph fast
     entries = {
-        "clf": (dict(instances=2), model, meta),
-        "clf_ov_int8": (dict(backend="openvino", int8=True, calibration_data="fashion-mnist", calibration_n=32,
-                             parity_n=32, max_batch=4, threads=3), v1, v1_meta),
-        "det": (dict(instances=4), det, det_meta),
-        "seg": (dict(max_batch=0), seg, seg_meta),  # a fixed batch-1 file: dims keep the batch, no batching
+        "clf": (dict(instances=2), {}, model, meta),
+        "clf_ov_int8": (dict(backend="openvino", max_batch=4, threads=3),
+                        dict(int8=True, calibration_data="fashion-mnist", calibration_n=32, parity_n=32), v1, v1_meta),
+        "det": (dict(instances=4), {}, det, det_meta),
+        "seg": (dict(max_batch=0), {}, seg, seg_meta),  # a fixed batch-1 file: dims keep the batch, no batching
     }
     if not all(_installed(m) for m in ("openvino", "nncf")):
         entries = {k: v for k, v in entries.items() if "ov" not in k}
-    return {name: (export_triton(m, me, folder, name=name, cores=CORES, **{"parity_n": 4, **kw}), m, me)
-            for name, (kw, m, me) in entries.items()}
+    return {name: (export_triton(m, me, folder, TritonOptions(name=name, cores=CORES, **kw),
+                                 ExportOptions(**{"parity_n": 4, **options})), m, me)
+            for name, (kw, options, m, me) in entries.items()}
 
 
 def _installed(module: str) -> bool:
@@ -239,14 +240,14 @@ def _one_line(excinfo) -> str:
 
 def test_bad_arguments_are_refused_in_one_line_before_any_work(classifier, tmp_path):
     model, meta = classifier
-    bad = [(dict(instances=3, threads=2, cores=4), "--threads 1 or fewer"),
+    bad = [(dict(instances=3, threads=2, cores=4), "threads=1 or fewer"),
            (dict(instances=5, cores=4), "at most 4 instances"),
            (dict(name="../up"), "not a Triton model name"),
            (dict(backend="tensorrt"), "onnxruntime, openvino"),
-           (dict(max_batch=-1), "--max-batch -1")]
+           (dict(max_batch=-1), "max_batch=-1")]
     for kwargs, words in bad:
         with pytest.raises(UserError) as e:
-            export_triton(model, meta, tmp_path / "repo", **kwargs)
+            export_triton(model, meta, tmp_path / "repo", TritonOptions(**kwargs))
         assert words in _one_line(e)
     (tmp_path / "file").write_text("x")
     with pytest.raises(UserError) as e:
@@ -261,16 +262,16 @@ def test_an_existing_entry_is_refused(classifier, tmp_path):
     (entry / "1").mkdir(parents=True)
     (entry / "config.pbtxt").write_text("name: \"m\"\n")
     with pytest.raises(UserError) as e:
-        export_triton(model, meta, tmp_path / "repo", name="m", parity_n=4)
-    assert "--force" in _one_line(e) and str(entry) in str(e.value)
+        export_triton(model, meta, tmp_path / "repo", TritonOptions(name="m"), ExportOptions(parity_n=4))
+    assert "force=True" in _one_line(e) and str(entry) in str(e.value)
     assert (entry / "config.pbtxt").read_text() == "name: \"m\"\n"  # untouched (--force: test_cli_round_trip)
     (entry / "config.pbtxt").unlink()
     with pytest.raises(UserError) as e:
-        export_triton(model, meta, tmp_path / "repo", name="m/1")
+        export_triton(model, meta, tmp_path / "repo", TritonOptions(name="m/1"))
     assert "not a Triton model name" in _one_line(e)
     (tmp_path / "repo" / "f").write_text("x")
     with pytest.raises(UserError) as e:
-        export_triton(model, meta, tmp_path / "repo", name="f")
+        export_triton(model, meta, tmp_path / "repo", TritonOptions(name="f"))
     assert "is a file, not a model folder" in _one_line(e)
 
 
@@ -294,7 +295,7 @@ def test_a_failed_parity_check_leaves_no_entry(classifier, tmp_path, monkeypatch
         return fused
     monkeypatch.setattr(export_module, "fold_batchnorm", broken_fold)
     with pytest.raises(UserError) as e:
-        export_triton(model, meta, tmp_path / "repo", name="m", parity_n=4)
+        export_triton(model, meta, tmp_path / "repo", TritonOptions(name="m"), ExportOptions(parity_n=4))
     message = _one_line(e)
     assert "does not match eager PyTorch" in message and str(tmp_path / "repo" / "m") in message
     assert ".tmp" not in message  # the staging folder is not what the user asked for
@@ -319,7 +320,7 @@ def test_cli_round_trip(classifier, tmp_path, capsys):
 
     assert main(argv) == 2  # the entry exists now
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "already exists and is not empty; pass --force" in err
+    assert err.count("\n") == 0 and "already exists and is not empty; pass force=True" in err
     (folder / "fashion" / "stale.txt").write_text("old")
     assert main([*argv, "--force", "--max-batch", "2"]) == 0
     assert parse(folder / "fashion").max_batch_size == 2 and not (folder / "fashion" / "stale.txt").exists()
@@ -333,7 +334,7 @@ def test_cli_round_trip(classifier, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and words in err, err
     assert main(["export", str(ckpt), "--instances", "2", "--out", str(tmp_path / "m.onnx")]) == 2
-    assert "--instances only applies to --triton DIR" in capsys.readouterr().err
+    assert "instances only applies to a Triton repository; add --triton DIR" in capsys.readouterr().err
 
 
 @torch.no_grad()

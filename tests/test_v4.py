@@ -178,7 +178,7 @@ def test_onnx_export_with_parity(tmp_path):
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
     from mobilenets.deploy import export_model
-    from test_export import small_model
+    from small_models import small_model
     model, meta = small_model("mobilenet_v4_conv_small")
     assert export_model(model, meta, tmp_path / "v4.onnx", "onnx").parity.passed
 
@@ -188,7 +188,7 @@ def test_onnx_export_of_a_hybrid(tmp_path):
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
     from mobilenets.deploy import export_model
-    from test_export import small_model
+    from small_models import small_model
     model, meta = small_model("mobilenet_v4_hybrid_medium")
     assert export_model(model, meta, tmp_path / "v4h.onnx", "onnx").parity.passed
 

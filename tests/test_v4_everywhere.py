@@ -10,6 +10,7 @@ import torch
 import mobilenets
 from mobilenets.checkpoint import read_checkpoint
 from mobilenets.cli import main
+from mobilenets.deploy import ExportOptions
 from mobilenets.layers import LayerScale
 from mobilenets.model import Location
 
@@ -167,8 +168,8 @@ def exportable(name: str):
     attention export could still pass parity."""
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
-    from test_export import SIZE as PX
-    from test_export import small_model
+    from small_models import SIZE as PX
+    from small_models import small_model
 
     model, meta = small_model(name)
     scales = [m for m in model.modules() if isinstance(m, LayerScale)]
@@ -217,8 +218,8 @@ def test_int8_onnxruntime_qdq_of_conv_small(tmp_path, trained):
     from mobilenets.deploy import export_model
 
     model, meta, _ = trained("mobilenet_v4_conv_small")  # width 0.5, trained once per test run (tests/trained.py)
-    result = export_model(model, meta, tmp_path / "q.onnx", "onnx", int8=True, calibration_data="fashion-mnist",
-                          calibration_n=32, parity_n=64)
+    result = export_model(model, meta, tmp_path / "q.onnx", "onnx",
+                          ExportOptions(int8=True, calibration_data="fashion-mnist", calibration_n=32, parity_n=64))
     assert result.precision == "int8" and result.details["scheme"] == "onnxruntime-qdq"
     assert result.parity.n == 64 and result.parity.inputs == "fashion-mnist"
     assert int8_top1_agreement(model, meta, result.path, "onnxruntime") >= 0.9
@@ -231,8 +232,8 @@ def test_int8_openvino_nncf_of_conv_small(tmp_path, trained):
     from mobilenets.deploy import export_model, open_runner
 
     model, meta, _ = trained("mobilenet_v4_conv_small")
-    result = export_model(model, meta, tmp_path / "q.xml", "openvino", int8=True, calibration_data="fashion-mnist",
-                          calibration_n=32, parity_n=64)
+    result = export_model(model, meta, tmp_path / "q.xml", "openvino",
+                          ExportOptions(int8=True, calibration_data="fashion-mnist", calibration_n=32, parity_n=64))
     assert result.details["scheme"] == "nncf"
     assert 'type="FakeQuantize"' in result.path.read_text() or 'type="FakeConvert"' in result.path.read_text()
     assert result.parity.top1_agreement >= 0.9 and open_runner(result.path, backend="openvino").meta == meta
@@ -281,4 +282,4 @@ def test_bench_paths_run_at_the_models_resolution(tmp_path):
 def test_bench_cli_refuses_a_bad_resolution(capsys):
     assert main(["bench", "--models", "mobilenet_v4_conv_small", "--resolution", "0"]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "--resolution 0 must be at least 1" in err
+    assert len(err.splitlines()) == 1 and "resolution=0 must be at least 1" in err

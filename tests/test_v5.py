@@ -13,6 +13,7 @@ import mobilenets
 from mobilenets import UserError, weights
 from mobilenets.blocks import MobileMQA, MultiScaleFusionAdapter, UniversalInvertedBottleneck
 from mobilenets.cli import main
+from mobilenets.deploy import ExportOptions
 from mobilenets.layers import LayerScale, RMSNorm2d, TFSameConv2d
 from mobilenets.model import Location
 
@@ -371,7 +372,7 @@ def test_export_with_parity(tmp_path, fmt, suffix):
                 m.layer_scale.gamma.data.mul_(0)
         assert (model(x) - want).abs().max() > 0.1 * want.abs().max()
     model, _ = small_v5()
-    result = export_model(model, meta, tmp_path / f"v5{suffix}", fmt, parity_n=4)
+    result = export_model(model, meta, tmp_path / f"v5{suffix}", fmt, ExportOptions(parity_n=4))
     assert result.parity.passed and result.precision == "fp32"
     got = open_runner(result.path, backend="onnxruntime" if fmt == "onnx" else "openvino").run(x.numpy())
     assert np.abs(got - want.numpy()).max() <= result.parity.tolerance
@@ -406,8 +407,9 @@ def test_int8_keeps_rmsnorm_in_float(tmp_path, fmt, suffix):
     from mobilenets.deploy import export_model
     model, meta = small_v5()
     norms = sum(isinstance(m, RMSNorm2d) for m in model.modules())
-    result = export_model(model, meta, tmp_path / f"q{suffix}", fmt, int8=True, calibration_data="fashion-mnist",
-                          calibration_n=16, parity_n=8, min_agreement=0.0)
+    result = export_model(model, meta, tmp_path / f"q{suffix}", fmt,
+                          ExportOptions(int8=True, calibration_data="fashion-mnist", calibration_n=16, parity_n=8,
+                                        min_agreement=0.0))
     assert result.precision == "int8" and result.parity.passed
     assert f"RMSNorm ({7 * norms} ops)" in result.details["fp32_ops"]
     if fmt == "onnx":

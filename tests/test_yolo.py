@@ -12,6 +12,7 @@ from checks import die_at_step
 from mobilenets.checkpoint import CheckpointMeta, load_checkpoint, read_checkpoint
 from mobilenets.cli import main
 from mobilenets.data.scenes import FashionScenes, SceneConfig
+from mobilenets.deploy import ExportOptions
 from mobilenets.errors import UserError
 from mobilenets.heads.yolo import TaskAlignedAssigner, dfl_targets, distances_to_boxes, expected_distance, grid_points
 from mobilenets.preprocessing import Preprocessing
@@ -178,7 +179,7 @@ def test_export_parity(tmp_path):
                           class_names=["background"] + [str(i) for i in range(10)],
                           preprocessing=Preprocessing(input_size=(3, 96, 96), resize=96, mean=(0.5,) * 3,
                                                       std=(0.5,) * 3))
-    result = export_model(model, meta, tmp_path / "yolo.onnx", "onnx", parity_n=4)
+    result = export_model(model, meta, tmp_path / "yolo.onnx", "onnx", ExportOptions(parity_n=4))
     assert result.parity.passed and result.parity.max_abs_diff < 1e-3 and result.parity.agreement > 0.5
     settings = json.loads(result.properties["mobilenets.postprocess"])
     assert settings == {"score_thresh": 0.001, "nms_thresh": 0.7, "topk_candidates": 300, "detections_per_img": 300}

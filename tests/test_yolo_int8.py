@@ -25,7 +25,7 @@ from mobilenets.checkpoint import load_checkpoint
 from mobilenets.cli import main
 from mobilenets.data.samples import sample_inputs
 from mobilenets.data.scenes import FashionScenes, SceneConfig, export_scenes
-from mobilenets.deploy import export_model, open_runner
+from mobilenets.deploy import ExportOptions, export_model, open_runner
 from mobilenets.deploy.formats import installed
 from mobilenets.deploy.onnx_graph import fold_batchnorm, to_onnx
 from mobilenets.deploy.quantize import decode_tail_onnx, decode_tail_openvino, float_nodes_onnx, float_nodes_openvino
@@ -68,8 +68,9 @@ def _reading(model, head: str):
 
 def _export(detector, head, out, fmt):
     model, meta, calibration, parity = detector
-    return export_model(_reading(model, head), meta, out, fmt, int8=True, calibration_data=calibration,
-                        calibration_n=SCENES, parity_data=parity, parity_n=SCENES)
+    return export_model(_reading(model, head), meta, out, fmt,
+                        ExportOptions(int8=True, calibration_data=calibration, calibration_n=SCENES,
+                                      parity_data=parity, parity_n=SCENES))
 
 
 def _onnx_of(model, task: str = "detect"):

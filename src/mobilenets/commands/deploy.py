@@ -9,8 +9,11 @@ import json
 import sys
 from pathlib import Path
 
-from ..deploy.formats import FORMAT, FORMATS, RUNTIMES, SUFFIX
+from ..deploy.formats import FORMAT, FORMATS, RUNTIMES, SUFFIX, installed
+from ..deploy.options import ExportOptions, validate
 from ..deploy.quantize import INT8_WEIGHTS, weight_range_note
+from ..deploy.triton import TRITON_BACKENDS, TritonOptions
+from ..errors import UserError
 
 
 def register(subparsers) -> None:
@@ -37,14 +40,15 @@ def register(subparsers) -> None:
     p.add_argument("--nhwc", action="store_true",
                    help="litert: the file takes (N, H, W, C) images, as phone camera pipelines hand them over "
                         "(default: NCHW, as PyTorch)")
-    p.add_argument("--data", default=None, metavar="fashion-mnist|DIR",
+    p.add_argument("--parity-data", "--data", dest="parity_data", default=None, metavar="fashion-mnist|DIR",
                    help="real images for the parity check (default: the calibration data, else random)")
-    p.add_argument("--parity-samples", type=int, default=None,
+    p.add_argument("--parity-n", "--parity-samples", dest="parity_n", type=int, default=None,
                    help="inputs in the parity check (default 16; 200 with --int8)")
     p.add_argument("--int8", action="store_true", help="post-training static int8 quantization")
     p.add_argument("--calibration-data", default=None, metavar="fashion-mnist|DIR",
                    help="images to calibrate int8 on (Fashion-MNIST: the training split)")
-    p.add_argument("--calibration-samples", type=int, default=300, help="calibration images (default 300)")
+    p.add_argument("--calibration-n", "--calibration-samples", dest="calibration_n", type=int, default=300,
+                   help="calibration images (default 300)")
     p.add_argument("--int8-weights", choices=INT8_WEIGHTS, default=None,
                    help="onnx/openvino/ort int8: 7bit (default) runs correctly on every CPU; 8bit uses the full "
                         "weight range, which CPUs without VNNI (AVX2, early AVX-512) saturate: only for files that "
@@ -56,7 +60,7 @@ def register(subparsers) -> None:
                    help="write DIR/NAME/config.pbtxt and DIR/NAME/1/model.onnx (or model.xml + .bin), for Triton "
                         "or KServe; classifiers also get DIR/NAME/labels.txt")
     t.add_argument("--name", default=None, help="model name in the repository (default: the model's, _int8 added)")
-    t.add_argument("--triton-backend", choices=("onnxruntime", "openvino"), default=None,
+    t.add_argument("--triton-backend", choices=TRITON_BACKENDS, default=None,
                    help="Triton backend: onnxruntime (default; model.onnx) or openvino (OpenVINO IR; with --int8 "
                         "the NNCF int8 IR)")
     t.add_argument("--instances", type=int, default=None, metavar="K", help="model instances on the CPU (default 1)")
@@ -94,32 +98,38 @@ def register(subparsers) -> None:
     b.set_defaults(handler=bench_command)
 
 
+def export_options(args: argparse.Namespace) -> ExportOptions:
+    """The :class:`ExportOptions` the flags ask for (each flag is named after its field)."""
+    return ExportOptions(batch=args.batch, dynamic_batch=args.dynamic_batch, parity_data=args.parity_data,
+                         parity_n=args.parity_n, int8=args.int8, calibration_data=args.calibration_data,
+                         calibration_n=args.calibration_n, int8_weights=args.int8_weights, nhwc=args.nhwc)
+
+
+def triton_options(args: argparse.Namespace) -> TritonOptions:
+    """The :class:`TritonOptions` the Triton flags ask for (``--triton-backend`` is its ``backend``)."""
+    given = dict(name=args.name, backend=args.triton_backend, instances=args.instances, threads=args.threads,
+                 cores=args.cores, max_batch=args.max_batch, force=args.force or None)
+    return TritonOptions(**{k: v for k, v in given.items() if v is not None})
+
+
 def export_command(args: argparse.Namespace) -> int:
     from ..deploy.export import export_model
-    from ..deploy.formats import installed
     from ..deploy.source import load_source
-    from ..errors import UserError
 
+    options = export_options(args)
+    if args.triton is not None:
+        return triton_command(args, options)
+    triton_only = triton_options(args).asked()
+    if triton_only:
+        raise UserError(f"{', '.join(triton_only)} only {'applies' if len(triton_only) == 1 else 'apply'} to a "
+                        "Triton repository; add --triton DIR or drop them")
     fmt = args.format
     if fmt is None:
         fmt = "openvino" if args.int8 and installed("openvino") and installed("nncf") else "onnx"
-    if args.calibration_data and not args.int8:
-        raise UserError("--calibration-data is only used with --int8; add --int8 or drop it")
-    for name in ("parity_samples", "calibration_samples"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)} must be at least 1")
-    if args.triton is not None:
-        return triton_command(args)
-    triton_only = [f for f in TRITON_FLAGS if getattr(args, f.lstrip("-").replace("-", "_")) not in (None, False)]
-    if triton_only:
-        raise UserError(f"{', '.join(triton_only)} only {'applies' if len(triton_only) == 1 else 'apply'} to "
-                        "--triton DIR; add --triton DIR or drop them")
+    validate(fmt, options)  # before loading the model
     model, meta = load_source(args.source, weights=args.weights)
     out = Path(args.out) if args.out else Path(f"{Path(args.source).stem}{'_int8' if args.int8 else ''}{SUFFIX[fmt]}")
-    result = export_model(model, meta, out, fmt, dynamic_batch=args.dynamic_batch, batch=args.batch,
-                          parity_data=args.data, parity_n=args.parity_samples, int8=args.int8,
-                          calibration_data=args.calibration_data, calibration_n=args.calibration_samples,
-                          int8_weights=args.int8_weights, nhwc=args.nhwc)
+    result = export_model(model, meta, out, fmt, options)
     extra = "".join(f" + {out.with_suffix(suffix).name}" for suffix in FORMAT[fmt].companions)
     print(f"wrote {result.path}{extra} ({fmt}, {result.precision}, {meta.model})")
     print(result.parity_line)
@@ -137,29 +147,19 @@ def export_command(args: argparse.Namespace) -> int:
     return 0
 
 
-TRITON_FLAGS = ("--name", "--triton-backend", "--instances", "--threads", "--cores", "--max-batch", "--force")
-
-
-def triton_command(args: argparse.Namespace) -> int:
+def triton_command(args: argparse.Namespace, options: ExportOptions) -> int:
     """``export --triton DIR``: a Triton / KServe model repository entry (mobilenets.deploy.triton)."""
     from ..deploy.source import load_source
     from ..deploy.triton import export_triton
-    from ..errors import UserError
 
-    clashing = [flag for flag, value in (("--out", args.out), ("--format", args.format),
-                                         ("--dynamic-batch", args.dynamic_batch), ("--batch", args.batch != 1),
-                                         ("--nhwc", args.nhwc), ("--int8-weights", args.int8_weights))
-                if value]
+    clashing = [flag for flag, value in (("--out", args.out), ("--format", args.format)) if value]
     if clashing:
         raise UserError(f"{', '.join(clashing)} {'does' if len(clashing) == 1 else 'do'} not apply to --triton DIR "
-                        "(--triton-backend sets the format, --max-batch the batch, int8 weights are 7-bit); drop "
-                        "them")
+                        "(--triton-backend sets the format); drop them")
+    triton = triton_options(args)
+    validate("onnx", options, triton=True)  # before loading the model (export_triton checks the rest)
     model, meta = load_source(args.source, weights=args.weights)
-    result = export_triton(model, meta, args.triton, name=args.name, backend=args.triton_backend or "onnxruntime",
-                           int8=args.int8, instances=1 if args.instances is None else args.instances,
-                           threads=args.threads, cores=args.cores, max_batch=args.max_batch, force=args.force,
-                           parity_data=args.data, parity_n=args.parity_samples,
-                           calibration_data=args.calibration_data, calibration_n=args.calibration_samples)
+    result = export_triton(model, meta, args.triton, triton, options)
     print(f"wrote {result.path}: {', '.join(result.files)} (Triton {result.backend}, {result.export.precision}, "
           f"{meta.model})")
     print(result.export.parity_line)
@@ -183,23 +183,21 @@ def triton_command(args: argparse.Namespace) -> int:
 
 
 def bench_command(args: argparse.Namespace) -> int:
-    from ..deploy.bench import format_table, run_bench
+    from ..deploy.bench import BenchOptions, format_table, run_bench
 
-    report = run_bench(
-        models=parse_list(args.models, "models"),
-        backends=parse_list(args.backends, "backends") if args.backends else None,
-        batches=parse_list(args.batch, "batch", int), threads=args.threads, rounds=args.rounds,
-        large_batch_rounds=args.large_batch_rounds, resolution=args.resolution,
-        tuned_peers=args.tuned_peers, int8=args.int8, calibration=args.calibration_data,
-        progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+    options = BenchOptions(
+        models=tuple(parse_list(args.models, "models")),
+        backends=tuple(parse_list(args.backends, "backends")) if args.backends else None,
+        batches=tuple(parse_list(args.batch, "batch", int)), threads=args.threads, rounds=args.rounds,
+        large_batch_rounds=args.large_batch_rounds, resolution=args.resolution, tuned_peers=args.tuned_peers,
+        int8=args.int8, calibration=args.calibration_data)
+    report = run_bench(options, progress=lambda msg: print(msg, file=sys.stderr, flush=True))
     print(json.dumps(report.to_json(), indent=1) if args.json else format_table(report))
     return 0
 
 
 def parse_list(text: str, what: str, cast=str) -> list:
     """A comma-separated flag value as a list (``cast`` each item); one-line UserError when it is not one."""
-    from ..errors import UserError
-
     try:
         items = [cast(t.strip()) for t in text.split(",") if t.strip()]
     except ValueError as e:

@@ -1,14 +1,18 @@
-"""Deployment: export to ONNX / ExportedProgram / OpenVINO IR, int8 quantization, runtimes and the benchmark.
+"""Deployment: export to every format of the format table (ONNX, OpenVINO IR, ExportedProgram, ExecuTorch, ORT,
+Core ML, LiteRT), int8 quantization, runtimes, Triton repositories and the benchmark.
 
-Floors, each importing only those below it: :mod:`.formats` (metadata keys, file suffixes, staged writes,
-optional imports) -> :mod:`.onnx_graph`, :mod:`.openvino_io`, :mod:`.quantize`, :mod:`.runtime` (the runners,
-which only read files) -> :mod:`.export` (the one exporter, for every task) -> :mod:`.auto` (backend choice) ->
-:mod:`.open` (``open_runner``: file or checkpoint -> runner) -> :mod:`.bench`. Heavy runtimes (onnxruntime,
-openvino, nncf) are imported lazily, so ``import mobilenets.deploy`` is cheap.
+Floors, each importing only those below it: :mod:`.keys` (metadata keys) and :mod:`.files` (optional imports,
+staged writes) -> :mod:`.runtime` (the Runner base), :mod:`.onnx_graph`, :mod:`.openvino_io`, :mod:`.quantize`
+-> :mod:`.formats` (the format table, one module per format: writer, runner, dependency check, options) ->
+:mod:`.options` (``ExportOptions``, ``validate``) -> :mod:`.export` (the one exporter, for every task, and the
+export cache) -> :mod:`.auto` (backend choice) -> :mod:`.open` (``open_runner``: file or checkpoint -> runner)
+-> :mod:`.triton`, :mod:`.bench`. Heavy runtimes (onnxruntime, openvino, nncf, executorch, ...) are imported
+lazily, so ``import mobilenets.deploy`` is cheap.
 """
 from .export import ExportResult, export_model
 from .formats import BACKENDS
 from .open import open_runner
+from .options import ExportOptions
 from .runtime import Runner
 
-__all__ = ["BACKENDS", "ExportResult", "Runner", "export_model", "open_runner"]
+__all__ = ["BACKENDS", "ExportOptions", "ExportResult", "Runner", "export_model", "open_runner"]

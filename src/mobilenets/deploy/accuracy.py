@@ -4,7 +4,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import nn
 
 from ..checkpoint import CheckpointMeta
@@ -12,6 +11,7 @@ from ..data.samples import fashion_mnist_inputs
 from ..errors import UserError
 from .formats import RUNS_ON, installed
 from .open import open_runner
+from .runtime import module_outputs
 
 
 def accuracy(predict, images: np.ndarray, labels: np.ndarray, batch: int = 250) -> float:
@@ -29,18 +29,15 @@ def accuracy_report(model: nn.Module, meta: CheckpointMeta, exported: Path, *, b
     model = model.eval()
     backend = backend or next((b for b in RUNS_ON[exported.suffix] if installed(b)), None)
     if backend is None:
-        raise UserError(f"--accuracy needs a backend that runs {exported.name} here, and none does "
-                        f"({', '.join(RUNS_ON[exported.suffix])}); drop --accuracy")
+        raise UserError(f"the accuracy report needs a backend that runs {exported.name} here, and none does "
+                        f"({', '.join(RUNS_ON[exported.suffix])})")
     runner = open_runner(exported, backend=backend)
     shape = runner.run(images[:1]).shape
     if len(shape) != 2:
-        raise UserError(f"--accuracy measures a classifier's Fashion-MNIST top-1, but {exported.name} outputs "
-                        f"{shape} arrays, not (N, classes) logits; drop --accuracy")
+        raise UserError(f"the accuracy report measures a classifier's Fashion-MNIST top-1, but {exported.name} "
+                        f"outputs {shape} arrays, not (N, classes) logits")
 
-    def eager(x):
-        with torch.inference_mode():
-            return model(torch.from_numpy(x)).numpy()
-
-    base, got = accuracy(eager, images, labels), accuracy(runner.run, images, labels)
+    base = accuracy(lambda x: module_outputs(model, x)[0], images, labels)
+    got = accuracy(runner.run, images, labels)
     return (f"Fashion-MNIST test accuracy ({len(images)} images): eager PyTorch {base:.2%}, {exported.name} on "
             f"{backend} {got:.2%} ({(got - base) * 100:+.2f} points)")

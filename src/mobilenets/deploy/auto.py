@@ -21,7 +21,7 @@ from ..errors import UserError
 from ..files import atomic_write
 from ..weights import cache_root, file_sha256
 from .export import cached_export
-from .formats import BACKEND, EXTRA, FORMAT, RUNS_ON, installed, runs_here
+from .formats import BACKEND, FORMAT, RUNS_ON, installed, runs_here
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,8 @@ def choose_backend(path: Path, threads: int | None) -> str:
         need = RUNS_ON[kind][0]
         if not runs_here(need):
             raise UserError(f"no backend runs {path} here: {BACKEND[need].platform_note}")
-        raise UserError(f"no installed backend runs {path}; install the extra: pip install 'mobilenets[{EXTRA[need]}]'")
+        raise UserError(f"no installed backend runs {path}; install the extra: "
+                        f"pip install 'mobilenets[{BACKEND[need].extra}]'")
     if len(candidates) == 1:
         return candidates[0]
     key = "|".join([model_digest(path), cpu_name(), f"threads={threads or os.cpu_count()}", _versions(candidates)])

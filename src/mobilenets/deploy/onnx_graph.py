@@ -19,12 +19,13 @@ import copy
 import io
 import logging
 import warnings
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..errors import UserError
-from .formats import OPSET, optional_import
+from .files import failing_as, importable, optional_import
+from .keys import OPSET
 
 log = logging.getLogger(__name__)
 
@@ -76,14 +77,11 @@ def to_onnx(fused: nn.Module, input_size: tuple[int, ...], outputs: tuple[str, .
     example = torch.zeros(batch, *input_size)
     buffer = io.BytesIO()
     axes = {k: {0: "batch"} for k in ("input", *outputs)} if dynamic_batch else None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the exporter's deprecation notice and tracer warnings on shape checks
-            torch.onnx.export(fused, (example,), buffer, dynamo=False, opset_version=OPSET, input_names=["input"],
-                              output_names=list(outputs), do_constant_folding=True, dynamic_axes=axes)
-    except Exception as e:  # noqa: BLE001 - the exporter raises many types; the model is what the user gave us
-        raise UserError(f"torch.onnx could not export {name} ({type(e).__name__}: {str(e).splitlines()[0]}); "
-                        "export supports mobilenets, torchvision and timm MobileNets") from e
+    with failing_as(f"torch.onnx could not export {name}", "export supports mobilenets, torchvision and timm "
+                    "MobileNets"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's deprecation notice and tracer warnings on shape checks
+        torch.onnx.export(fused, (example,), buffer, dynamo=False, opset_version=OPSET, input_names=["input"],
+                          output_names=list(outputs), do_constant_folding=True, dynamic_axes=axes)
     proto = onnx.load_from_string(buffer.getvalue())
     global_pool(proto)
     drop_identities(proto)
@@ -105,16 +103,12 @@ def to_onnx_qdq(program: nn.Module, input_size: tuple[int, ...], outputs: tuple[
     onnx = optional_import("onnx", "onnx", "ONNX export")
     example = torch.zeros(max(batch, 2) if dynamic_batch else batch, *input_size)
     shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-                contextlib.redirect_stderr(io.StringIO()):  # its progress and optimizer lines
-            warnings.simplefilter("ignore")
-            exported = torch.export.export(program, (example,), dynamic_shapes=shapes)
-            onnx_program = torch.onnx.export(exported, dynamo=True, opset_version=OPSET, input_names=["input"],
-                                             output_names=list(outputs), verbose=False)
-    except Exception as e:  # noqa: BLE001 - the exporter raises many types; the model is what the user gave us
-        raise UserError(f"torch.onnx could not export the int8 graph of {name} ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0][:200]})") from e
+    with failing_as(f"torch.onnx could not export the int8 graph of {name}"), warnings.catch_warnings(), \
+            contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # its progress
+        warnings.simplefilter("ignore")
+        exported = torch.export.export(program, (example,), dynamic_shapes=shapes)
+        onnx_program = torch.onnx.export(exported, dynamo=True, opset_version=OPSET, input_names=["input"],
+                                         output_names=list(outputs), verbose=False)
     proto = onnx_program.model_proto
     onnx.checker.check_model(proto)
     return proto
@@ -166,3 +160,13 @@ def set_properties(proto, properties: dict[str, str]) -> None:
     for k, v in properties.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = k, v
+
+
+def file_properties(path: Path) -> dict[str, str]:
+    """The ``metadata_props`` of an ONNX file (empty for other files)."""
+    if Path(path).suffix != ".onnx" or not importable("onnx"):
+        return {}
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    return {p.key: p.value for p in proto.metadata_props}

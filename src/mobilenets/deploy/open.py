@@ -4,12 +4,11 @@ The step above the runners: it checks the file and the backend against :data:`~.
 backend for ``"auto"`` (:mod:`.auto`), and turns a checkpoint into what the backend runs: on torch, the task's
 export module in eager mode (:meth:`~mobilenets.tasks.base.Task.export_module`, so its outputs are the export's);
 on any other backend, its cached, parity-checked export in the backend's format (:func:`~.export.cached_export`:
-ONNX for ONNX Runtime and OpenVINO, ``.pte`` for ExecuTorch). A backend's Runner is :data:`~.runtime.RUNNERS`'
-or, for a backend whose :class:`~.formats.Backend` entry names one, its own module's (:func:`runner_class`).
+ONNX for ONNX Runtime and OpenVINO, ``.pte`` for ExecuTorch). A backend's Runner is the one its
+:class:`~.formats.Backend` row names (the format table is the only registry of runners).
 """
 from __future__ import annotations
 
-import importlib
 import os
 from pathlib import Path
 
@@ -18,18 +17,21 @@ from ..errors import UserError
 from ..tasks import get_task
 from .auto import choose_backend
 from .export import cached_export
-from .formats import BACKEND, BACKENDS, RUNS_ON, optional_import, runs_here
-from .runtime import RUNNERS, Runner, TorchRunner
+from .files import optional_import
+from .formats import BACKEND, BACKENDS, RUNS_ON, runs_here
+from .formats.exported_program import TorchRunner
+from .runtime import Runner
 
 
-def open_runner(path: str | os.PathLike, backend: str = "auto", threads: int | None = None) -> Runner:
+def open_runner(path: str | os.PathLike, backend: str = "auto", threads: int | None = None, **options) -> Runner:
     """Load ``path`` on ``backend`` ("auto" or one of :data:`~.formats.RUNTIMES`: torch, onnxruntime, openvino,
-    executorch, ...) with ``threads`` intra-op threads (None: the runtime's default)."""
+    executorch, ...) with ``threads`` intra-op threads (None: the runtime's default); ``options`` go to the
+    backend's runner (e.g. ``tuned=False`` for ONNX Runtime's default session settings)."""
     path = Path(path)
     if backend not in BACKENDS:
         raise UserError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
     if threads is not None and threads < 1:
-        raise UserError(f"--threads {threads} must be at least 1")
+        raise UserError(f"threads={threads} must be at least 1")
     kind = path.suffix.lower()
     if not (path.is_file() or (path.is_dir() and kind in RUNS_ON and kind != ".safetensors")):
         raise UserError(f"model file {path} not found; pass a file written by 'mobilenets export' or a checkpoint")
@@ -40,26 +42,16 @@ def open_runner(path: str | os.PathLike, backend: str = "auto", threads: int | N
         backend = choose_backend(path, threads)
     if backend not in RUNS_ON[kind]:
         raise UserError(f"backend {backend!r} cannot run {kind} files like {path}; use "
-                        f"{' or '.join(RUNS_ON[kind])}, or export to another --format")
-    if backend == "torch":
-        return checkpoint_runner(path, threads) if kind == ".safetensors" else TorchRunner.from_exported_program(
-            path, threads)
+                        f"{' or '.join(RUNS_ON[kind])}, or export to another format")
+    if backend == "torch" and kind == ".safetensors":
+        return checkpoint_runner(path, threads)
     spec = BACKEND[backend]
     if not runs_here(backend):
         raise UserError(f"backend {backend!r} cannot run here: {spec.platform_note}")
-    optional_import(spec.module, spec.extra, f"backend {backend!r}")
+    optional_import(spec.module, spec.extra, f"backend={backend!r}")
     if kind == ".safetensors":
         path = cached_export(path, spec.checkpoint_format)
-    return runner_class(backend)(path, threads)
-
-
-def runner_class(backend: str) -> type[Runner]:
-    """The Runner class of ``backend`` (not torch): runtime.py's, or the one its Backend entry names."""
-    spec = BACKEND[backend]
-    if spec.runner is None:
-        return RUNNERS[backend]
-    module, name = spec.runner.split(":")
-    return getattr(importlib.import_module(f"{__package__}.{module}"), name)
+    return spec.runner(path, threads, **options)
 
 
 def checkpoint_runner(path: Path, threads: int | None = None) -> TorchRunner:

@@ -1,12 +1,13 @@
 """OpenVINO models in and out: an ``openvino.Model`` from an ONNX graph, IR files with their metadata.
 
-Imported only when OpenVINO is used; the metadata keys are :mod:`.formats`'.
+Imported only when OpenVINO is used; the metadata keys are :mod:`.keys`'.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from .formats import PROPERTY_PREFIX, optional_import
+from .files import optional_import
+from .keys import PROPERTY_PREFIX
 
 
 def openvino():

@@ -48,7 +48,7 @@ import tempfile
 import numpy as np
 
 from ..errors import UserError
-from .formats import optional_import
+from .files import optional_import
 
 log = logging.getLogger(__name__)
 
@@ -196,13 +196,18 @@ def float_nodes_openvino(model) -> dict[str, list[str]]:
             if v}
 
 
+def batches(images: np.ndarray, batch: int) -> list[np.ndarray]:
+    """``images`` (N, ...) cut into whole batches of ``batch`` (repeated first when there are fewer)."""
+    images = np.asarray(images, dtype=np.float32)
+    if len(images) < batch:
+        images = np.concatenate([images] * (batch // len(images) + 1))
+    return [np.ascontiguousarray(images[i:i + batch]) for i in range(0, len(images) - batch + 1, batch)]
+
+
 def calibration_batches(proto, calibration: np.ndarray) -> list[np.ndarray]:
     """``calibration`` images (N, C, H, W) cut into batches of the graph's fixed batch (8 when dynamic)."""
     dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
-    batch = dim.dim_value if dim.HasField("dim_value") else 8
-    if len(calibration) < batch:
-        calibration = np.concatenate([calibration] * (batch // len(calibration) + 1))
-    return [calibration[i:i + batch] for i in range(0, len(calibration) - batch + 1, batch)]
+    return batches(calibration, dim.dim_value if dim.HasField("dim_value") else 8)
 
 
 def quantize_openvino(proto, calibration: np.ndarray, weights: str = INT8_WEIGHTS[0]):

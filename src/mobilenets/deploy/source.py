@@ -27,7 +27,7 @@ def load_source(spec: str, *, weights: str | None = None) -> tuple[nn.Module, Ch
     path = Path(spec)
     if path.is_file():
         if weights is not None:
-            raise UserError(f"--weights {weights} only applies to a model name, but {spec} is a file; drop --weights")
+            raise UserError(f"weights={weights!r} only applies to a model name, but {spec} is a file; drop weights")
         return _load_file(path)
     if path.suffix in {".safetensors", ".pth", ".pt", ".bin"} or "/" in spec:
         raise UserError(f"checkpoint {spec} not found; pass an existing checkpoint file or a model name "
@@ -36,8 +36,8 @@ def load_source(spec: str, *, weights: str | None = None) -> tuple[nn.Module, Ch
 
     entry = get_entry(spec)  # UserError with close matches for a typo
     if entry.task != "classify":
-        raise UserError(f"model {spec!r} is a {entry.task} model; export supports classification models "
-                        "(see 'mobilenets models --task classify')")
+        raise UserError(f"model {spec!r} is a {entry.task} model; a model name exports only classifiers (a "
+                        f"{entry.task} model exports from its trained checkpoint)")
     model = create_model(spec, weights=weights).eval()
     entry = getattr(model, "weights_entry", None)
     if entry is not None:  # published weights: their own preprocessing and ImageNet's class names

@@ -5,7 +5,7 @@ parity check against eager PyTorch, fp32 or int8) and writes, beside the file, t
 Triton's ONNX Runtime or OpenVINO backend needs to serve it on CPUs:
 
 ======================  ==========================================================================================
-``--triton-backend``    what is written
+``backend``             what is written
 ======================  ==========================================================================================
 ``onnxruntime``         ``1/model.onnx`` (fp32, or ONNX Runtime QDQ int8); ``platform: "onnxruntime_onnx"``;
                         ``intra_op_thread_count`` / ``inter_op_thread_count``
@@ -30,16 +30,16 @@ each instance of the ONNX Runtime backend takes every core (triton-inference-ser
 
 The repository entry is written atomically: everything is made in a hidden folder beside ``REPO`` (a leftover
 one inside ``REPO`` would be read as a model by Triton) and renamed onto ``REPO/<name>`` at the end; an existing,
-non-empty ``REPO/<name>`` is refused unless ``force``.
+non-empty ``REPO/<name>`` is refused unless ``force``. Staging and the replacement are :mod:`.files`' (the
+exporter's).
 """
 from __future__ import annotations
 
 import contextlib
 import os
 import re
-import shutil
-import tempfile
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -48,11 +48,13 @@ from torch import nn
 from ..checkpoint import CheckpointMeta
 from ..errors import UserError
 from .export import ExportResult, export_model
-from .formats import onnx_runtimes, optional_import
-from .runtime import RUNNERS
+from .files import check_writable, optional_import, replace_folder, staged
+from .formats import onnx_runtimes
+from .open import open_runner
+from .options import ExportOptions, from_keywords, validate
 
 TRITON_BACKENDS = ("onnxruntime", "openvino")
-FORMAT = {"onnxruntime": "onnx", "openvino": "openvino"}
+EXPORT_FORMAT = {"onnxruntime": "onnx", "openvino": "openvino"}  # the export format each Triton backend serves
 MODEL_FILE = {"onnxruntime": "model.onnx", "openvino": "model.xml"}
 LABELS_FILE = "labels.txt"
 VERSION = "1"
@@ -101,88 +103,118 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def export_triton(model: nn.Module, meta: CheckpointMeta, repository: str | os.PathLike, *,
-                  name: str | None = None, backend: str = "onnxruntime", int8: bool = False, instances: int = 1,
-                  threads: int | None = None, cores: int | None = None, max_batch: int | None = None,
-                  queue_delay_us: int = QUEUE_DELAY_US, force: bool = False, parity_data: str | None = None,
-                  parity_n: int | None = None, min_agreement: float | None = None,
-                  calibration_data: str | None = None, calibration_n: int = 300) -> TritonExport:
-    """Write ``model`` (of task ``meta.task``) as ``repository/<name>`` for Triton's ``backend`` on CPUs.
+@dataclass(frozen=True)
+class TritonOptions:
+    """The repository entry's own settings (the export's are an :class:`~.options.ExportOptions`).
 
     ``name`` defaults to the model's name (``_int8`` appended for int8). ``threads`` per instance defaults to
-    ``cores // instances``; ``max_batch`` (Triton's ``max_batch_size``) to 8 for ONNX Runtime and 1 for
-    OpenVINO; 0 writes a fixed batch-1 file without batching. The parity and int8 arguments are the
-    exporter's. Nothing is written when an argument is wrong or the parity check fails (one-line
-    :class:`UserError`).
+    ``cores // instances`` (``cores``: the cores usable here); ``max_batch`` (Triton's ``max_batch_size``) to 8
+    for ONNX Runtime and 1 for OpenVINO; 0 writes a fixed batch-1 file without batching. ``force`` replaces an
+    existing, non-empty entry."""
+
+    name: str | None = None
+    backend: str = "onnxruntime"
+    instances: int = 1
+    threads: int | None = None
+    cores: int | None = None
+    max_batch: int | None = None
+    queue_delay_us: int = QUEUE_DELAY_US
+    force: bool = False
+
+    def asked(self) -> list[str]:
+        """The fields set to something other than their default."""
+        return [f.name for f in fields(self) if getattr(self, f.name) != f.default]
+
+
+def export_triton(model: nn.Module, meta: CheckpointMeta, repository: str | os.PathLike,
+                  triton: TritonOptions | None = None, options: ExportOptions | None = None,
+                  **deprecated) -> TritonExport:
+    """Write ``model`` (of task ``meta.task``) as ``repository/<name>`` for Triton's backend on CPUs
+    (``triton``: :class:`TritonOptions`), exported as ``options`` ask (parity and int8; the fields
+    :data:`~.options.TRITON_OPTIONS` lists). Nothing is written when an argument is wrong or the parity check
+    fails (one-line :class:`UserError`).
+
+    The keyword arguments of earlier releases (``name=``, ``int8=``, ...) still work for this release: they are
+    mapped onto the two records with a DeprecationWarning.
     """
+    if deprecated:
+        names = {f.name for f in fields(TritonOptions)}
+        with warnings.catch_warnings(record=True) as said:  # one warning for both records
+            warnings.simplefilter("always")
+            triton = from_keywords(triton, {k: v for k, v in deprecated.items() if k in names}, "export_triton",
+                                   "triton", cls=TritonOptions)
+            options = from_keywords(options, {k: v for k, v in deprecated.items() if k not in names},
+                                    "export_triton")
+        warnings.warn("; ".join(str(w.message) for w in said), DeprecationWarning, stacklevel=2)
+    triton = triton or TritonOptions()
+    options = options or ExportOptions()
+    backend = triton.backend
     if backend not in TRITON_BACKENDS:
-        raise UserError(f"--triton-backend {backend!r} is not one of {', '.join(TRITON_BACKENDS)}")
-    name = name if name is not None else f"{meta.model}{'_int8' if int8 else ''}"
+        raise UserError(f"backend={backend!r} is not one of {', '.join(TRITON_BACKENDS)}")
+    validate(EXPORT_FORMAT[backend], options, triton=True)
+    name = triton.name if triton.name is not None else f"{meta.model}{'_int8' if options.int8 else ''}"
     if not NAME.fullmatch(name):
-        raise UserError(f"--name {name!r} is not a Triton model name; use letters, digits, '_', '-' and '.', "
+        raise UserError(f"name={name!r} is not a Triton model name; use letters, digits, '_', '-' and '.', "
                         "starting with a letter or digit")
-    cores, threads = _threads(instances, threads, cores)
-    max_batch = _max_batch(backend, max_batch)
-    if queue_delay_us < 0:
-        raise UserError(f"queue delay {queue_delay_us} us must not be negative")
+    cores, threads = _threads(triton.instances, triton.threads, triton.cores)
+    max_batch = _max_batch(backend, triton.max_batch)
+    if triton.queue_delay_us < 0:
+        raise UserError(f"queue_delay_us={triton.queue_delay_us} must not be negative")
     repository = Path(repository)
     target = repository / name
-    _check_target(repository, target, force)
-    optional_import("onnx", "onnx", "--triton")
+    _check_target(target, triton.force)
+    optional_import("onnx", "onnx", "a Triton repository")
 
     made = [p for p in (repository, *repository.parents) if not p.exists()]
-    repository.mkdir(parents=True, exist_ok=True)
-    stage_in = _staging_parent(repository)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{repository.name}.{name}.", suffix=".tmp", dir=stage_in))
     try:
-        model_file = tmp / VERSION / MODEL_FILE[backend]
-        try:
-            result = export_model(model, meta, model_file, FORMAT[backend], dynamic_batch=max_batch > 0, batch=1,
-                                  parity_data=parity_data, parity_n=parity_n, min_agreement=min_agreement,
-                                  int8=int8, calibration_data=calibration_data, calibration_n=calibration_n)
-        except UserError as e:  # name the repository entry, not the staging folder
-            raise UserError(str(e).replace(str(tmp), str(target))) from e
-        inputs, outputs = _tensors(model_file, backend, batched=max_batch > 0, classes=len(meta.class_names))
-        files = [f"{VERSION}/{MODEL_FILE[backend]}"] + ([f"{VERSION}/model.bin"] if backend == "openvino" else [])
-        if any(o.label_filename for o in outputs):
-            (tmp / LABELS_FILE).write_text("".join(f"{_label(c)}\n" for c in meta.class_names), encoding="utf-8")
-            files.append(LABELS_FILE)
-        config = model_config(name, backend, inputs, outputs, max_batch=max_batch, instances=instances,
-                              threads=threads, queue_delay_us=queue_delay_us)
-        (tmp / "config.pbtxt").write_text(config, encoding="utf-8")
-        files.insert(0, "config.pbtxt")
-        _publish(tmp, target)
+        repository.mkdir(parents=True, exist_ok=True)
+        with staged(target, "repository", parent=_staging_parent(repository)) as tmp:
+            model_file = tmp / VERSION / MODEL_FILE[backend]
+            try:
+                result = export_model(model, meta, model_file, EXPORT_FORMAT[backend],
+                                      options.replace(dynamic_batch=max_batch > 0))
+            except UserError as e:  # name the repository entry, not the staging folder
+                raise UserError(str(e).replace(str(tmp), str(target))) from e
+            inputs, outputs = _tensors(model_file, backend, batched=max_batch > 0, classes=len(meta.class_names))
+            files = [f"{VERSION}/{MODEL_FILE[backend]}"] + ([f"{VERSION}/model.bin"] if backend == "openvino" else [])
+            if any(o.label_filename for o in outputs):
+                (tmp / LABELS_FILE).write_text("".join(f"{_label(c)}\n" for c in meta.class_names),
+                                               encoding="utf-8")
+                files.append(LABELS_FILE)
+            config = model_config(name, backend, inputs, outputs, max_batch=max_batch, instances=triton.instances,
+                                  threads=threads, queue_delay_us=triton.queue_delay_us)
+            (tmp / "config.pbtxt").write_text(config, encoding="utf-8")
+            files.insert(0, "config.pbtxt")
+            _readable(tmp)
+            replace_folder(tmp, target, aside=tmp.parent)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
         for folder in made:  # the folders this call made, deepest first, if they are still empty
             with contextlib.suppress(OSError):
                 folder.rmdir()
         raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     result.path = target / VERSION / MODEL_FILE[backend]
     return TritonExport(path=target, name=name, backend=backend, config=config, files=files, export=result,
-                        instances=instances, threads=threads, cores=cores, max_batch=max_batch, inputs=inputs,
-                        outputs=outputs)
+                        instances=triton.instances, threads=threads, cores=cores, max_batch=max_batch,
+                        inputs=inputs, outputs=outputs)
 
 
 # ------------------------------------------------------------------------------------------------ arguments
 def _threads(instances: int, threads: int | None, cores: int | None) -> tuple[int, int]:
     cores = usable_cores() if cores is None else cores
     if cores < 1:
-        raise UserError(f"--cores {cores} must be at least 1")
+        raise UserError(f"cores={cores} must be at least 1")
     if instances < 1:
-        raise UserError(f"--instances {instances} must be at least 1")
+        raise UserError(f"instances={instances} must be at least 1")
     if instances > cores:
-        raise UserError(f"--instances {instances} is more than the {cores} cores; use at most {cores} instances "
-                        "(or pass --cores with the serving machine's core count)")
+        raise UserError(f"instances={instances} is more than the {cores} cores; use at most {cores} instances "
+                        "(or pass cores= the serving machine's core count)")
     threads = cores // instances if threads is None else threads
     if threads < 1:
-        raise UserError(f"--threads {threads} must be at least 1")
+        raise UserError(f"threads={threads} must be at least 1")
     if instances * threads > cores:
-        raise UserError(f"--instances {instances} x --threads {threads} = {instances * threads} threads is more "
-                        f"than the {cores} cores; use --threads {cores // instances} or fewer (or pass --cores "
-                        "with the serving machine's core count)")
+        raise UserError(f"instances={instances} x threads={threads} = {instances * threads} threads is more "
+                        f"than the {cores} cores; use threads={cores // instances} or fewer (or pass cores= the "
+                        "serving machine's core count)")
     return cores, threads
 
 
@@ -191,23 +223,17 @@ def _max_batch(backend: str, max_batch: int | None) -> int:
     unless ``ENABLE_BATCH_PADDING`` pads them (each request then costs a full batch), hence 1 by default."""
     max_batch = DEFAULT_MAX_BATCH[backend] if max_batch is None else max_batch
     if max_batch < 0:
-        raise UserError(f"--max-batch {max_batch} must be 0 (no batching) or more")
+        raise UserError(f"max_batch={max_batch} must be 0 (no batching) or more")
     return max_batch
 
 
-def _check_target(repository: Path, target: Path, force: bool) -> None:
-    existing = next((p for p in (repository, *repository.parents) if p.exists()), None)
-    if existing is not None and not existing.is_dir():
-        raise UserError(f"cannot write the repository {repository}: {existing} is a file, not a folder; "
-                        "choose another --triton folder")
-    if existing is not None and not os.access(existing, os.W_OK):
-        raise UserError(f"cannot write the repository {repository}: {existing} is not writable; choose another "
-                        "--triton folder")
+def _check_target(target: Path, force: bool) -> None:
+    check_writable(target, "repository")
     if target.exists() and not target.is_dir():
-        raise UserError(f"{target} is a file, not a model folder; remove it or choose another --name")
+        raise UserError(f"{target} is a file, not a model folder; remove it or choose another name")
     if target.is_dir() and any(target.iterdir()) and not force:
-        raise UserError(f"{target} already exists and is not empty; pass --force to replace it or choose another "
-                        "--name")
+        raise UserError(f"{target} already exists and is not empty; pass force=True to replace it or choose another "
+                        "name")
 
 
 def _staging_parent(repository: Path) -> Path:
@@ -218,23 +244,11 @@ def _staging_parent(repository: Path) -> Path:
     return parent if same else repository
 
 
-def _publish(tmp: Path, target: Path) -> None:
-    """Rename the finished folder onto ``target`` (an existing one moved aside first, removed after)."""
+def _readable(tmp: Path) -> None:
+    """Folders as the umask makes them: mkdtemp's 0700 would hide the model from a server running as another user."""
     mode = 0o777 & ~_umask()
     for folder in (tmp, *(p for p in tmp.rglob("*") if p.is_dir())):
-        folder.chmod(mode)  # mkdtemp's 0700 would hide the model from a server running as another user
-    old = None
-    if target.is_dir() and any(target.iterdir()):
-        old = tmp.with_name(tmp.name + ".old")
-        os.replace(target, old)
-    try:
-        os.replace(tmp, target)
-    except BaseException:
-        if old is not None:
-            os.replace(old, target)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        folder.chmod(mode)
 
 
 def _umask() -> int:
@@ -251,7 +265,7 @@ def _label(name: str) -> str:
 def _tensors(model_file: Path, backend: str, *, batched: bool, classes: int) -> tuple[list[Tensor], list[Tensor]]:
     """The inputs and outputs of the written file, as the config states them."""
     if backend == "openvino":
-        ov = optional_import("openvino", "openvino", "--triton-backend openvino")
+        ov = optional_import("openvino", "openvino", "backend='openvino'")
         model = ov.Core().read_model(str(model_file))
         ios = [[(p.get_any_name(), OPENVINO_TYPES.get(p.get_element_type().get_type_name()),
                  [d.get_length() if d.is_static else -1 for d in p.get_partial_shape()]) for p in ports]
@@ -290,7 +304,7 @@ def _tensors(model_file: Path, backend: str, *, batched: bool, classes: int) -> 
 
 def _run_once(model_file: Path, backend: str, input_shape: list[int]):
     """The outputs of one run of the written file on zeros (batch 1), in the graph's order."""
-    runner = RUNNERS["openvino" if backend == "openvino" else onnx_runtimes()[0]](model_file)
+    runner = open_runner(model_file, "openvino" if backend == "openvino" else onnx_runtimes()[0])
     return runner.outputs(np.zeros([1, *input_shape[1:]], np.float32))
 
 

@@ -4,7 +4,8 @@ outputs into answers.
 ``open_model(path, backend)``: an exported file runs as it is (``auto``: the fastest backend for it,
 :func:`mobilenets.deploy.auto.choose_backend`). A checkpoint is exported first, once, to a **dynamic-batch**
 ONNX file in the cache (parity-checked like every export), so that the worker can batch requests; ``auto``
-then picks the faster of ONNX Runtime and OpenVINO on it. ``--backend torch`` runs a checkpoint in eager
+then picks the faster of ONNX Runtime and OpenVINO on it (:func:`mobilenets.deploy.export.cached_export`, the
+one export cache). ``backend="torch"`` runs a checkpoint in eager
 PyTorch instead (the task's export module, any batch size).
 """
 from __future__ import annotations
@@ -19,28 +20,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..deploy.export import export_model
+from ..deploy.export import cached_export
 from ..deploy.open import open_runner
 from ..deploy.runtime import Runner
 from ..errors import UserError
 from ..tasks import get_task
-from ..weights import cache_root, file_sha256
 from .decode import decode_upload
 from .limits import Limits
 
 log = logging.getLogger(__name__)
-
-
-def dynamic_export(checkpoint: Path) -> Path:
-    """The checkpoint's dynamic-batch ONNX export, made once (with its parity check) and kept in the cache."""
-    from ..checkpoint import load_checkpoint
-
-    target = cache_root() / "exports" / f"{file_sha256(checkpoint)[:20]}_dynamic.onnx"
-    if not target.is_file():
-        model, meta = load_checkpoint(checkpoint)
-        log.info("exporting %s to %s (dynamic batch, for serving)", checkpoint, target)
-        export_model(model, meta, target, "onnx", dynamic_batch=True)
-    return target
 
 
 def open_model(path: str | os.PathLike, backend: str = "auto", threads: int | None = None,
@@ -51,7 +39,7 @@ def open_model(path: str | os.PathLike, backend: str = "auto", threads: int | No
     if not path.is_file():
         raise UserError(f"model file {path} not found; pass a checkpoint or a file written by 'mobilenets export'")
     if path.suffix.lower() == ".safetensors" and backend != "torch":
-        path = dynamic_export(path)
+        path = cached_export(path, "onnx", dynamic_batch=True)
     return ServedModel(open_runner(path, backend, threads), name)
 
 

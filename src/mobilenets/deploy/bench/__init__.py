@@ -10,7 +10,7 @@ are :mod:`.stats`'; :mod:`.report` formats them.
 """
 from .paths import MODELS, PathSpec
 from .report import BenchReport, format_table
-from .run import run_bench
+from .run import BenchOptions, run_bench
 from .stats import PathResult
 
-__all__ = ["MODELS", "BenchReport", "PathResult", "PathSpec", "format_table", "run_bench"]
+__all__ = ["MODELS", "BenchOptions", "BenchReport", "PathResult", "PathSpec", "format_table", "run_bench"]

@@ -2,8 +2,9 @@
 runs (our exports and the peers') and :func:`load`, which a worker process calls to get the callable to time.
 
 * ``ours``: ``mobilenets.create_model(name)`` exported by :func:`~mobilenets.deploy.export.export_model`
-  (BN folded, GlobalAveragePool, parity-checked) and run by :mod:`~mobilenets.deploy.runtime`'s runners, plus
-  eager PyTorch (batch 1 only: at batch 32 one eager run takes seconds on a busy machine).
+  (BN folded, GlobalAveragePool, parity-checked) and run by the format table's runners
+  (:func:`~mobilenets.deploy.open.open_runner`), plus eager PyTorch (batch 1 only: at batch 32 one eager run
+  takes seconds on a busy machine).
 * ``peer``: torchvision's ``mobilenet_v2`` / ``mobilenet_v3_large`` / ``mobilenet_v3_small`` and timm's
   ``mobilenetv1_100``, ``mobilenetv2_140``, ``mobilenetv4_*`` and ``mobilenetv5_*`` (built by timm, random init:
   nothing is downloaded), exported with plain ``torch.onnx.export`` (its defaults: the dynamo exporter, opset 18)
@@ -90,14 +91,12 @@ def load(spec: PathSpec):
             with torch.inference_mode():
                 model(xt)
         return run
-    from ..runtime import OnnxRuntimeRunner, OpenVinoRunner
-    if spec.backend == "onnxruntime":
-        runner = OnnxRuntimeRunner(Path(spec.file), spec.threads, tuned=spec.tuned)
-    elif spec.backend == "openvino":  # our OpenVINO settings are its defaults plus fp32 and the thread count
-        runner = OpenVinoRunner(Path(spec.file), spec.threads)
-    else:  # a backend with a format of its own (ExecuTorch, ...): its runner, as open_runner makes it
-        from ..open import open_runner
-        runner = open_runner(Path(spec.file), spec.backend, spec.threads)
+    from ..open import open_runner
+
+    # A peer's ONNX file on ONNX Runtime's default session settings (our OpenVINO settings are its defaults plus
+    # fp32 and the thread count, so OpenVINO has no untuned variant).
+    options = {"tuned": spec.tuned} if spec.backend == "onnxruntime" else {}
+    runner = open_runner(Path(spec.file), spec.backend, spec.threads, **options)
     return lambda: runner.run(x)
 
 
@@ -190,8 +189,13 @@ def _export_batch(model, meta, out: Path, fmt: str, batch: int, int8: bool = Fal
     """Export at a fixed batch of ``batch`` (a fixed shape lets the runtimes plan every layer ahead). int8
     parity is reported, not enforced: the random-weight benchmark models have no meaningful top-1."""
     from ..export import export_model
-    export_model(model, meta, out, fmt, batch=batch, int8=int8, calibration_data=calibration,
-                 min_agreement=0.0 if int8 else None, parity_n=max(batch, 4), calibration_n=max(64, batch * 4))
+    from ..options import ExportOptions
+
+    options = ExportOptions(batch=batch, parity_n=max(batch, 4))
+    if int8:
+        options = options.replace(int8=True, calibration_data=calibration, min_agreement=0.0,
+                                  calibration_n=max(64, batch * 4))
+    export_model(model, meta, out, fmt, options)
 
 
 def export_peer(name: str, batch: int, folder: Path, size: tuple[int, int, int] = INPUT_SIZE) -> str:

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from ...errors import UserError
-from ..formats import BACKEND, RUNTIMES, installed, optional_import, runs_here
+from ..files import optional_import
+from ..formats import BACKEND, RUNTIMES, installed, runs_here
 from .harness import Timings, Worker, interleave, sgemm_roof
 from .paths import MODELS, PEERS, PathSpec, build, input_size, load, specs
 from .report import BenchReport
@@ -16,23 +18,49 @@ from .stats import path_result, ratio
 log = logging.getLogger(__name__)
 
 
-def run_bench(models=MODELS, backends=None, batches=(1, 32), threads: int = 2, rounds: int = 30,
-              large_batch_rounds: int = 10, burst_ms: float = 150.0, tuned_peers: bool = False, int8: bool = False,
-              calibration: str | None = None, workdir: str | None = None, progress=None, on_block=None,
-              resolution: int | None = None) -> BenchReport:
-    """Measure every path; ``rounds`` interleaved rounds at batch 1, ``large_batch_rounds`` at larger batches
-    (each of their runs is already a long average). int8 and tuned-peer paths are batch-1 figures. Each model
-    and its peer run at the model's native resolution, or at ``resolution`` for all.
+@dataclass(frozen=True)
+class BenchOptions:
+    """What ``run_bench`` measures: ``models`` (benchmark names), ``backends`` (None: every installed one that runs
+    here), ``batches``, ``threads`` per runtime, ``rounds`` interleaved rounds at batch 1 and ``large_batch_rounds``
+    at larger batches (each of their runs is already a long average), bursts of about ``burst_ms``;
+    ``tuned_peers``: also the peers' files with our runner settings; ``int8``: also our int8 files, calibrated on
+    ``calibration`` (default fashion-mnist); ``resolution``: one input size for all (default each model's)."""
+
+    models: tuple[str, ...] = MODELS
+    backends: tuple[str, ...] | None = None
+    batches: tuple[int, ...] = (1, 32)
+    threads: int = 2
+    rounds: int = 30
+    large_batch_rounds: int = 10
+    burst_ms: float = 150.0
+    tuned_peers: bool = False
+    int8: bool = False
+    calibration: str | None = None
+    resolution: int | None = None
+
+
+def run_bench(options: BenchOptions | None = None, *, workdir: str | None = None, progress=None, on_block=None,
+              **deprecated) -> BenchReport:
+    """Measure every path ``options`` asks for (:class:`BenchOptions`). int8 and tuned-peer paths are batch-1
+    figures. Each model and its peer run at the model's native resolution, or at ``options.resolution`` for all.
     ``progress(message)`` receives progress lines (default: the log); ``on_block(report)`` receives the report so
-    far after each model and batch (to save partial results)."""
+    far after each model and batch (to save partial results). The keyword arguments of earlier releases
+    (``models=``, ``threads=``, ...) still work for this release, mapped onto ``options`` with a
+    DeprecationWarning."""
     from ... import profile
     from ..auto import cpu_name
+    from ..options import from_keywords
 
-    checked = [(threads, "threads"), (rounds, "rounds"), (large_batch_rounds, "large-batch-rounds"),
-               *((b, "batch") for b in batches), *([] if resolution is None else [(resolution, "resolution")])]
+    options = from_keywords(options, deprecated, "run_bench", cls=BenchOptions)
+    models, backends, batches, threads = options.models, options.backends, options.batches, options.threads
+    rounds, large_batch_rounds, burst_ms = options.rounds, options.large_batch_rounds, options.burst_ms
+    tuned_peers, int8, calibration, resolution = (options.tuned_peers, options.int8, options.calibration,
+                                                  options.resolution)
+    checked = [(threads, "threads"), (rounds, "rounds"), (large_batch_rounds, "large_batch_rounds"),
+               *((b, "batches") for b in batches), *([] if resolution is None else [(resolution, "resolution")])]
     for value, what in checked:
         if value < 1:
-            raise UserError(f"--{what} {value} must be at least 1")
+            raise UserError(f"{what}={value} must be at least 1")
     unknown = [m for m in models if m not in PEERS]
     if unknown:
         raise UserError(f"unknown benchmark model(s) {', '.join(unknown)}; use {', '.join(PEERS)}")
@@ -43,9 +71,9 @@ def run_bench(models=MODELS, backends=None, batches=(1, 32), threads: int = 2, r
         raise UserError(f"unknown backend(s) {', '.join(bad)}; use {', '.join(RUNTIMES)}")
     for b in backends:
         if not runs_here(b):
-            raise UserError(f"backend {b!r} cannot run here: {BACKEND[b].platform_note}; drop it from --backends")
+            raise UserError(f"backend {b!r} cannot run here: {BACKEND[b].platform_note}; drop it from backends")
         if b != "torch":
-            optional_import(BACKEND[b].module, BACKEND[b].extra, what=f"backend {b!r}")
+            optional_import(BACKEND[b].module, BACKEND[b].extra, what=f"backend={b!r}")
     if int8 and calibration is None:
         calibration = "fashion-mnist"
     say = progress or (lambda msg: log.info("%s", msg))

@@ -4,7 +4,7 @@
   ``coremltools.convert(..., convert_to="mlprogram", compute_precision=FLOAT32)``; input ``input`` (N, C, H, W)
   float32, outputs named as the task's. fp32 is deliberate: coremltools' default fp16 compute precision moves
   MobileNetV3 outputs far more than torch's own fp16 does (apple/coremltools#2625).
-* Metadata: the file's properties (:mod:`.formats`' keys) go into the model's ``user_defined_metadata``.
+* Metadata: the file's properties (:mod:`..keys`' keys) go into the model's ``user_defined_metadata``.
 * Prediction needs macOS (coremltools runs models only there). On other systems the export is checked for
   structure instead of parity (:func:`inspect`: the ML program's ops, input and output names and shapes, the
   metadata), and the file records that parity was not checked; :class:`CoreMLRunner` runs the package on macOS,
@@ -22,9 +22,20 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
-from .formats import BACKEND, META_KEY, ExportJob, Writer, optional_import
-from .runtime import Runner, meta_of
+from ...errors import UserError
+from ..files import failing_as, optional_import, require
+from ..keys import META_KEY
+from ..runtime import Runner, meta_of
+from .base import COMMON_OPTIONS, ExportJob, Writer
+
+NEEDS = ("coremltools",)
+OPTIONS = COMMON_OPTIONS  # fp32 at a fixed batch
+PLATFORM_NOTE = ("Core ML prediction needs macOS (coremltools runs models only there); the export is checked for "
+                 "structure only on this system")
+
+
+def check(int8: bool) -> None:
+    require("coremltools", what="fmt='coreml'")
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +45,7 @@ def _import_coremltools():
     # and a warning that it was tested with older torch and scikit-learn releases (the parity check is ours).
     logging.getLogger("coremltools").setLevel(logging.ERROR)
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)  # torchao's Enum registration (see .executorch)
-    return optional_import("coremltools", "coreml", "--format coreml")
-
-
-def on_macos() -> bool:
-    return sys.platform == "darwin"
+    return optional_import("coremltools", what="fmt='coreml'")
 
 
 def writer(job: ExportJob) -> Writer:
@@ -47,19 +54,13 @@ def writer(job: ExportJob) -> Writer:
     import torch
 
     shape = (job.batch, *job.meta.preprocessing.input_size)
-    try:
+    with failing_as(f"torch.export could not export {job.meta.model} for Core ML"):
         program = torch.export.export(job.fused, (torch.zeros(shape),)).run_decompositions({})
-    except Exception as e:  # noqa: BLE001 - torch.export raises many types; the model is what the user gave us
-        raise UserError(f"torch.export could not export {job.meta.model} for Core ML ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0][:200]})") from e
-    try:
-        with contextlib.redirect_stderr(io.StringIO()):  # coremltools' progress bars
-            model = ct.convert(program, convert_to="mlprogram", compute_precision=ct.precision.FLOAT32,
-                               inputs=[ct.TensorType(name="input", shape=shape)],
-                               outputs=[ct.TensorType(name=name) for name in job.outputs])
-    except Exception as e:  # noqa: BLE001 - coremltools raises many types (missing op conversions, ...)
-        raise UserError(f"coremltools could not convert {job.meta.model} ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0][:200]})") from e
+    with failing_as(f"coremltools could not convert {job.meta.model}"), \
+            contextlib.redirect_stderr(io.StringIO()):  # coremltools' progress bars
+        model = ct.convert(program, convert_to="mlprogram", compute_precision=ct.precision.FLOAT32,
+                           inputs=[ct.TensorType(name="input", shape=shape)],
+                           outputs=[ct.TensorType(name=name) for name in job.outputs])
     job.details.update({"compute_precision": "float32", "spec_version": model.get_spec().specificationVersion})
 
     def save(file: Path, properties: dict[str, str]) -> None:
@@ -68,20 +69,18 @@ def writer(job: ExportJob) -> Writer:
             metadata[key] = value
         model.save(str(file))
 
-    if on_macos():
+    if sys.platform == "darwin":
         return Writer(save=save, open=CoreMLRunner)
-    return Writer(save=save, open=None, unchecked=BACKEND["coreml"].platform_note,
+    return Writer(save=save, open=None, unchecked=PLATFORM_NOTE,
                   inspect=lambda file: inspect(file, job.outputs, shape))
 
 
 def package_spec(path: Path):
     """The model spec (protobuf) of a ``.mlpackage``, read without loading the model (works on any system)."""
     ct = _import_coremltools()
-    try:
+    with failing_as(f"coremltools cannot read {path}",
+                    "pass a .mlpackage written by 'mobilenets export' with fmt='coreml'"):
         return ct.utils.load_spec(str(path))
-    except Exception as e:  # noqa: BLE001 - coremltools raises what protobuf / the package reader raise
-        raise UserError(f"coremltools cannot read {path} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-                        "pass a .mlpackage written by 'mobilenets export --format coreml'") from e
 
 
 def program_ops(spec) -> collections.Counter:
@@ -129,8 +128,8 @@ class CoreMLRunner(Runner):
     backend = "coreml"
 
     def __init__(self, path: Path, threads: int | None = None):
-        if not on_macos():
-            raise UserError(f"cannot run {path}: {BACKEND['coreml'].platform_note}")
+        if not sys.platform == "darwin":
+            raise UserError(f"cannot run {path}: {PLATFORM_NOTE}")
         ct = _import_coremltools()
         spec = package_spec(path)
         self.model = ct.models.MLModel(str(path), compute_units=ct.ComputeUnit.CPU_ONLY)

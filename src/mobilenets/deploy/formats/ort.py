@@ -3,7 +3,7 @@
 
 * The ``.ort`` file is what a minimal, reduced-operator ONNX Runtime build loads (Android / iOS / embedded); the
   full ``onnxruntime`` package loads it too, which is how the parity check runs here
-  (:class:`~.runtime.OnnxRuntimeRunner`).
+  (:class:`.onnx.OnnxRuntimeRunner`).
 * ``NAME.required_operators.config`` lists the operators the model uses, the input of such a build
   (``build.sh --include_ops_by_config NAME.required_operators.config``).
 * Graph optimizations are applied at conversion ("Fixed" style, all levels) for :data:`TARGET_PLATFORM` (arm,
@@ -20,25 +20,31 @@ import os
 import tempfile
 from pathlib import Path
 
-from ..errors import UserError
-from .formats import PROPERTY_PREFIX, ExportJob, Writer, companion, optional_import
-from .onnx_graph import set_properties
-from .runtime import OnnxRuntimeRunner
+from ...errors import UserError
+from ..files import failing_as, require
+from ..keys import PROPERTY_PREFIX
+from .base import COMMON_OPTIONS, INT8_OPTIONS, ExportJob, Writer
+from .onnx import OnnxRuntimeRunner, quantized
 
 TARGET_PLATFORM = "arm"
 CONFIG_SUFFIX = ".required_operators.config"
 TARGET_KEY = f"{PROPERTY_PREFIX}ort_target"
+NEEDS = ("onnx", "onnxruntime")
+OPTIONS = (*COMMON_OPTIONS, "dynamic_batch", *INT8_OPTIONS, "int8_weights")
+
+
+def check(int8: bool) -> None:
+    for module in NEEDS:
+        require(module, what="fmt='ort'")
 
 
 def writer(job: ExportJob) -> Writer:
     """The ``.ort`` of ``job``'s ONNX export (quantized first for int8)."""
-    onnx = optional_import("onnx", "onnx", "--format ort")
-    optional_import("onnxruntime", "onnx", "--format ort")
-    proto = job.onnx()  # fp32, or a quantization-aware model's int8 as trained
-    if job.int8 and job.learned is None:
-        from .quantize import quantize_onnx
-        proto, settings = quantize_onnx(proto, job.calibration, job.int8_weights)
-        job.details.update(settings)
+    import onnx
+
+    from ..onnx_graph import set_properties
+
+    proto = quantized(job)  # fp32, a quantization-aware model's int8 as trained, or ONNX Runtime QDQ
     job.details.update({"ort_target": TARGET_PLATFORM, "optimization": "Fixed, all levels"})
 
     def save(file: Path, properties: dict[str, str]) -> None:
@@ -50,13 +56,10 @@ def writer(job: ExportJob) -> Writer:
         with tempfile.TemporaryDirectory(prefix=".ort-", dir=file.parent) as tmp:
             source = Path(tmp) / f"{file.stem}.onnx"
             onnx.save(model, source)
-            try:
-                with contextlib.redirect_stdout(io.StringIO()):  # the converter prints its progress
-                    convert_onnx_models_to_ort(source, Path(tmp), [OptimizationStyle.Fixed],
-                                               target_platform=TARGET_PLATFORM)
-            except Exception as e:  # noqa: BLE001 - the converter raises what ONNX Runtime raises
-                raise UserError(f"onnxruntime could not convert {job.meta.model} to the ORT format "
-                                f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+            with failing_as(f"onnxruntime could not convert {job.meta.model} to the ORT format"), \
+                    contextlib.redirect_stdout(io.StringIO()):  # the converter prints its progress
+                convert_onnx_models_to_ort(source, Path(tmp), [OptimizationStyle.Fixed],
+                                           target_platform=TARGET_PLATFORM)
             written = Path(tmp) / f"{file.stem}.ort"
             config = Path(tmp) / f"{file.stem}{CONFIG_SUFFIX}"
             if not written.is_file() or not config.is_file():
@@ -66,7 +69,7 @@ def writer(job: ExportJob) -> Writer:
             lines = [f"# - {(job.out or file).name}" if line.startswith("# - ") else line
                      for line in config.read_text().splitlines()]
             config.write_text("\n".join(lines) + "\n")
-            os.replace(config, companion(file, CONFIG_SUFFIX))
+            os.replace(config, file.with_suffix(CONFIG_SUFFIX))
             os.replace(written, file)
 
     return Writer(save=save, open=OnnxRuntimeRunner)
@@ -74,7 +77,7 @@ def writer(job: ExportJob) -> Writer:
 
 def required_operators(path: Path) -> list[str]:
     """The operators a ``.ort`` file's config lists, ``domain;opset;op`` per entry (for reports and tests)."""
-    config = companion(Path(path), CONFIG_SUFFIX)
+    config = Path(path).with_suffix(CONFIG_SUFFIX)
     ops = []
     for line in config.read_text().splitlines():
         if line.strip() and not line.startswith("#"):

@@ -29,23 +29,24 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
-from .formats import PROPERTY_PREFIX, ExportJob, Writer, optional_import, quiet_native_stderr, require
-from .runtime import Runner, meta_of
+from ..files import failing_as, optional_import, quiet_native_stderr, require
+from ..keys import PROPERTY_PREFIX
+from ..runtime import Runner, meta_of
+from .base import COMMON_OPTIONS, INT8_OPTIONS, ExportJob, Writer
 
 log = logging.getLogger(__name__)
 
 RUNTIME_EXTRA = "litert"  # ai-edge-litert: the Interpreter, the flatbuffer schema
 CONVERT_EXTRA = "litert-convert"  # litert-torch (+ the AI Edge Quantizer it pulls in)
 LAYOUT_KEY = "mobilenets.layout"  # "NCHW" (default) or "NHWC": the layout of the file's image input
+NEEDS = ("ai_edge_litert", "litert_torch")
+OPTIONS = (*COMMON_OPTIONS, *INT8_OPTIONS, "nhwc")  # a fixed batch: no dynamic_batch
 
 
-def check_installed(int8: bool = False) -> None:
+def check(int8: bool = False) -> None:
     """One-line UserError naming the extra when a package of the LiteRT export is missing."""
-    require("ai_edge_litert", CONVERT_EXTRA, "--format litert")
-    require("litert_torch", CONVERT_EXTRA, "--format litert")
-    if int8:
-        require("ai_edge_quantizer", CONVERT_EXTRA, "--int8 for --format litert")
+    for module in NEEDS + (("ai_edge_quantizer",) if int8 else ()):
+        require(module, CONVERT_EXTRA, "int8 with fmt='litert'" if module == "ai_edge_quantizer" else "fmt='litert'")
 
 
 # ------------------------------------------------------------------------------------------------ conversion
@@ -53,20 +54,16 @@ def convert(module, input_size: tuple[int, int, int], *, batch: int = 1, nhwc: b
     """The fp32 ``.tflite`` flatbuffer of ``module`` (eval mode, (N, C, H, W) in) at a fixed ``batch``."""
     import torch
 
-    litert_torch = optional_import("litert_torch", CONVERT_EXTRA, "--format litert")
+    litert_torch = optional_import("litert_torch", CONVERT_EXTRA, "fmt='litert'")
     _quiet()
     example = torch.zeros(batch, *input_size)
     if nhwc:
         module = litert_torch.to_channel_last_io(module, args=[0]).eval()
         example = example.permute(0, 2, 3, 1).contiguous()
-    try:
-        with _no_progress(), quiet_native_stderr():
-            edge = litert_torch.convert(module.eval(), (example,))
-            return bytes(edge.model_content())
-    except Exception as e:  # noqa: BLE001 - the converter raises many types; the first line says what failed
-        first = (str(e).strip().splitlines() or [""])[0][:300]
-        raise UserError(f"litert-torch cannot convert this model ({type(e).__name__}: {first}); export it to "
-                        "another --format (onnx)") from e
+    with failing_as("litert-torch cannot convert this model", "export it to another format (fmt='onnx')"), \
+            _no_progress(), quiet_native_stderr():
+        edge = litert_torch.convert(module.eval(), (example,))
+        return bytes(edge.model_content())
 
 
 @contextlib.contextmanager
@@ -84,10 +81,10 @@ def _no_progress():
             os.environ["LITERT_TORCH_SHOW_PROGRESS"] = previous
 
 
-def quantize(model: bytes, calibration: np.ndarray, *, nhwc: bool = False) -> tuple[bytes, dict]:
+def quantize(model: bytes, calibration: list[np.ndarray], *, nhwc: bool = False) -> tuple[bytes, dict]:
     """``(int8 flatbuffer, settings)``: AI Edge Quantizer static int8 of the fp32 ``model``, calibrated on
-    ``calibration`` (N, C, H, W) images fed one at a time at the file's batch size."""
-    optional_import("ai_edge_quantizer", CONVERT_EXTRA, "--int8 for LiteRT")
+    ``calibration``, (N, C, H, W) batches of the file's batch size."""
+    optional_import("ai_edge_quantizer", CONVERT_EXTRA, "int8 with fmt='litert'")
     from ai_edge_litert.interpreter import Interpreter
     from ai_edge_quantizer import algorithm_manager, qtyping, quantizer, recipe
 
@@ -96,12 +93,8 @@ def quantize(model: bytes, calibration: np.ndarray, *, nhwc: bool = False) -> tu
     signatures = interpreter.get_signature_list()
     (key, signature), = signatures.items()
     (name,) = signature["inputs"]
-    shape = interpreter.get_input_details()[0]["shape"]
-    batch = int(shape[0])
-    x = np.ascontiguousarray(calibration.transpose(0, 2, 3, 1) if nhwc else calibration, dtype=np.float32)
-    if len(x) < batch:
-        x = np.concatenate([x] * (batch // len(x) + 1))
-    samples = [{name: x[i:i + batch]} for i in range(0, len(x) - batch + 1, batch)]
+    batch = int(interpreter.get_input_details()[0]["shape"][0])
+    samples = [{name: np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if nhwc else x} for x in calibration]
     q = quantizer.Quantizer(bytearray(model), recipe.static_wi8_ai8())
     # h-swish stays float (dequantize -> HARD_SWISH -> quantize): XNNPACK has no int8 h-swish, so an int8 one
     # splits the graph into a delegate partition per activation, run 4x slower than fp32 on V3-Small
@@ -152,20 +145,19 @@ def read_properties(path_or_bytes: str | Path | bytes) -> dict[str, str]:
     from ai_edge_litert import schema_py_generated as schema
 
     data = path_or_bytes if isinstance(path_or_bytes, (bytes, bytearray)) else Path(path_or_bytes).read_bytes()
-    try:
+    what = path_or_bytes if not isinstance(path_or_bytes, bytes) else "the model"
+    out = {}
+    # a damaged flatbuffer fails in many ways
+    with failing_as(f"{what} is not a readable .tflite file", "pass a file written by 'mobilenets export' with "
+                    "fmt='litert'"):
         if not schema.Model.ModelBufferHasIdentifier(data, 0):
             raise ValueError("no TFL3 identifier")
         model = schema.Model.GetRootAs(data, 0)
-        out = {}
         for i in range(model.MetadataLength()):
             entry = model.Metadata(i)
             name = _name(entry.Name())
             if name.startswith(PROPERTY_PREFIX):
                 out[name] = model.Buffers(entry.Buffer()).DataAsNumpy().tobytes().decode()
-    except Exception as e:  # noqa: BLE001 - a damaged flatbuffer fails in many ways
-        raise UserError(f"{path_or_bytes if not isinstance(path_or_bytes, bytes) else 'the model'} is not a "
-                        f"readable .tflite file ({type(e).__name__}); pass a file written by "
-                        "'mobilenets export --format litert'") from e
     return out
 
 
@@ -188,16 +180,13 @@ class LiteRTRunner(Runner):
     backend = "litert"
 
     def __init__(self, path: Path, threads: int | None = None):
-        litert = optional_import("ai_edge_litert.interpreter", RUNTIME_EXTRA, "backend 'litert'")
+        litert = optional_import("ai_edge_litert.interpreter", RUNTIME_EXTRA, "backend='litert'")
         path = Path(path)
         properties = read_properties(path)
-        try:
-            with quiet_native_stderr():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." at every load
-                self.interpreter = litert.Interpreter(model_path=str(path), num_threads=threads or None)
-                self.interpreter.allocate_tensors()
-        except (ValueError, RuntimeError) as e:
-            raise UserError(f"LiteRT cannot load {path} ({str(e).splitlines()[0][:200]}); pass a .tflite file "
-                            "written by 'mobilenets export --format litert'") from e
+        with failing_as(f"LiteRT cannot load {path}", "pass a .tflite file written by 'mobilenets export' with "
+                        "fmt='litert'"), quiet_native_stderr():  # XNNPACK's "INFO: Created ..." at every load
+            self.interpreter = litert.Interpreter(model_path=str(path), num_threads=threads or None)
+            self.interpreter.allocate_tensors()
         (signature,) = self.interpreter._get_full_signature_list().values()  # names -> tensor indices
         details = {d["index"]: d for d in self.interpreter.get_tensor_details()}
         (self._input,) = (details[i] for i in signature["inputs"].values())
@@ -235,14 +224,13 @@ def _to_float(y: np.ndarray, detail: dict) -> np.ndarray:
 def writer(job: ExportJob) -> Writer:
     """Convert ``job``'s model (BatchNorm folded) to LiteRT, int8 when asked, with an NHWC input when
     ``job.nhwc``, once; the Writer saves it with its properties for the exporter's parity-or-delete
-    (:func:`mobilenets.deploy.export.export_model`)."""
-    check_installed(job.int8)
+    (:func:`mobilenets.deploy.export.export_model`, which ran :func:`check` first)."""
     nhwc = job.nhwc
     model = convert(job.fused, tuple(job.meta.preprocessing.input_size), batch=job.batch, nhwc=nhwc)
     layout = "NHWC" if nhwc else "NCHW"
     job.details.update({"converter": "litert-torch", "layout": layout})
     if job.int8:
-        model, settings = quantize(model, job.calibration, nhwc=nhwc)
+        model, settings = quantize(model, job.calibration_batches(), nhwc=nhwc)
         job.details.update(settings)
     job.details.update(op_counts(model))
 

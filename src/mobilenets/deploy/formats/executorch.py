@@ -6,7 +6,7 @@
 * int8: the PT2E flow, ``prepare_pt2e`` / ``convert_pt2e`` from ``torchao.quantization.pt2e`` with ExecuTorch's
   ``XNNPACKQuantizer`` (symmetric per-channel int8 weights, int8 activations, static), calibrated on real
   images, then lowered the same way.
-* Metadata: ExecuTorch has no string metadata slot, so the file's properties (:mod:`.formats`' keys, as JSON)
+* Metadata: ExecuTorch has no string metadata slot, so the file's properties (:mod:`..keys`' keys, as JSON)
   are a constant method, :data:`PROPERTIES_METHOD`, returning them as a uint8 tensor of UTF-8 bytes: one file,
   readable by any ExecuTorch runtime (``program.load_method("mobilenets_properties").execute([])``).
 * Threads: XNNPACK runs on ExecuTorch's process-wide thread pool, reset to ``threads`` when a runner is made
@@ -20,21 +20,26 @@ import json
 import logging
 from pathlib import Path
 
-import numpy as np
-
-from ..errors import UserError
-from .formats import META_KEY, ExportJob, Writer, optional_import, quiet_native_stderr
-from .runtime import Runner, meta_of
+from ..files import failing_as, optional_import, quiet_native_stderr, require
+from ..keys import META_KEY
+from ..runtime import Runner, meta_of
+from .base import COMMON_OPTIONS, INT8_OPTIONS, ExportJob, Writer
 
 log = logging.getLogger(__name__)
 
 PROPERTIES_METHOD = "mobilenets_properties"  # constant method: the file's properties, JSON as uint8 bytes
+NEEDS = ("executorch",)
+OPTIONS = (*COMMON_OPTIONS, *INT8_OPTIONS)  # a fixed batch: no dynamic_batch
+
+
+def check(int8: bool) -> None:
+    require("executorch", what="fmt='executorch'")
 
 
 def _import_executorch():
     # torchao (imported by executorch) re-registers an Enum with torch's pytree and torch logs a warning about it
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
-    return optional_import("executorch", "executorch", "--format executorch")
+    return optional_import("executorch", what="fmt='executorch'")
 
 
 # ------------------------------------------------------------------------------------------------------ writer
@@ -46,18 +51,12 @@ def writer(job: ExportJob) -> Writer:
     from executorch.exir import EdgeProgramManager, to_edge_transform_and_lower
 
     example = (torch.zeros(job.batch, *job.meta.preprocessing.input_size),)
-    try:  # the float model, or a quantization-aware checkpoint's int8 graph (learned scales)
-        program = torch.export.export(job.fused, example)
-    except Exception as e:  # noqa: BLE001 - torch.export raises many types; the model is what the user gave us
-        raise UserError(f"torch.export could not export {job.meta.model} for ExecuTorch ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0][:200]})") from e
-    if job.int8 and job.learned is None:
+    with failing_as(f"torch.export could not export {job.meta.model} for ExecuTorch"):
+        program = torch.export.export(job.fused, example)  # the float model, or a learned int8 graph
+    if job.calibrates:
         program = _quantize(program, example, job)
-    try:
+    with failing_as(f"ExecuTorch could not lower {job.meta.model} to XNNPACK"):
         edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
-    except Exception as e:  # noqa: BLE001
-        raise UserError(f"ExecuTorch could not lower {job.meta.model} to XNNPACK ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0][:200]})") from e
     lowered = edge.exported_program()
     job.details.update(delegation(lowered))
 
@@ -81,14 +80,11 @@ def _quantize(program, example, job: ExportJob):
 
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
     prepared = prepare_pt2e(program.module(), quantizer)
-    images = np.asarray(job.calibration, dtype=np.float32)
-    if len(images) < job.batch:
-        images = np.concatenate([images] * (job.batch // len(images) + 1))
-    batches = [images[i:i + job.batch] for i in range(0, len(images) - job.batch + 1, job.batch)]
+    batches = job.calibration_batches()
     log.info("calibrating PT2E int8 on %d images", job.batch * len(batches))
     with torch.no_grad():
         for x in batches:
-            prepared(torch.from_numpy(np.ascontiguousarray(x)))
+            prepared(torch.from_numpy(x))
     converted = convert_pt2e(prepared)
     job.details.update({"scheme": "pt2e-xnnpack", "weights": "int8 symmetric per-channel",
                         "activations": "int8 (static)", "calibration_images": job.batch * len(batches)})
@@ -117,11 +113,9 @@ class ExecuTorchRunner(Runner):
         from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
         from executorch.runtime import Runtime
 
-        try:
+        with failing_as(f"executorch cannot load {path}",
+                        "pass a .pte file written by 'mobilenets export' with fmt='executorch'"):
             program = Runtime.get().load_program(str(path))
-        except Exception as e:  # noqa: BLE001 - the runtime raises RuntimeError / ValueError
-            raise UserError(f"executorch cannot load {path} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-                            "pass a .pte file written by 'mobilenets export --format executorch'") from e
         if threads:
             with quiet_native_stderr():
                 _unsafe_reset_threadpool(threads)
