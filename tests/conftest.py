@@ -9,12 +9,12 @@ import torch
 # instruction set (tests/lowered_isa.py), so that a tolerance tuned on one CPU fails on every host.
 NUMERICS = {"test_compat.py", "test_export.py", "test_heads.py", "test_lowered_isa.py", "test_quantize.py",
             "test_reference.py", "test_runtime.py", "test_serve_oip.py", "test_task_predict.py", "test_timm_weights.py",
-            "test_triton_export.py", "test_v4.py", "test_v4_everywhere.py", "test_v5.py", "test_weights.py",
-            "test_yolo.py", "test_yolo_int8.py"}
+            "test_triton_export.py", "test_v4.py", "test_v5.py", "test_weights.py",
+            "test_yolo.py", "test_yolo_int8.py", "test_v4_heads.py", "test_v4_deploy.py"}
 # The files that take longest (converters, subprocesses, 300M-parameter models): `pytest -m "not slow"` is the quick
 # inner loop (about half the time); `make test` and CI run everything.
 SLOW = {"test_distributed.py", "test_litert.py", "test_mobile_formats.py", "test_serve_process.py",
-        "test_v4_everywhere.py", "test_v5.py"}
+        "test_v4_heads.py", "test_v4_train.py", "test_v4_deploy.py", "test_v5.py"}
 TRAINED_ENV = "MOBILENETS_TEST_TRAINED"  # a folder for the trained classifiers, shared by make test's two passes
 
 

@@ -60,7 +60,7 @@ SMALL_FIGURES = {(1.0, 224): (67.4, 56, 2.5), (0.75, 224): (65.4, 44, 2.0), (1.2
                  (0.5, 224): (58.0, 21, 1.6), (0.35, 224): (49.8, 12, 1.4)}
 # TF-slim minimalistic checkpoints: (top-1, M MACs, M params). The Small figure belongs to the TF-slim README's
 # older Small definition (its full Small was 66 M MACs / 2.9 M params); with the final paper's Table 2 the minimal
-# Small has 52.3 M MACs, which tests/test_reference.py pins.
+# Small has 52.3 M MACs, which tests/models/test_reference.py pins.
 MINIMAL_FIGURES = {"large": {(1.0, 224): (72.3, 209, 3.9)}, "small": {(1.0, 224): (61.9, 65, 2.0)}}
 
 

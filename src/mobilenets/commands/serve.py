@@ -41,7 +41,7 @@ def register(subparsers) -> None:
 
 
 def serve_command(args: argparse.Namespace) -> int:
-    from ..deploy.formats import optional_import
+    from ..deploy.files import optional_import
 
     for flag in ("threads", "decode_threads", "max_batch", "max_queue"):
         value = getattr(args, flag)

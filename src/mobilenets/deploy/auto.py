@@ -65,7 +65,7 @@ def choose_backend(path: Path, threads: int | None) -> str:
     candidates = [b for b in RUNS_ON[kind] if installed(b)]
     if kind == ".safetensors":  # a backend runs a checkpoint only where its format can be exported
         candidates = [b for b in candidates if b == "torch" or all(
-            installed(m) for m in FORMAT[BACKEND[b].checkpoint_format].needs)]
+            installed(m) for m in FORMAT[BACKEND[b].export_format].needs)]
     if not candidates:
         need = RUNS_ON[kind][0]
         if not runs_here(need):
@@ -80,7 +80,7 @@ def choose_backend(path: Path, threads: int | None) -> str:
     if key in cache and cache[key].get("backend") in candidates:
         return cache[key]["backend"]
     timings = {b: probe(file, b, threads) for b, file in _files(path, candidates).items()}
-    best = min(timings, key=timings.get)
+    best = min(timings, key=timings.__getitem__)
     log.info("auto backend for %s: %s (median ms per batch: %s)", path.name, best,
              ", ".join(f"{b} {t:.2f}" for b, t in timings.items()))
     cache = _read_json(cache_file)  # re-read: another process may have added entries meanwhile
@@ -101,7 +101,7 @@ def _files(path: Path, candidates: list[str]) -> dict[str, Path]:
     files = {}
     for b in candidates:
         try:
-            files[b] = path if b == "torch" else cached_export(path, BACKEND[b].checkpoint_format)
+            files[b] = path if b == "torch" else cached_export(path, BACKEND[b].export_format)
         except UserError as e:
             log.warning("backend %s left out for %s: %s", b, path.name, e)
     return files

@@ -28,6 +28,7 @@ import logging
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -112,7 +113,7 @@ def export_model(model: nn.Module, meta: CheckpointMeta, out: str | os.PathLike,
                         "weights": f"int8 symmetric per-channel, -{QAT_WEIGHT_RANGE}..{QAT_WEIGHT_RANGE}",
                         "activations": "int8 (static)"})
     fused = fold_batchnorm(module) if learned is None else learned
-    proto = []
+    proto: list[Any] = []  # the ONNX ModelProto, once made
 
     def onnx_of_fused():
         """The ONNX graph of ``fused`` (made on first call): fp32, or a quantization-aware model's int8 (QDQ)."""

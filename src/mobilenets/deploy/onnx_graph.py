@@ -80,7 +80,9 @@ def to_onnx(fused: nn.Module, input_size: tuple[int, ...], outputs: tuple[str, .
     with failing_as(f"torch.onnx could not export {name}", "export supports mobilenets, torchvision and timm "
                     "MobileNets"), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's deprecation notice and tracer warnings on shape checks
-        torch.onnx.export(fused, (example,), buffer, dynamo=False, opset_version=OPSET, input_names=["input"],
+        # torch types f as a path only, but the TorchScript exporter (dynamo=False) writes to a file object too
+        torch.onnx.export(fused, (example,), buffer,  # type: ignore[arg-type]
+                          dynamo=False, opset_version=OPSET, input_names=["input"],
                           output_names=list(outputs), do_constant_folding=True, dynamic_axes=axes)
     proto = onnx.load_from_string(buffer.getvalue())
     global_pool(proto)
@@ -109,6 +111,7 @@ def to_onnx_qdq(program: nn.Module, input_size: tuple[int, ...], outputs: tuple[
         exported = torch.export.export(program, (example,), dynamic_shapes=shapes)
         onnx_program = torch.onnx.export(exported, dynamo=True, opset_version=OPSET, input_names=["input"],
                                          output_names=list(outputs), verbose=False)
+    assert onnx_program is not None  # dynamo=True always returns the ONNXProgram (None is the TorchScript path's)
     proto = onnx_program.model_proto
     onnx.checker.check_model(proto)
     return proto

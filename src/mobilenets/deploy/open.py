@@ -50,7 +50,7 @@ def open_runner(path: str | os.PathLike, backend: str = "auto", threads: int | N
         raise UserError(f"backend {backend!r} cannot run here: {spec.platform_note}")
     optional_import(spec.module, spec.extra, f"backend={backend!r}")
     if kind == ".safetensors":
-        path = cached_export(path, spec.checkpoint_format)
+        path = cached_export(path, spec.export_format)
     return spec.runner(path, threads, **options)
 
 

@@ -44,6 +44,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from typing import Any
 
 import numpy as np
 
@@ -221,8 +222,9 @@ def quantize_openvino(proto, calibration: np.ndarray, weights: str = INT8_WEIGHT
     images = sum(len(b) for b in batches)
     # The squeeze-excite rescaling (x * h-sigmoid(s), V3's only Multiply) stays fp32: quantizing it adds a
     # requantization per block and made V3-Large int8 14% slower on the AVX-512 VNNI machine (BENCHMARKS.md).
-    settings = {"scheme": "nncf", "preset": "performance (symmetric int8)", "fast_bias_correction": True,
-                "calibration_images": images, "fp32_ops": ["Multiply"], "weight_range": weights}
+    settings: dict[str, Any] = {"scheme": "nncf", "preset": "performance (symmetric int8)",
+                                "fast_bias_correction": True, "calibration_images": images,
+                                "fp32_ops": ["Multiply"], "weight_range": weights}
     overflow = nncf.OverflowFix.ENABLE if weights == "7bit" else nncf.OverflowFix.FIRST_LAYER
     model = from_onnx(proto)
     # V5's RMSNorm (its mean of squares needs the range) and a detector's decode tail stay float

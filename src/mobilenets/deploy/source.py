@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -39,10 +40,11 @@ def load_source(spec: str, *, weights: str | None = None) -> tuple[nn.Module, Ch
         raise UserError(f"model {spec!r} is a {entry.task} model; a model name exports only classifiers (a "
                         f"{entry.task} model exports from its trained checkpoint)")
     model = create_model(spec, weights=weights).eval()
-    entry = getattr(model, "weights_entry", None)
-    if entry is not None:  # published weights: their own preprocessing and ImageNet's class names
-        return model, weights_meta(entry, model.arch_options)
-    return model, meta_for(model, spec, model.arch_options)
+    published = getattr(model, "weights_entry", None)
+    options = cast(dict, model.arch_options)  # create_model sets it (nn.Module types attributes as Tensor | Module)
+    if published is not None:  # published weights: their own preprocessing and ImageNet's class names
+        return model, weights_meta(published, options)
+    return model, meta_for(model, spec, options)
 
 
 def meta_for(model: nn.Module, name: str, options: dict, class_names: list[str] | None = None,
@@ -96,7 +98,7 @@ def _match_registry(path: Path, state: dict[str, torch.Tensor]) -> tuple[nn.Modu
     if not convs or not linears:
         raise UserError(f"{path} is not a MobileNet checkpoint (no conv and classifier weights); pass a "
                         "mobilenets, torchvision or timm MobileNet checkpoint")
-    options = {"in_chans": int(convs[0].shape[1]), "num_classes": int(linears[-1].shape[0])}
+    options: dict[str, Any] = {"in_chans": int(convs[0].shape[1]), "num_classes": int(linears[-1].shape[0])}
     for name in list_models(task="classify"):
         try:  # probe on the meta device: key names and shapes only, no 300M-parameter builds for a mismatch
             with torch.device("meta"):

@@ -12,7 +12,7 @@ Box coding is the Faster R-CNN parameterisation used by SSD (eq. 2) with the var
 Why not torchvision's own classes: ``DefaultBoxGenerator.forward`` takes an ``ImageList`` (torchvision's detection
 transform) and returns one anchor tensor per image, and ``BoxCoder`` lives in the private
 ``torchvision.models.detection._utils``; our detector needs one (A, 4) tensor per input size inside an exported
-graph, from a batch tensor. tests/test_heads.py pins the anchors and the box coding equal to torchvision's.
+graph, from a batch tensor. tests/heads/test_heads.py pins the anchors and the box coding equal to torchvision's.
 """
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -59,8 +59,11 @@ def timed(fn: Callable[[], Any]) -> Burst:
     return burst
 
 
-def interleave(paths: Mapping[Hashable, Burst], rounds: int, *, burst_ms: float = 150.0, min_runs: int = 3,
-               max_runs: int = 50, gap_s: float = 0.0, seed: int = 0) -> dict[Hashable, Timings]:
+Key = TypeVar("Key", bound=Hashable)
+
+
+def interleave(paths: Mapping[Key, Burst], rounds: int, *, burst_ms: float = 150.0, min_runs: int = 3,
+               max_runs: int = 50, gap_s: float = 0.0, seed: int = 0) -> dict[Key, Timings]:
     """Time every path of ``paths`` over ``rounds`` interleaved rounds (see the module docstring); ``gap_s``
     seconds of sleep before each burst let the previous path's spinning threads go idle first."""
     out = {key: Timings() for key in paths}
@@ -152,7 +155,8 @@ def sgemm_roof(threads: int, n: int = 1024, seconds: float = 2.0) -> float:
         a, b = torch.randn(n, n), torch.randn(n, n)
         for _ in range(3):
             a @ b
-        times, end = [], time.perf_counter() + seconds
+        times: list[float] = []
+        end = time.perf_counter() + seconds
         while time.perf_counter() < end or len(times) < 5:
             t = time.perf_counter()
             a @ b

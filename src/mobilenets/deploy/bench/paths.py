@@ -84,6 +84,7 @@ def load(spec: PathSpec):
     if spec.backend == "torch":
         import torch
         torch.set_num_threads(spec.threads)
+        assert spec.source is not None, "an eager torch path names its source"
         model = build(*spec.source).eval()
         xt = torch.from_numpy(x)
 
@@ -96,6 +97,7 @@ def load(spec: PathSpec):
     # A peer's ONNX file on ONNX Runtime's default session settings (our OpenVINO settings are its defaults plus
     # fp32 and the thread count, so OpenVINO has no untuned variant).
     options = {"tuned": spec.tuned} if spec.backend == "onnxruntime" else {}
+    assert spec.file is not None, "every path but eager torch runs a file"
     runner = open_runner(Path(spec.file), spec.backend, spec.threads, **options)
     return lambda: runner.run(x)
 
@@ -148,7 +150,7 @@ def export_own_format(name: str, batch: int, folder: Path, backend: str, int8: b
     """Our model in ``backend``'s own format (e.g. ExecuTorch .pte), fp32 and, where the format has it, int8."""
     from ..source import meta_for
 
-    fmt = BACKEND[backend].checkpoint_format
+    fmt = BACKEND[backend].export_format
     model = build("mobilenets", name).eval()
     meta = meta_for(model, *ours(name), resolution=size[-1])
     files = {}

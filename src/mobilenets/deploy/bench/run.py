@@ -13,7 +13,7 @@ from ..formats import BACKEND, RUNTIMES, installed, runs_here
 from .harness import Timings, Worker, interleave, sgemm_roof
 from .paths import MODELS, PEERS, PathSpec, build, input_size, load, specs
 from .report import BenchReport
-from .stats import path_result, ratio
+from .stats import PathResult, path_result, ratio
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,8 @@ def run_bench(options: BenchOptions | None = None, *, workdir: str | None = None
     say = progress or (lambda msg: log.info("%s", msg))
     roof = sgemm_roof(threads)
     say(f"sgemm roof on {threads} threads: {roof:.1f} GFLOP/s")
-    results, ratios = [], []
+    results: list[PathResult] = []
+    ratios: list[dict] = []
     report = BenchReport(date=datetime.now(timezone.utc).isoformat(timespec="minutes"), cpu=cpu_name(),
                          threads=threads, sgemm_gflops=roof, versions=_versions(), results=results, ratios=ratios)
     with tempfile.TemporaryDirectory(prefix="mobilenets-bench-", dir=workdir) as tmp:

@@ -58,6 +58,13 @@ class Backend:
     platforms: tuple[str, ...] | None = None  # sys.platform prefixes it runs on; None: everywhere
     platform_note: str = ""  # why it does not run elsewhere (one line)
 
+    @property
+    def export_format(self) -> str:
+        """``checkpoint_format``, for a backend that runs a checkpoint through an export (every one but torch,
+        which runs it eagerly: asking it is a bug)."""
+        assert self.checkpoint_format is not None, f"backend {self.name!r} runs a checkpoint eagerly"
+        return self.checkpoint_format
+
 
 @dataclass
 class ExportJob:
@@ -84,6 +91,11 @@ class ExportJob:
     def calibrates(self) -> bool:
         """Whether the writer quantizes by calibration (int8 of a model without learned scales)."""
         return self.int8 and self.learned is None
+
+    def onnx_proto(self) -> Any:
+        """``onnx()``: the ONNX ModelProto of ``fused`` (the exporter always sets ``onnx``)."""
+        assert self.onnx is not None, "the exporter sets ExportJob.onnx"
+        return self.onnx()
 
     def calibration_batches(self, batch: int | None = None) -> list[np.ndarray]:
         """The calibration images cut into whole batches of ``batch`` (default: the file's)."""

@@ -85,7 +85,7 @@ def package_spec(path: Path):
 
 def program_ops(spec) -> collections.Counter:
     """Operation types of an ML program spec, counted (constants left out)."""
-    ops = collections.Counter()
+    ops: collections.Counter[str] = collections.Counter()
     for function in spec.mlProgram.functions.values():
         for block in function.block_specializations.values():
             ops.update(op.type for op in block.operations if op.type != "const")

@@ -41,7 +41,7 @@ def runner_class() -> type[Runner]:
 
 def quantized(job: ExportJob):
     """``job``'s ONNX graph, quantized by ONNX Runtime (QDQ) when it calibrates: fp32, the learned QDQ, or QDQ."""
-    proto = job.onnx()
+    proto = job.onnx_proto()
     if job.calibrates:
         from ..quantize import quantize_onnx
         proto, settings = quantize_onnx(proto, job.calibration, job.int8_weights)

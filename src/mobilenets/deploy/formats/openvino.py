@@ -26,10 +26,10 @@ def writer(job: ExportJob) -> Writer:
 
     if job.calibrates:
         from ..quantize import quantize_openvino
-        model, settings = quantize_openvino(job.onnx(), job.calibration, job.int8_weights)
+        model, settings = quantize_openvino(job.onnx_proto(), job.calibration, job.int8_weights)
         job.details.update(settings)
     else:  # fp32, or a quantization-aware model's int8 as trained
-        model = from_onnx(job.onnx())
+        model = from_onnx(job.onnx_proto())
     return Writer(save=lambda file, properties: save_ir(model, file, properties), open=OpenVinoRunner)
 
 
@@ -48,7 +48,7 @@ class OpenVinoRunner(Runner):
         # fp32 means fp32: on CPUs with AVX-512 BF16 OpenVINO's default inference precision is bf16, which
         # moves V2 logits by several units (see BENCHMARKS.md). Quantized (int8) layers stay int8 either way.
         # The default performance hint is already LATENCY (one stream, all threads on one request).
-        config = {"INFERENCE_PRECISION_HINT": "f32"}
+        config: dict[str, str | int] = {"INFERENCE_PRECISION_HINT": "f32"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         self.compiled = core.compile_model(model, "CPU", config)

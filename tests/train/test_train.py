@@ -31,7 +31,7 @@ from mobilenets.train.recipes import (
 from mobilenets.train.state import read_config
 from synthetic_data import write_fashion, write_folder
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(__file__).resolve().parents[2] / "src"
 
 
 def train_args(data: Path, out: Path, epochs: int = 2, *extra: str) -> list[str]:

@@ -1,4 +1,4 @@
-"""Files written by the previous version (tests/data/v0_1, made by the code at commit 5fac75e) keep working:
+"""Files written by the previous version (tests/golden/v0_1, made by the code at commit 5fac75e) keep working:
 checkpoints load with the same outputs (within the rounding of another CPU), evaluate, predict and export; a
 classification run resumes as that code resumed it; a detection / segmentation run, whose config that version kept
 as a dump of its flags, is refused in one line saying what changed and what still works."""
@@ -21,7 +21,7 @@ from mobilenets.tasks import get_task
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-OLD = Path(__file__).parent / "data" / "v0_1"
+OLD = Path(__file__).resolve().parents[1] / "golden" / "v0_1"
 TIMING = {"train_images_per_s", "train_seconds", "train_img_s", "eval_seconds"}
 
 
@@ -65,7 +65,7 @@ def test_old_classification_run_resumes_as_it_did(tmp_path):
     """The resumed epoch against the history that version wrote on another CPU: the same epochs, learning rates
     and counts; losses within 1e-4 (relative: one epoch of 64-image batches carries the fp32 rounding of one CPU's
     kernels forward into a few 1e-8 here); accuracies within one of the 64 images. (Bit-exact resume is checked
-    where it is exact by design, on one machine: tests/test_train.py resumes against an uninterrupted run.)"""
+    where it is exact by design, on one machine: tests/train/test_train.py resumes against an uninterrupted run.)"""
     run = tmp_path / "classify"
     shutil.copytree(OLD / "classify", run)
     assert main(["train", "--resume", str(run), "--no-progress", "--threads", "1"]) == 0

@@ -16,14 +16,15 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("onnxruntime")
 
-from mobilenets.serve.model import dynamic_export  # noqa: E402
+from mobilenets.deploy.export import cached_export  # noqa: E402
 from serve_models import cached_classifier, encoded, picture  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     with cached_classifier(tmp_path_factory.mktemp("proc")) as ckpt:
-        yield dynamic_export(ckpt)  # the file the server runs (exported here once, so the process starts fast)
+        # the file the server runs (exported here once, so the process starts fast)
+        yield cached_export(ckpt, "onnx", dynamic_batch=True)
 
 
 def start(*args) -> tuple[subprocess.Popen, int, list[str], threading.Thread]:

@@ -214,8 +214,8 @@ def test_dense_checkpoint_runs_the_same_on_torch_and_onnxruntime(task, tmp_path,
 
 @pytest.mark.parametrize("task", ["classify", "detect", "segment"])
 def test_checkpoints_of_version_0_1_still_export(task, tmp_path, capsys):
-    """Files written by mobilenets 0.1 (tests/data/v0_1): the CLI exports them with a passing parity check."""
-    ckpt = Path(__file__).parent / "data" / "v0_1" / task / "last.safetensors"
+    """Files written by mobilenets 0.1 (tests/golden/v0_1): the CLI exports them with a passing parity check."""
+    ckpt = Path(__file__).resolve().parents[1] / "golden" / "v0_1" / task / "last.safetensors"
     out = tmp_path / f"{task}.onnx"
     assert main(["export", str(ckpt), "--out", str(out), "--parity-samples", "4"]) == 0
     text = capsys.readouterr().out

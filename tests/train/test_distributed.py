@@ -23,7 +23,7 @@ from mobilenets.cli import main
 from mobilenets.train.state import seed_epoch
 from synthetic_data import write_fashion
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(__file__).resolve().parents[2] / "src"
 COMMON = ["--model", "mobilenet_v3_small", "--width", "0.5", "--norm-layer", "frozenbatchnorm", "--dropout", "0",
           "--augment", "none", "--epochs", "1", "--seed", "3", "--no-progress", "--ema-decay", "0.9",
           "--warmup-epochs", "0", "--lr", "0.001", "--limit-val", "64", "--no-channels-last"]
