@@ -114,3 +114,18 @@ def die_at_step(monkeypatch, task, step: int) -> None:
             raise KeyboardInterrupt
         return real(*a, **k)
     monkeypatch.setattr(task, "loss", dies)
+
+
+def train_on_scenes(task: str, out, model: str, head: str):
+    """``mobilenets train --task TASK`` for one epoch on 16 tiny scenes (width 0.5, 64 px), then the checks every
+    dense task's checkpoint must pass; returns its metadata."""
+    from mobilenets.checkpoint import read_checkpoint
+    from mobilenets.cli import main
+
+    assert main(["train", "--task", task, "--data", "scenes", "--model", model, "--width-multiplier", "0.5",
+                 "--scenes", "16", "--limit-val", "6", "--scene-size", "64", "--epochs", "1", "--batch-size", "8",
+                 "--out", str(out), "--no-progress", "--threads", "1"]) == 0
+    _, meta = read_checkpoint(out / "best.safetensors")
+    assert meta.task == task and meta.model == head and meta.options["backbone"] == model
+    assert meta.class_names[0] == "background" and len(meta.class_names) == 11
+    return meta

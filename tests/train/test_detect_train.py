@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 import mobilenets
+from checks import train_on_scenes
 from mobilenets.checkpoint import read_checkpoint
 from mobilenets.cli import main
 from mobilenets.data.scenes import FashionScenes, SceneConfig, export_scenes
@@ -52,13 +53,7 @@ def test_ssdlite_learns_a_batch():
 
 def test_cli_train_eval_predict_on_scenes(tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["train", "--task", "detect", "--data", "scenes", "--model", "mobilenet_v3_small", "--width", "0.5",
-                 "--scenes", "16", "--limit-val", "6", "--scene-size", "64", "--epochs", "1", "--batch-size", "8",
-                 "--out", str(out), "--no-progress", "--threads", "1"])
-    assert code == 0
-    _, meta = read_checkpoint(out / "best.safetensors")
-    assert meta.task == "detect" and meta.model == "ssdlite" and meta.options["backbone"] == "mobilenet_v3_small"
-    assert meta.class_names[0] == "background" and len(meta.class_names) == 11
+    meta = train_on_scenes("detect", out, "mobilenet_v3_small", "ssdlite")
     assert meta.preprocessing.input_size == (3, 64, 64)
     record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert 0.0 <= record["map"] <= 1.0 and record["images"] == 6
@@ -92,7 +87,7 @@ def test_cli_train_eval_predict_on_scenes(tmp_path, capsys):
     assert (tmp_path / "det.onnx").is_file() and "PASS" in text and "mobilenets.postprocess" in text
     assert main(["export", str(out / "best.safetensors"), "--int8", "--format", "onnx",
                  "--out", str(tmp_path / "q.onnx")]) == 2
-    assert "--int8 needs --calibration-data" in capsys.readouterr().err and not (tmp_path / "q.onnx").exists()
+    assert "int8=True needs calibration_data=" in capsys.readouterr().err and not (tmp_path / "q.onnx").exists()
 
 
 def test_cli_coco_folder_bad_annotation(tmp_path, capsys):

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 import mobilenets
+from checks import train_on_scenes
 from mobilenets.checkpoint import read_checkpoint
 from mobilenets.cli import main
 from mobilenets.data.scenes import FashionScenes, SceneConfig, export_scenes
@@ -53,13 +54,7 @@ def test_segmenter_learns_a_batch(name):
 
 def test_cli_train_eval_predict_on_scenes(tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["train", "--task", "segment", "--data", "scenes", "--model", "mobilenet_v3_small", "--width", "0.5",
-                 "--scenes", "16", "--limit-val", "6", "--scene-size", "64", "--epochs", "1", "--batch-size", "8",
-                 "--out", str(out), "--no-progress", "--threads", "1"])
-    assert code == 0
-    _, meta = read_checkpoint(out / "best.safetensors")
-    assert meta.task == "segment" and meta.model == "lraspp" and meta.options["backbone"] == "mobilenet_v3_small"
-    assert meta.class_names[0] == "background" and len(meta.class_names) == 11
+    train_on_scenes("segment", out, "mobilenet_v3_small", "lraspp")
     capsys.readouterr()
     assert main(["eval", str(out / "best.safetensors"), "--json", "--limit-val", "6"]) == 0  # of 1,000 test scenes
     report = json.loads(capsys.readouterr().out)
