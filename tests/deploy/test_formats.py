@@ -49,6 +49,14 @@ def test_the_table_is_the_only_runner_registry():
     assert {c for c in subclasses if c.__module__.startswith("mobilenets.deploy")} == runners
 
 
+def test_a_runner_without_its_run_cannot_be_made(tmp_path):
+    class Incomplete(runtime.Runner):
+        backend = "nothing"
+
+    with pytest.raises(TypeError, match="abstract"):
+        Incomplete(tmp_path / "model.bin", None, 1)  # type: ignore[abstract]
+
+
 @pytest.mark.parametrize("fmt, options, words", [
     ("coreml", ExportOptions(int8=True), "int8 is not available for fmt='coreml'"),
     ("litert", ExportOptions(dynamic_batch=True), "dynamic_batch is not available for fmt='litert'"),

@@ -11,6 +11,7 @@ postprocesses them. Which file runs where, and how a checkpoint becomes a runner
 """
 from __future__ import annotations
 
+import abc
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from ..errors import UserError
 from .keys import META_KEY
 
 
-class Runner:
+class Runner(abc.ABC):
     """One loaded model on one backend. ``outputs(x)``: float32 (N, C, H, W) -> every output of the graph, in
     the order of the task's ``outputs``; ``run(x)``: the first one (a classifier's logits).
     ``properties``: the file's string metadata (ONNX ``metadata_props``, OpenVINO ``rt_info``), e.g. a
@@ -57,8 +58,9 @@ class Runner:
 
     __call__ = run
 
+    @abc.abstractmethod
     def _run(self, x: np.ndarray) -> list[np.ndarray]:
-        raise NotImplementedError
+        """Every output of the graph on one batch of the file's own batch size (or any, when dynamic)."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.path)!r})"
