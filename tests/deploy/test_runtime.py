@@ -135,8 +135,10 @@ def test_bench_cli_rejects_bad_options(capsys):
     assert len(err.splitlines()) == 1 and "unknown backend(s) tensorrt" in err
     assert main(["bench", "--models", "resnet50"]) == 2
     assert "unknown benchmark model(s) resnet50" in capsys.readouterr().err
-    assert main(["bench", "--batch", "1,x"]) == 2
-    assert "--batch '1,x' is not a comma-separated list" in capsys.readouterr().err
+    assert main(["bench", "--batches", "1,x"]) == 2
+    assert "--batches '1,x' is not a comma-separated list" in capsys.readouterr().err
+    assert main(["bench", "--batch", "1,x"]) == 2  # the old spelling, kept as an alias
+    assert "--batches '1,x' is not a comma-separated list" in capsys.readouterr().err
 
 
 def test_bench_ratio_is_the_median_of_per_round_ratios():

@@ -51,3 +51,13 @@ def test_resume_after_interrupt_matches_uninterrupted(name, tmp_path, monkeypatc
     other = "segment" if name == "detect" else "detect"
     assert main(["train", "--task", other, "--resume", str(broken)]) == 2
     assert f"is a {name} run" in capsys.readouterr().err
+
+
+def test_too_few_scenes_for_one_batch_is_one_line_before_training(tmp_path, capsys):
+    """The trainer's one "no full batch" check covers the dense tasks too (their data no longer repeats it)."""
+    out = tmp_path / "run"
+    assert main(["train", "--task", "detect", "--data", "scenes", "--scenes", "4", "--batch-size", "8",
+                 "--scene-size", "64", "--epochs", "1", "--out", str(out), "--no-progress", "--threads", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "make no full batch of 8 per process; lower batch_size" in err
+    assert not (out / "last.safetensors").exists()

@@ -18,17 +18,17 @@ from ..errors import UserError
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "export", help="export a checkpoint or model to ONNX / ExportedProgram / OpenVINO / ExecuTorch / ORT / "
-                       "Core ML, optionally int8",
+        "export", help=f"export a checkpoint or model to one of {', '.join(FORMATS)} (the format table), "
+                       "optionally int8",
         description="Export with BatchNorm folded and native HardSwish/HardSigmoid, then check the file against "
                     "eager PyTorch (max |diff|, top-1 agreement); a file that fails the check is not written.")
     p.add_argument("source", metavar="CHECKPOINT_OR_NAME",
                    help="a mobilenets checkpoint, a torchvision/timm MobileNet state dict, or a model name")
     p.add_argument("--format", choices=FORMATS, default=None,
                    help="onnx (default), exported-program (torch.export .pt2), openvino (.xml + .bin), executorch "
-                        "(.pte, XNNPACK), ort (ONNX Runtime mobile .ort + operator config) or coreml (.mlpackage, "
-                        "fp32; prediction needs macOS); with --int8 the default is openvino when OpenVINO and NNCF "
-                        "are installed")
+                        "(.pte, XNNPACK), ort (ONNX Runtime mobile .ort + operator config), coreml (.mlpackage, "
+                        "fp32; prediction needs macOS) or litert (.tflite, NHWC with --nhwc); with --int8 the "
+                        "default is openvino when OpenVINO and NNCF are installed")
     p.add_argument("--out", default=None, help="output file (default: NAME[_int8].onnx|.pt2|.xml|.pte|.ort|"
                                                ".mlpackage here)")
     p.add_argument("--dynamic-batch", action="store_true", help="any batch size (default: a fixed batch)")
@@ -82,7 +82,7 @@ def register(subparsers) -> None:
                         "mobilenet_v4_* models, each against timm's same model")
     b.add_argument("--backends", default=None, help=f"comma-separated from {','.join(RUNTIMES)} "
                                                     "(default: every installed one that runs here)")
-    b.add_argument("--batch", default="1,32", help="comma-separated batch sizes (default 1,32)")
+    b.add_argument("--batches", "--batch", default="1,32", help="comma-separated batch sizes (default 1,32)")
     b.add_argument("--resolution", type=int, default=None, metavar="PX",
                    help="input size for every model (default: each model's native one, e.g. 256 for V4 Conv-M)")
     b.add_argument("--threads", type=int, default=2, help="threads per runtime (default 2)")
@@ -188,7 +188,7 @@ def bench_command(args: argparse.Namespace) -> int:
     options = BenchOptions(
         models=tuple(parse_list(args.models, "models")),
         backends=tuple(parse_list(args.backends, "backends")) if args.backends else None,
-        batches=tuple(parse_list(args.batch, "batch", int)), threads=args.threads, rounds=args.rounds,
+        batches=tuple(parse_list(args.batches, "batches", int)), threads=args.threads, rounds=args.rounds,
         large_batch_rounds=args.large_batch_rounds, resolution=args.resolution, tuned_peers=args.tuned_peers,
         int8=args.int8, calibration=args.calibration_data)
     report = run_bench(options, progress=lambda msg: print(msg, file=sys.stderr, flush=True))

@@ -10,8 +10,7 @@ import argparse
 from pathlib import Path
 
 from ..checkpoint import read_checkpoint
-from ..data.dense import SCENES
-from ..data.loaders import VAL_SPLITS, DataConfig, data_kind
+from ..data.loaders import VAL_SPLITS, DataConfig
 from ..data.transforms import AUGMENTATIONS, STRONG_ERASE_P, erase_probability
 from ..errors import UserError
 from ..tasks import get_task
@@ -207,8 +206,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                if v is not None}
     options = {**getattr(args, "checkpoint_options", {}), **options}  # --qat: the checkpoint's, flags on top
     erase_probability(args.augment, args.erase)  # a bad --erase fails here, before the run folder is made
-    scenes = task.name != "classify" and data == SCENES
-    if args.val_split is not None and not scenes and (task.name != "classify" or data_kind(data)[0] != "fashion"):
+    if args.val_split is not None and not task.has_test_split(data):
         raise UserError(f"--val-split is for classification on Fashion-MNIST or idx data and for --data scenes, "
                         f"which have a test split; {task.name} on {data} validates on its own val data: drop "
                         "--val-split")

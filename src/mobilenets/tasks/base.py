@@ -109,6 +109,7 @@ class Task(abc.ABC):
     default_bn_recalibrate: ClassVar[int]  # training batches that re-estimate BN statistics before evaluation
     curves: ClassVar[tuple]  # training_curves.png panels (mobilenets.plots.Panels)
     distillation: ClassVar[bool] = False  # its loss can take teachers' soft targets (TrainConfig.teachers)
+    quantization_aware: ClassVar[bool] = False  # it can fine-tune with fake quantization (TrainConfig.qat)
     default_data: ClassVar[str | None] = None  # the data when none is given (None: it must be given)
     resizable_inputs: ClassVar[bool] = False  # progressive resizing may resize training batches (no targets move)
 
@@ -222,6 +223,12 @@ class Task(abc.ABC):
         """The input size of training on ``data`` when ``img_size`` is not given; None (the default): not known
         before the data is open."""
         return None
+
+    def has_test_split(self, data: str) -> bool:
+        """Whether ``data`` has a test split apart from its training side, so that validation may choose between
+        a held-out part of training (``val_split='holdout'``) and that test split; False (the default): the data
+        brings its own val folder."""
+        return False
 
     def flip_averaged(self, model: nn.Module) -> nn.Module | None:
         """``model`` under flip test-time augmentation (``mobilenets eval --tta flip``), or None (the default)

@@ -88,6 +88,7 @@ class Classify(Task):
     default_bn_recalibrate = 20
     resizable_inputs = True
     distillation = True
+    quantization_aware = True
     curves = (("loss", "cross-entropy", (("train_loss", "train (smoothed targets)"), ("val_loss", "val"))),
               ("accuracy", "accuracy", (("train_acc", "train (augmented)"), ("val_top1", "val top-1"))))
 
@@ -103,6 +104,9 @@ class Classify(Task):
 
     def default_img_size(self, data: str) -> int:
         return FASHION_IMG_SIZE if data_kind(data)[0] == "fashion" else 224
+
+    def has_test_split(self, data: str) -> bool:
+        return data_kind(data)[0] == "fashion"  # Fashion-MNIST and idx folders; image folders bring a val folder
 
     def flip_averaged(self, model: nn.Module) -> nn.Module:
         return FlipAverage(model)

@@ -121,14 +121,14 @@ class DenseTask(Task):
         raw = self.open_split(cfg, "train", self.train_transforms(size, scenes, cfg.augment), class_names=class_names)
         train = FolderBatches(raw, class_names, cfg.batch_size, train=True, seed=cfg.seed, rank=rank,
                               world_size=world_size, num_workers=cfg.num_workers, collate=self.collate)
-        if len(train) == 0:
-            raise UserError(f"{len(raw)} training images make no full batch of batch_size={cfg.batch_size} "
-                            f"per process; lower batch_size")
         meta = scenes_meta(raw, val, size) if scenes else {
             "data": str(cfg.data), "train": raw.describe(), "val": val.describe(), "input_size": size,
             **self.skipped_record(raw)}
         pre = Preprocessing(input_size=(3, size, size), resize=size, mean=MEAN, std=STD, interpolation="bilinear")
         return TaskData(train, val, list(class_names), pre, meta=meta, num_train=len(raw), num_val=len(val))
+
+    def has_test_split(self, data: str) -> bool:
+        return data == SCENES  # the built-in scenes; detection and segmentation folders bring their own val
 
     def skipped_record(self, dataset) -> dict:
         """What the training record says about samples skipped in ``dataset`` (default: nothing)."""

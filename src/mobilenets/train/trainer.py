@@ -60,7 +60,7 @@ def fit(task: Task, cfg: TrainConfig, run: RunFiles, resume: bool = False) -> di
 def _check_qat(task: Task, cfg: TrainConfig) -> None:
     """Quantization-aware training fine-tunes a trained classifier's every layer in fp32 through one fixed graph:
     refuse, in one line each, what cannot go with that."""
-    clashes = {"task": (task.name != "classify", f"is for classification, not {task.name}"),
+    clashes = {"task": (not task.quantization_aware, f"is for classification, not {task.name}"),
                "weights": (not cfg.weights, "fine-tunes a trained model: pass its checkpoint as weights"),
                "freeze": (cfg.freeze != "none", "fine-tunes every layer: leave freeze at 'none'"),
                "compile": (cfg.compile, "trains the exported graph as it is: leave compile off"),
