@@ -24,7 +24,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("onnxruntime")
 
 from mobilenets.deploy import open_runner  # noqa: E402
-from mobilenets.serve import app as app_module  # noqa: E402
+from mobilenets.serve import body as body_module  # noqa: E402
 from mobilenets.serve.app import create_app  # noqa: E402
 from mobilenets.serve.batching import Batcher  # noqa: E402
 from mobilenets.serve.client import Client  # noqa: E402
@@ -289,7 +289,7 @@ def test_a_failing_inference_is_a_500_and_the_server_goes_on(served):
                                                 ("/v2/models/{name}/infer", "application/octet-stream")])
 def test_plain_urllib_post_over_the_cap_reads_the_413(url, served, route, content_type):
     """A client that sends the whole body before reading (urllib, no Expect: 100-continue) gets the 413 JSON, not a
-    connection reset: the server reads and discards the rest of the body first (up to serve.app.DRAIN_BYTES)."""
+    connection reset: the server reads and discards the rest of the body first (up to serve.body.DRAIN_BYTES)."""
     body = b"\xff" * (20 << 20)  # 20 MB against the 256 kB cap
     request = urllib.request.Request(url + route.format(name=served.name), data=body,
                                      headers={"Content-Type": content_type})
@@ -302,8 +302,8 @@ def test_plain_urllib_post_over_the_cap_reads_the_413(url, served, route, conten
 
 def test_a_stalled_oversized_upload_is_cut_off_after_the_drain_time(url, monkeypatch):
     """The discarding read is bounded in time too: a client that declares a body over the cap, sends part of it
-    and stalls gets its 413 after serve.app.DRAIN_SECONDS, and the server goes on."""
-    monkeypatch.setattr(app_module, "DRAIN_SECONDS", 0.5)
+    and stalls gets its 413 after serve.body.DRAIN_SECONDS, and the server goes on."""
+    monkeypatch.setattr(body_module, "DRAIN_SECONDS", 0.5)
     port = int(url.rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
         sent = (300 << 10) + 1

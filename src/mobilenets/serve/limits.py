@@ -5,9 +5,12 @@ message}``, the Open Inference Protocol's error shape) and optional headers (``R
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 MB = 1 << 20
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -40,3 +43,11 @@ class ServeError(Exception):
     def __post_init__(self):
         self.message = " ".join(str(self.message).split())  # one line, whatever the cause said
         super().__init__(self.message)
+
+
+def number(text: str, cast: Callable[[str], T], label: str, hint: str = "") -> T:
+    """``cast(text)``, or a 400 saying that ``label`` is not a number (``hint``: what to send instead)."""
+    try:
+        return cast(text)
+    except ValueError:
+        raise ServeError(400, f"{label} is not a number{hint}") from None

@@ -9,13 +9,19 @@ output requested with ``parameters.classification: k`` comes back as BYTES ``[N,
 """
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import struct
 from dataclasses import dataclass, field
 
 import numpy as np
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
 
-from .limits import ServeError
+from .body import read_body
+from .limits import Limits, ServeError, number
+from .model import ServedModel
+from .pipeline import State, error, state_of
 
 EXTENSIONS = ("binary_tensor_data", "classification")
 HEADER = "inference-header-content-length"  # the binary extension's header (HTTP header names ignore case)
@@ -57,10 +63,7 @@ def _bytes_elements(raw: bytes) -> list[bytes]:
 def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
     """An infer request body (JSON, or JSON + binary tensors when ``header_length`` is given)."""
     if header_length is not None:
-        try:
-            n = int(header_length)
-        except ValueError:
-            raise ServeError(400, f"Inference-Header-Content-Length {header_length!r} is not a number") from None
+        n = number(header_length, int, f"Inference-Header-Content-Length {header_length!r}")
         if not 0 < n <= len(body):
             raise ServeError(400, f"Inference-Header-Content-Length {n} does not fit the {len(body)}-byte body")
         head, binary = body[:n], memoryview(body)[n:]
@@ -168,3 +171,99 @@ def response(model: str, request: InferRequest, outputs: dict[str, np.ndarray],
     if not chunks:
         return head, {"content-type": "application/json"}
     return b"".join([head, *chunks]), {"content-type": "application/octet-stream", HEADER: str(len(head))}
+
+
+def _input_batch(served: ServedModel, req: InferRequest, limits: Limits) -> np.ndarray:
+    """The model's input batch of an infer request: the FP32 tensor ``input``, or encoded images in ``image``."""
+    if len(req.inputs) != 1:
+        raise ServeError(400, f"{len(req.inputs)} inputs sent; this model takes one: 'input' (FP32 (N, C, H, W)) "
+                              "or 'image' (BYTES, encoded images)")
+    t = req.inputs[0]
+    c, h, w = served.input_shape
+    if t.name == "image" and t.datatype == "BYTES":
+        if not 0 < len(t.data) <= limits.max_queue:
+            raise ServeError(400, f"input 'image' holds {len(t.data)} images; send 1 to {limits.max_queue}")
+        return np.concatenate([served.prepare(bytes(b), limits)[0] for b in t.data])
+    if t.name != "input":
+        raise ServeError(400, f"unknown input {t.name!r}; send 'input' (FP32 (N, {c}, {h}, {w})) or 'image' "
+                              "(BYTES, encoded images)")
+    if t.datatype != "FP32":
+        raise ServeError(400, f"input 'input' is {t.datatype}; send FP32")
+    if len(t.shape) != 4 or tuple(t.shape[1:]) != (c, h, w) or t.shape[0] < 1:
+        raise ServeError(400, f"input 'input' of shape {t.shape} does not fit the model's [N, {c}, {h}, {w}] "
+                              "(N >= 1)")
+    x = np.ascontiguousarray(t.data, dtype=np.float32)
+    if not np.isfinite(x).all():
+        raise ServeError(400, "input 'input' holds NaN or infinite values")
+    return x
+
+
+# -- the routes ---------------------------------------------------------------------------------------------
+
+router = APIRouter()
+
+
+def _ready(state: State, **extra) -> dict | Response:
+    """200 ``{**extra, "ready": true}``, or 503 with the error while the server starts or shuts down."""
+    if state.ready:
+        return {**extra, "ready": True}
+    return error(503, "not ready (starting or shutting down)", **extra, ready=False)
+
+
+def _model(request: Request, name: str, version: str | None) -> State:
+    """The server's state, once ``name`` (and ``version``) name the model it serves; 404 otherwise."""
+    state = state_of(request)
+    if name != state.served.name:
+        raise ServeError(404, f"unknown model {name!r}; this server serves {state.served.name!r}")
+    if version not in (None, "1"):
+        raise ServeError(404, f"model {name!r} has no version {version!r}; it has version 1")
+    return state
+
+
+@router.get("/v2")
+async def server_metadata():
+    return {"name": "mobilenets", "version": importlib.metadata.version("mobilenets"), "extensions": list(EXTENSIONS)}
+
+
+@router.get("/v2/health/live")
+async def live():
+    return {"live": True}
+
+
+@router.get("/v2/health/ready")
+async def ready(request: Request):
+    return _ready(state_of(request))
+
+
+async def model_metadata(request: Request, name: str, version: str | None = None):
+    served = _model(request, name, version).served
+    c, h, w = served.input_shape
+    return {"name": served.name, "versions": ["1"], "platform": f"mobilenets_{served.backend}",
+            "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, c, h, w]}],
+            "outputs": [{"name": n, "datatype": "FP32", "shape": [-1, *s]}
+                        for n, s in zip(served.output_names, served.output_shapes)]}
+
+
+async def model_ready(request: Request, name: str, version: str | None = None):
+    return _ready(_model(request, name, version), name=name)
+
+
+async def infer(request: Request, name: str, version: str | None = None) -> Response:
+    state = _model(request, name, version)
+    served, limits, header = state.served, state.limits, request.headers.get(HEADER)
+
+    def decode(body: bytes) -> tuple[np.ndarray, InferRequest]:
+        req = parse_infer(body, header)
+        return _input_batch(served, req, limits), req
+
+    def answer(outputs: list[np.ndarray], req: InferRequest) -> tuple[bytes, dict[str, str]]:
+        return response(served.name, req, dict(zip(served.output_names, outputs)), list(served.meta.class_names))
+
+    (body, headers), _ = await state.run(lambda: read_body(request, limits.max_upload_bytes), decode, answer)
+    return Response(body, headers=headers)
+
+
+for _prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+    router.add_api_route(_prefix, model_metadata, methods=["GET"])
+    router.add_api_route(_prefix + "/ready", model_ready, methods=["GET"])
+    router.add_api_route(_prefix + "/infer", infer, methods=["POST"])

@@ -42,12 +42,15 @@ class _Server(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
+def _config(app, graceful_s: float) -> uvicorn.Config:
+    return uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
+                          timeout_graceful_shutdown=graceful_s,  # type: ignore[arg-type]  # uvicorn: int, used as asyncio timeout
+                          timeout_keep_alive=5)
+
+
 def run(app, sock: socket.socket, graceful_s: float = 30.0) -> None:
     """Serve ``app`` on ``sock`` until SIGTERM/SIGINT, then shut down gracefully."""
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=graceful_s,  # type: ignore[arg-type]  # uvicorn: int, used as asyncio timeout
-                            timeout_keep_alive=5)
-    _Server(config).run(sockets=[sock])
+    _Server(_config(app, graceful_s)).run(sockets=[sock])
 
 
 @contextlib.contextmanager
@@ -55,10 +58,7 @@ def background(app, host: str = "127.0.0.1", port: int = 0, graceful_s: float = 
     """Serve ``app`` from a thread of this process (tests, benchmarks, notebooks); yields the base URL
     (``http://127.0.0.1:PORT``) once the app is ready, and shuts down gracefully on leaving."""
     sock = bind(host, port)
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=graceful_s,  # type: ignore[arg-type]  # uvicorn: int, used as asyncio timeout
-                            timeout_keep_alive=5)
-    server = _Server(config)
+    server = _Server(_config(app, graceful_s))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="mobilenets-serve", daemon=True)
     thread.start()
     deadline = time.monotonic() + start_s
