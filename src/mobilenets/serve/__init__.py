@@ -4,7 +4,9 @@ Install with ``pip install 'mobilenets[serve]'`` (FastAPI, uvicorn, python-multi
 
 Floors, each importing only those below it: :mod:`.limits` (limits, the error type) -> :mod:`.decode` (upload
 bytes -> image, with the caps) -> :mod:`.model` (a runner + its task: image -> input, outputs -> JSON) ->
-:mod:`.batching` (the one inference worker) -> :mod:`.metrics`, :mod:`.oip` (Open Inference Protocol v2) ->
-:mod:`.app` (the FastAPI app and the page) -> :mod:`.server` (uvicorn, graceful SIGTERM). :mod:`.client` talks to
-any OIP v2 server (this one, Triton, KServe) with the model's own pre- and postprocessing.
+:mod:`.batching` (the one inference worker) -> :mod:`.metrics` -> :mod:`.body` (capped request bodies),
+:mod:`.pipeline` (the routes' shared state and the one inference pipeline) -> :mod:`.oip` (Open Inference
+Protocol v2: wire format and routes) -> :mod:`.app` (the FastAPI app and the page) -> :mod:`.server` (uvicorn,
+graceful SIGTERM). :mod:`.client` talks to any OIP v2 server (this one, Triton, KServe) with the model's own
+pre- and postprocessing.
 """

@@ -1,4 +1,4 @@
-"""The FastAPI app: the page, ``POST /predict``, Open Inference Protocol v2, ``/metrics``.
+"""The FastAPI app: the page, ``POST /predict``, ``/metrics``, and Open Inference Protocol v2 (:mod:`.oip`'s router).
 
 Threads, all in one process: the event loop (HTTP, one thread); a pool of ``decode_threads`` that decode and
 resize uploads and postprocess results (Pillow and torch release the GIL for the pixel work); the one inference
@@ -37,13 +37,11 @@ def create_app(served: ServedModel, limits: Limits | None = None, decode_threads
     """The app serving ``served``; its lifespan warms the model up and starts the inference worker, and on
     shutdown (after uvicorn has let the requests in flight finish) runs what is queued and stops it."""
     limits = limits or Limits()
-    app = FastAPI(title="mobilenets serve", lifespan=_lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.serve = state = State(served, limits, decode_threads)
+    app = FastAPI(title="mobilenets serve", lifespan=_lifespan, docs_url=None, redoc_url=None, openapi_url=None,
+                  exception_handlers={ServeError: _serve_error, HTTPException: _http_error, Exception: _internal})
+    app.state.serve = State(served, limits, decode_threads)
     app.state.page = _page(served, limits)
-    app.add_middleware(_Metered, metrics=state.metrics)
-    app.add_exception_handler(ServeError, _serve_error)  # type: ignore[arg-type]  # starlette: handlers take Exception
-    app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
-    app.add_exception_handler(Exception, _internal)
+    app.add_middleware(_Metered, metrics=app.state.serve.metrics)
     app.include_router(router)
     app.include_router(oip.router)
     return app

@@ -1,4 +1,5 @@
-"""What one request may cost the server, and the one error every endpoint answers with.
+"""What one request may cost the server, the one error every endpoint answers with, and the one parse of a
+number a request sends (a query value, a header).
 
 Every failure becomes :class:`ServeError`: an HTTP status, a one-line message (the body is ``{"error":
 message}``, the Open Inference Protocol's error shape) and optional headers (``Retry-After`` on 503).

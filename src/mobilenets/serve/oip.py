@@ -6,6 +6,11 @@ extensions. Inputs: the FP32 tensor ``input`` (N, C, H, W) as the ONNX export na
 N encoded image files (JPEG/PNG/..., as OpenVINO Model Server accepts) that the server decodes and
 preprocesses. Outputs: the export's (``logits``, or ``boxes`` and ``scores``), as JSON lists or binary; an
 output requested with ``parameters.classification: k`` comes back as BYTES ``[N, k]`` of ``"score:index:label"``.
+
+The routes are :data:`router`'s (``create_app`` includes it): ``GET /v2`` (server metadata), ``/v2/health/live``
+and ``/v2/health/ready``, and under ``/v2/models/{name}`` and ``/v2/models/{name}/versions/1``: the model's
+metadata, ``/ready`` and ``POST /infer``, which runs through the same :meth:`.pipeline.State.run` as
+``POST /predict``.
 """
 from __future__ import annotations
 
@@ -210,7 +215,7 @@ def _ready(state: State, **extra) -> dict | Response:
     return error(503, "not ready (starting or shutting down)", **extra, ready=False)
 
 
-def _model(request: Request, name: str, version: str | None) -> State:
+def _model_state(request: Request, name: str, version: str | None) -> State:
     """The server's state, once ``name`` (and ``version``) name the model it serves; 404 otherwise."""
     state = state_of(request)
     if name != state.served.name:
@@ -236,7 +241,7 @@ async def ready(request: Request):
 
 
 async def model_metadata(request: Request, name: str, version: str | None = None):
-    served = _model(request, name, version).served
+    served = _model_state(request, name, version).served
     c, h, w = served.input_shape
     return {"name": served.name, "versions": ["1"], "platform": f"mobilenets_{served.backend}",
             "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, c, h, w]}],
@@ -245,11 +250,11 @@ async def model_metadata(request: Request, name: str, version: str | None = None
 
 
 async def model_ready(request: Request, name: str, version: str | None = None):
-    return _ready(_model(request, name, version), name=name)
+    return _ready(_model_state(request, name, version), name=name)
 
 
 async def infer(request: Request, name: str, version: str | None = None) -> Response:
-    state = _model(request, name, version)
+    state = _model_state(request, name, version)
     served, limits, header = state.served, state.limits, request.headers.get(HEADER)
 
     def decode(body: bytes) -> tuple[np.ndarray, InferRequest]:
