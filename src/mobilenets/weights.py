@@ -6,7 +6,6 @@ Loading never unpickles arbitrary objects: safetensors files are read with safet
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import urllib.error
@@ -19,6 +18,7 @@ from torch import nn
 
 from .blocks import ConvBlock, DepthwiseSeparable, FusedInvertedBottleneck, MobileMQA, UniversalInvertedBottleneck
 from .errors import UserError
+from .files import cache_root, file_sha256
 from .layers import PooledConvNorm
 from .model import MobileNet
 from .preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
@@ -194,24 +194,9 @@ def imagenet_class_names() -> list[str]:
     return list(MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"])
 
 
-def cache_root() -> Path:
-    """Where mobilenets caches downloads and derived files: $MOBILENETS_CACHE, else $XDG_CACHE_HOME/mobilenets,
-    else ~/.cache/mobilenets."""
-    root = os.environ.get("MOBILENETS_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "mobilenets")
-    return Path(root)
-
-
 def cache_dir() -> Path:
+    """Where downloaded weights are kept: ``weights/`` in the package's cache."""
     return cache_root() / "weights"
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def fetch(entry: WeightEntry) -> Path:
