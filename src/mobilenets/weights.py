@@ -97,8 +97,9 @@ def _torchvision(model: str, file_name: str, resize: int, top1: float) -> Weight
 def _timm(model: str, hub_name: str, size: int, crop_pct: float, top1: float | None, *, inception: bool = False,
           default: bool = True, variant: str | None = None, interpolation: str = "bicubic",
           stats: dict | None = None, classifier: bool = True, licence: str = "", **options) -> WeightEntry:
-    """A timm checkpoint on the Hugging Face hub, evaluated bicubic at ``size`` px after resizing the shorter
-    side to floor(size / crop_pct) (timm's ``crop_pct``); ``top1`` is timm's results-imagenet.csv figure there.
+    """A timm checkpoint on the Hugging Face hub, evaluated at ``size`` px after resizing the shorter side to
+    floor(size / crop_pct) (timm's ``crop_pct``), bicubic unless ``interpolation`` says otherwise, with ImageNet
+    statistics (Inception's with ``inception``, or ``stats``); ``top1`` is timm's results-imagenet.csv figure there.
     Non-default checkpoints are named by their timm tag: ``weights="timm:e3600_r256_in1k"``, or by ``variant``.
     timm publishes on the Hugging Face hub without a digest we could pin here: the download is only checked for
     being a loadable safetensors file that fits the model."""
