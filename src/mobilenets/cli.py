@@ -27,7 +27,7 @@ COMMAND_MODULES = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mobilenets", description="MobileNet V1/V2/V3: zoo, training, deployment")
+    parser = argparse.ArgumentParser(prog="mobilenets", description="MobileNet V1 to V5: zoo, training, deployment")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:

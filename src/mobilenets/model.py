@@ -49,6 +49,7 @@ from .layers import (
 
 if TYPE_CHECKING:  # the row types are data the builder reads; archs/ imports this module
     from .archs.spec import Architecture, Unit
+    from .weights import WeightEntry  # (weights.py imports this module)
 
 OUTPUT_STRIDES = (8, 16, 32)
 DILATION_POLICIES = ("tf", "torchvision")
@@ -144,9 +145,13 @@ class MobileNet(nn.Module):
     ``forward_tokens(x)``.
     """
 
-    # What a checkpoint needs to rebuild this exact network (set by create_model; see checkpoint.py).
+    # Set from outside, after the build. What a checkpoint needs to rebuild this exact network (set by
+    # registry.create_model; see checkpoint.py):
     arch_name: str = ""
     arch_options: dict
+    # The published checkpoint the weights came from (weights.create_with_weights, for create_model(...,
+    # weights="torchvision" / "timm:..."): its preprocessing and top-1); None for other weights or none.
+    weights_entry: WeightEntry | None = None
 
     def __init__(self, arch: Architecture, *, stem: nn.Module, stages: nn.Sequential, final_conv: nn.Module,
                  head_fc: nn.Module | None, head_act: nn.Module | None, num_features: int, head_hidden_size: int,

@@ -6,19 +6,20 @@ Loading never unpickles arbitrary objects: safetensors files are read with safet
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import urllib.error
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast, runtime_checkable
 
 import torch
 from torch import nn
 
 from .blocks import ConvBlock, DepthwiseSeparable, FusedInvertedBottleneck, MobileMQA, UniversalInvertedBottleneck
 from .errors import UserError
+from .files import cache_root, file_sha256
 from .layers import PooledConvNorm
 from .model import MobileNet
 from .preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
@@ -85,18 +86,29 @@ _TIMM_BN: dict[str, Any] = {"bn_eps": 1e-5, "bn_momentum": 0.1}  # timm's Mobile
 _TF_PORT: dict[str, Any] = {"bn_eps": 1e-3, "padding": "tf_same"}  # timm's tf_ ports of TF checkpoints
 
 
+def _torchvision(model: str, file_name: str, resize: int, top1: float) -> WeightEntry:
+    """A torchvision checkpoint: 224 px crops of images resized to ``resize`` px, bilinear, ImageNet statistics (as
+    its transforms say). The file name carries the leading 8 hex digits of the file's sha256, which are checked."""
+    digest = file_name.rsplit("-", 1)[1].split(".")[0]
+    return WeightEntry(model, "torchvision", _TV + file_name, digest, Preprocessing((3, 224, 224), resize, **_IMAGENET),
+                       top1)
+
+
 def _timm(model: str, hub_name: str, size: int, crop_pct: float, top1: float | None, *, inception: bool = False,
           default: bool = True, variant: str | None = None, interpolation: str = "bicubic",
-          stats: dict | None = None, classifier: bool = True, **options) -> WeightEntry:
-    """A timm checkpoint on the Hugging Face hub, evaluated bicubic at ``size`` px after resizing the shorter
-    side to floor(size / crop_pct) (timm's ``crop_pct``); ``top1`` is timm's results-imagenet.csv figure there.
-    Non-default checkpoints are named by their timm tag: ``weights="timm:e3600_r256_in1k"``, or by ``variant``."""
+          stats: dict | None = None, classifier: bool = True, licence: str = "", **options) -> WeightEntry:
+    """A timm checkpoint on the Hugging Face hub, evaluated at ``size`` px after resizing the shorter side to
+    floor(size / crop_pct) (timm's ``crop_pct``), bicubic unless ``interpolation`` says otherwise, with ImageNet
+    statistics (Inception's with ``inception``, or ``stats``); ``top1`` is timm's results-imagenet.csv figure there.
+    Non-default checkpoints are named by their timm tag: ``weights="timm:e3600_r256_in1k"``, or by ``variant``.
+    timm publishes on the Hugging Face hub without a digest we could pin here: the download is only checked for
+    being a loadable safetensors file that fits the model."""
     pre = Preprocessing((3, size, size), int(size / crop_pct),
                         **(stats or (_INCEPTION if inception else _IMAGENET)), interpolation=interpolation)
     if variant is None:
         variant = "" if default else hub_name.split(".", 1)[1]
     return WeightEntry(model, "timm", _HF.format(hub_name), None, pre, top1, options, variant=variant,
-                       classifier=classifier)
+                       licence=licence, classifier=classifier)
 
 
 _V4 = "mobilenet_v4_"
@@ -105,22 +117,13 @@ _V4 = "mobilenet_v4_"
 WEIGHTS: dict[tuple[str, str, float], WeightEntry] = {
     e.key: e for e in (
         # torchvision's best (IMAGENET1K_V2 where it exists; resize 232 -> crop 224 as its transforms say)
-        WeightEntry("mobilenet_v2", "torchvision", _TV + "mobilenet_v2-7ebf99e0.pth", "7ebf99e0",
-                    Preprocessing((3, 224, 224), 232, **_IMAGENET), 72.154),
-        WeightEntry("mobilenet_v3_large", "torchvision", _TV + "mobilenet_v3_large-5c1a4163.pth", "5c1a4163",
-                    Preprocessing((3, 224, 224), 232, **_IMAGENET), 75.274),
-        WeightEntry("mobilenet_v3_small", "torchvision", _TV + "mobilenet_v3_small-047dcff4.pth", "047dcff4",
-                    Preprocessing((3, 224, 224), 256, **_IMAGENET), 67.668),
-        # timm publishes on the Hugging Face hub without a digest we could pin here: sha256 None means the
-        # download is only checked for being a loadable safetensors file that fits the model.
-        WeightEntry("mobilenet_v1", "timm", _HF.format("mobilenetv1_100.ra4_e3600_r224_in1k"), None,
-                    Preprocessing((3, 224, 224), 235, **_IMAGENET, interpolation="bicubic"), 75.38),
-        WeightEntry("mobilenet_v2", "timm", _HF.format("mobilenetv2_100.ra_in1k"), None,
-                    Preprocessing((3, 224, 224), 256, **_IMAGENET, interpolation="bicubic"), 72.97,
-                    {"bn_eps": 1e-5}),
-        WeightEntry("mobilenet_v3_large", "timm", _HF.format("mobilenetv3_large_100.ra_in1k"), None,
-                    Preprocessing((3, 224, 224), 256, **_IMAGENET, interpolation="bicubic"), 75.77,
-                    {"bn_eps": 1e-5, "bn_momentum": 0.1}),
+        _torchvision("mobilenet_v2", "mobilenet_v2-7ebf99e0.pth", 232, 72.154),
+        _torchvision("mobilenet_v3_large", "mobilenet_v3_large-5c1a4163.pth", 232, 75.274),
+        _torchvision("mobilenet_v3_small", "mobilenet_v3_small-047dcff4.pth", 256, 67.668),
+        # timm's default checkpoint of each model and width
+        _timm("mobilenet_v1", "mobilenetv1_100.ra4_e3600_r224_in1k", 224, 0.95, 75.38),
+        _timm("mobilenet_v2", "mobilenetv2_100.ra_in1k", 224, 0.875, 72.97, bn_eps=1e-5),
+        _timm("mobilenet_v3_large", "mobilenetv3_large_100.ra_in1k", 224, 0.875, 75.77, **_TIMM_BN),
         _timm("mobilenet_v3_small", "mobilenetv3_small_100.lamb_in1k", 224, 0.875, 67.636, **_TIMM_BN),
         _timm("mobilenet_v3_small", "mobilenetv3_small_075.lamb_in1k", 224, 0.875, 65.284, width_multiplier=0.75,
               **_TIMM_BN),
@@ -180,9 +183,8 @@ WEIGHTS: dict[tuple[str, str, float], WeightEntry] = {
               ("mobilenet_v3_small", "small", "minimal_100", "_minimal", 62.892, {"minimal": True}))),
         # MobileNetV5: Gemma 3n's vision encoder (no classifier, no ImageNet figure), Gemma licence. 768 px in
         # [0, 1] (mean 0, std 1), no crop. One file for both builds; the _enc one pads as Gemma 3n does.
-        *(WeightEntry(name, "timm", _HF.format("mobilenetv5_300m.gemma3n"), None,
-                      Preprocessing((3, 768, 768), 768, mean=(0.0,) * 3, std=(1.0,) * 3, interpolation="bicubic"),
-                      None, variant="gemma3n", licence="gemma", classifier=False)
+        *(_timm(name, "mobilenetv5_300m.gemma3n", 768, 1.0, None, variant="gemma3n", stats=_UNIT, licence="gemma",
+                classifier=False)
           for name in ("mobilenet_v5_300m", "mobilenet_v5_300m_enc")),
     )
 }
@@ -194,24 +196,9 @@ def imagenet_class_names() -> list[str]:
     return list(MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"])
 
 
-def cache_root() -> Path:
-    """Where mobilenets caches downloads and derived files: $MOBILENETS_CACHE, else $XDG_CACHE_HOME/mobilenets,
-    else ~/.cache/mobilenets."""
-    root = os.environ.get("MOBILENETS_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "mobilenets")
-    return Path(root)
-
-
 def cache_dir() -> Path:
+    """Where downloaded weights are kept: ``weights/`` in the package's cache."""
     return cache_root() / "weights"
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def fetch(entry: WeightEntry) -> Path:
@@ -316,7 +303,9 @@ def _conv_bn(ours: str, theirs_conv: str, theirs_bn: str) -> dict[str, str]:
 
 def torchvision_module_map(model: MobileNet, prefix: str = "features") -> dict[str, str]:
     """Our module paths -> torchvision's MobileNetV2/V3 paths (``features.*`` and ``classifier.*``)."""
-    v3 = model.arch.name.startswith("mobilenet_v3")
+    # torchvision's V3 (the only one with a head_fc before the classifier) wraps each block's layers in ``.block``
+    # and keeps the projection as a ConvNormActivation; its V2 uses ``.conv`` and a bare conv + BN
+    v3 = model.arch.head is not None
     m = _conv_bn("stem", f"{prefix}.0.0", f"{prefix}.0.1")
     index = 1
     for s, stage in enumerate(model.stages):
@@ -404,6 +393,18 @@ def timm_module_map(model: MobileNet) -> dict[str, str]:
     return m
 
 
+@runtime_checkable
+class ForeignWeights(Protocol):
+    """A model that maps other libraries' checkpoints onto itself: the task models (SSDLite, LR-ASPP and
+    DeepLabV3 read torchvision's files; YOLO declares the method only to say that nobody publishes its heads).
+    :func:`load_weights` asks such a model for the map instead of guessing the file's format from its keys, and
+    never reads its file as timm's (no BN eps change)."""
+
+    def foreign_module_map(self, source_keys: Iterable[str]) -> dict[str, str] | None:
+        """Our module paths -> the checkpoint's, for a state dict with ``source_keys``; None: the keys are ours."""
+        ...
+
+
 def detect_format(keys) -> str:
     keys = set(keys)
     if any(k.startswith("conv_stem.") for k in keys):
@@ -415,9 +416,8 @@ def detect_format(keys) -> str:
 
 def module_map_for(model: nn.Module, source_keys) -> dict[str, str] | None:
     """The module map from ``model`` to a state dict with ``source_keys`` (None: same names as ours)."""
-    foreign_module_map = getattr(model, "foreign_module_map", None)
-    if foreign_module_map is not None:  # task models (detection/segmentation) map their own heads
-        return foreign_module_map(source_keys)
+    if isinstance(model, ForeignWeights):  # task models (detection/segmentation) map their own heads
+        return model.foreign_module_map(source_keys)
     fmt = detect_format(source_keys)
     if fmt == "mobilenets":
         return None
@@ -535,7 +535,7 @@ def load_weights(model: nn.Module, source, *, skip: tuple[str, ...] = (), source
         state, name = read_state_dict(source), str(source)
     if any(k.startswith(GEMMA3N_PREFIX) for k in state):  # a whole Gemma 3n checkpoint: keep its vision tower
         state = {k[len(GEMMA3N_PREFIX):]: v for k, v in state.items() if k.startswith(GEMMA3N_PREFIX)}
-    timm_file = not hasattr(model, "foreign_module_map") and detect_format(state.keys()) == "timm"
+    timm_file = not isinstance(model, ForeignWeights) and detect_format(state.keys()) == "timm"
     if timm_file:
         _check_timm_bn_eps(model, name, timm_bn_eps)
     try:

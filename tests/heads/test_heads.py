@@ -287,3 +287,15 @@ def test_ssdlite_macs_equal_torchvision():
     # torchvision's ssdlite320_mobilenet_v3_large meta: 0.583 GFLOPS (multiply-adds) at 320x320
     prof = mobilenets.profile(mobilenets.create_model("ssdlite_mobilenet_v3_large"), input_size=(3, 320, 320))
     assert prof.macs / 1e9 == pytest.approx(0.583, abs=0.0005)
+
+
+def test_task_models_map_foreign_weights_themselves():
+    """Every task model declares weights.ForeignWeights, so load_weights asks it for the map instead of guessing
+    the format from the keys; YOLO declares it to opt out: its own ``features.*`` keys are not torchvision's."""
+    from mobilenets.weights import ForeignWeights, module_map_for
+    for name in ("ssdlite", "yolo", "deeplabv3", "lraspp"):
+        assert isinstance(mobilenets.create_model(name, num_classes=3), ForeignWeights), name
+    assert not isinstance(mobilenets.create_model("mobilenet_v2"), ForeignWeights)
+    yolo = mobilenets.create_model("yolo", num_classes=3)
+    assert module_map_for(yolo, yolo.state_dict().keys()) is None
+    mobilenets.load_weights(yolo, yolo.state_dict())

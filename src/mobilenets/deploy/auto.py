@@ -4,7 +4,8 @@ Each candidate is timed in its own process (:mod:`.probe`; runtimes' thread pool
 process), and the choice is kept in ``<cache>/backend_choice.json`` keyed by the file's sha256, the CPU model, the
 thread count and the runtime versions. A checkpoint is timed on torch and, through its cached export in each
 backend's format (:func:`~.export.cached_export`: ONNX, ExecuTorch ``.pte``), on the other backends.
-``<cache>`` is ``$MOBILENETS_CACHE``, else ``$XDG_CACHE_HOME/mobilenets``, else ``~/.cache/mobilenets``.
+``<cache>`` is :func:`mobilenets.files.cache_root`: ``$MOBILENETS_CACHE``, else ``$XDG_CACHE_HOME/mobilenets``, else
+``~/.cache/mobilenets``.
 """
 from __future__ import annotations
 
@@ -18,8 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import UserError
-from ..files import atomic_write
-from ..weights import cache_root, file_sha256
+from ..files import atomic_write, cache_root, file_sha256
 from .export import cached_export
 from .formats import BACKEND, FORMAT, RUNS_ON, installed, runs_here
 

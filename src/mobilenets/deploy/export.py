@@ -35,12 +35,12 @@ from torch import nn
 from ..checkpoint import CheckpointMeta, load_checkpoint
 from ..data.samples import sample_inputs
 from ..errors import UserError
+from ..files import cache_root, file_sha256
 from ..qat import SCHEME as QAT_SCHEME
 from ..qat import WEIGHT_RANGE as QAT_WEIGHT_RANGE
 from ..qat import FakeQuantized
 from ..tasks import get_task
 from ..tasks.base import Parity
-from ..weights import cache_root, file_sha256
 from .files import check_writable, move_into_place, staged
 from .formats import SUFFIX, ExportJob, Format, Writer
 from .keys import META_KEY, PARITY_KEY, PRECISION_KEY

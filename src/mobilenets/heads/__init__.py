@@ -1,4 +1,4 @@
-"""Task heads on zoo backbones: SSDLite detection, LR-ASPP and DeepLabV3 segmentation.
+"""Task heads on zoo backbones: SSDLite and YOLO detection, LR-ASPP and DeepLabV3 segmentation.
 
 Importing this package registers the task models (``mobilenets.list_models(task="detect" | "segment")``).
 """
@@ -6,5 +6,6 @@ from . import deeplabv3, lraspp, ssdlite, yolo  # noqa: F401  (run the @register
 from .deeplabv3 import DeepLabV3
 from .lraspp import LRASPP
 from .ssdlite import SSDLite
+from .yolo import YOLO
 
-__all__ = ["DeepLabV3", "LRASPP", "SSDLite"]
+__all__ = ["DeepLabV3", "LRASPP", "SSDLite", "YOLO"]

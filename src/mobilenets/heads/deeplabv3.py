@@ -97,7 +97,8 @@ class DeepLabV3(nn.Module):
 
     def foreign_module_map(self, source_keys) -> dict[str, str] | None:
         """Module map onto torchvision's ``deeplabv3_mobilenet_v3_large`` (``backbone.N`` over its ``features``,
-        ``classifier``); used by :func:`mobilenets.load_weights`. None for our own checkpoints."""
+        ``classifier``); used by :func:`mobilenets.load_weights` (:class:`~mobilenets.weights.ForeignWeights`). None
+        for our own checkpoints."""
         return torchvision_segmenter_map(self, source_keys, {"head.": "classifier.", "aux_head.": "aux_classifier."})
 
 

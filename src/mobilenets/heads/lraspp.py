@@ -67,7 +67,8 @@ class LRASPP(nn.Module):
 
     def foreign_module_map(self, source_keys) -> dict[str, str] | None:
         """Module map onto torchvision's ``lraspp_mobilenet_v3_large`` (``backbone.N`` over its ``features``,
-        ``classifier``); used by :func:`mobilenets.load_weights`. None for our own checkpoints."""
+        ``classifier``); used by :func:`mobilenets.load_weights` (:class:`~mobilenets.weights.ForeignWeights`). None
+        for our own checkpoints."""
         return torchvision_segmenter_map(self, source_keys, {"head.": "classifier."})
 
 

@@ -187,8 +187,8 @@ class SSDLite(Detector):
 
     # -- weights -------------------------------------------------------------------------------------------
     def foreign_module_map(self, source_keys) -> dict[str, str] | None:
-        """Module map onto torchvision's ``ssdlite320_mobilenet_v3_large`` (used by :func:`mobilenets.load_weights`;
-        None for our own checkpoints).
+        """Module map onto torchvision's ``ssdlite320_mobilenet_v3_large`` (used by :func:`mobilenets.load_weights`,
+        :class:`~mobilenets.weights.ForeignWeights`; None for our own checkpoints).
 
         torchvision cuts its backbone in two at the expansion of the first stride-32 block ``c4``:
         ``backbone.features.0`` = blocks ``0..c4-1`` + that block's expansion conv, ``backbone.features.1`` = the

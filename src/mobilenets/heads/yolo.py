@@ -4,8 +4,9 @@
 and box branches on three levels (strides 8/16/32), boxes as distances to the four sides with each distance a
 discrete distribution over ``reg_max`` bins (Distribution Focal Loss, arXiv:2006.04388), the task-aligned assigner
 of TOOD (arXiv:2108.07755) with YOLOv8's settings (top-k 10, alpha 0.5, beta 6.0), BCE against its soft targets for
-the classes and CIoU (arXiv:1911.08287) + DFL for the boxes, gains 0.5 / 7.5 / 1.5. Written from those papers and
-the behaviour they describe, not from Ultralytics' code; the figures this project reports are its own.
+the classes and CIoU (arXiv:1911.08287) + DFL for the boxes, gains 7.5 / 1.5 / 0.5 (box / DFL / class, the order
+:class:`YOLO` takes them in). Written from those papers and the behaviour they describe, not from Ultralytics'
+code; the figures this project reports are its own.
 
 Differences from YOLOv8, on purpose:
 - the neck is a depthwise PAN (FPN top-down + PAN bottom-up, every conv depthwise separable), as PP-PicoDet,
@@ -25,7 +26,7 @@ MobileNetV3 defaults to the reduced tail, the paper's detection setting (Table 6
 Classes: ``num_classes`` counts a background class 0, as for SSDLite (the data and metric code use that
 convention: labels 1..num_classes-1). The head predicts the ``num_classes - 1`` object classes with independent
 sigmoids; :meth:`YOLO.decode` prepends a zero score column for the background, so the scores are ``(B, A,
-num_classes)`` like SSDLite's and :func:`~mobilenets.heads.ssdlite.postprocess_detections` (class-wise NMS,
+num_classes)`` like SSDLite's and :func:`~mobilenets.heads.detection.postprocess_detections` (class-wise NMS,
 labels 1..C-1) works unchanged.
 
 End-to-end (``end_to_end=True``): YOLOv10's consistent dual assignment (arXiv:2405.14458, section 3.1). A second
@@ -426,8 +427,9 @@ class YOLO(Detector):
         return [detections_to_dict(d, image_size, self.score_thresh) for d in self.decode(outputs)]
 
     def foreign_module_map(self, source_keys) -> None:
-        """No foreign checkpoints: nobody publishes these heads; our own files use our names (for
-        :func:`mobilenets.load_weights`, which would otherwise read ``features.*`` keys as torchvision's)."""
+        """Declared (:class:`~mobilenets.weights.ForeignWeights`) only to opt out: nobody publishes these heads, so
+        every file is ours and keeps our names (None). Without it :func:`mobilenets.load_weights` would guess the
+        format from the keys and read our ``features.*`` keys as torchvision's."""
         return None
 
 
