@@ -174,3 +174,11 @@ def test_cli_int8_weights_note_and_refusals(model_meta, tmp_path, capsys):
                  "--int8-weights", "8bit", "--out", str(tmp_path / "q.pte")]) == 2
     assert "does not saturate on any CPU" in one_line_error(capsys)
     assert not (tmp_path / "q.pte").exists()
+
+
+def test_the_accuracy_report_asks_the_task(tmp_path):
+    from small_models import dense_checkpoint
+
+    model, meta, _ = dense_checkpoint("detect", tmp_path)
+    with pytest.raises(UserError, match="holds a detect model"):
+        accuracy_report(model, meta, tmp_path / "model.onnx")
