@@ -368,41 +368,35 @@ def build(arch: Architecture, *, width_multiplier: float = 1.0, num_classes: int
 
     stages: list[nn.Sequential] = []
     feature_info: list[FeatureInfo] = []
-    current: list[Any] = []  # blocks of several classes, each with out_channels and expansion_channels
     in_ch = stem_ch
     reduction, dilation = arch.stem.stride, 1
-    reducing = None  # (block index, reduction before it) of the current stage's strided block
-    units = arch.units()
-    for i, unit in enumerate(units):
-        out_ch = width(unit.out)
-        stride, block_dilation = unit.stride, dilation
-        if stride > 1 and reducing is None:
-            reducing = (len(current), reduction)
-        if stride > 1 and reduction * stride > output_stride:
-            dilation *= stride  # atrous: keep the resolution, widen the receptive field instead
-            stride = 1
-            if dilation_policy == "torchvision":
-                block_dilation = dilation
-        else:
-            reduction *= stride
-        current.append(_make_block(unit, in_ch, out_ch, stride, block_dilation, norm))
-        in_ch = out_ch
-        # A stage ends where the output width changes (the papers' tables group rows this way).
-        # V4's tables number their stages (Unit.stage), and a V4 stage changes width inside (Conv-S stage 1).
-        if i + 1 == len(units) or (units[i + 1].stage != unit.stage if unit.stage is not None
-                                   else units[i + 1].out != unit.out):
-            s = len(stages)
-            if reducing is not None:
-                b, before = reducing
-                expanded = getattr(current[b], "expansion_channels", None)
-                if expanded is not None:
-                    feature_info.append(FeatureInfo(f"stages.{s}.{b}", expanded, before, Location.EXPANSION, s, b))
-                if len(current) > 1:  # else the block's output is the stage's
-                    feature_info.append(FeatureInfo(f"stages.{s}.{b}", current[b].out_channels, reduction,
-                                                    Location.BLOCK, s, b))
-            feature_info.append(FeatureInfo(f"stages.{s}", out_ch, reduction, Location.STAGE, s))
-            stages.append(nn.Sequential(*current))
-            current, reducing = [], None
+    for s, units in enumerate(arch.stages()):  # one stage per tuple of rows in the table
+        current: list[Any] = []  # blocks of several classes, each with out_channels and expansion_channels
+        reducing = None  # (block index, reduction before it) of the stage's strided block
+        for unit in units:
+            out_ch = width(unit.out)
+            stride, block_dilation = unit.stride, dilation
+            if stride > 1 and reducing is None:
+                reducing = (len(current), reduction)
+            if stride > 1 and reduction * stride > output_stride:
+                dilation *= stride  # atrous: keep the resolution, widen the receptive field instead
+                stride = 1
+                if dilation_policy == "torchvision":
+                    block_dilation = dilation
+            else:
+                reduction *= stride
+            current.append(_make_block(unit, in_ch, out_ch, stride, block_dilation, norm))
+            in_ch = out_ch
+        if reducing is not None:
+            b, before = reducing
+            expanded = getattr(current[b], "expansion_channels", None)
+            if expanded is not None:
+                feature_info.append(FeatureInfo(f"stages.{s}.{b}", expanded, before, Location.EXPANSION, s, b))
+            if len(current) > 1:  # else the block's output is the stage's
+                feature_info.append(FeatureInfo(f"stages.{s}.{b}", current[b].out_channels, reduction,
+                                                Location.BLOCK, s, b))
+        feature_info.append(FeatureInfo(f"stages.{s}", in_ch, reduction, Location.STAGE, s))
+        stages.append(nn.Sequential(*current))
 
     final_conv: nn.Module = nn.Identity()
     if arch.final_conv is not None:

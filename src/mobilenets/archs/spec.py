@@ -1,12 +1,15 @@
 """Typed rows for the papers' architecture tables.
 
-Each variant (``v1.py`` ... ``v4.py``) writes its table as a tuple of these rows, one per row of the
-paper's table. A row knows how to unroll itself into :class:`Unit` s, one per block, at width 1.0; the builder
-in ``model.py`` applies the width multiplier (through ``make_divisible``) and turns strides into dilations.
+Each variant (``v1.py`` ... ``v5.py``) writes its table as a tuple of stages, each a tuple of these rows, one per
+row of the paper's table (timm's block-args layout). A stage is what ``model.stages[i]`` becomes and where the
+stage feature maps are taken. A row knows how to unroll itself into :class:`Unit` s, one per block, at width
+1.0; the builder in ``model.py`` applies the width multiplier (through ``make_divisible``) and turns strides
+into dilations.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 from ..layers import Act, Block
 
@@ -29,12 +32,17 @@ class Unit:
     heads: int = 0  # V4 Mobile MQA: query heads; key width (= value width); key/value downsampling stride
     key_dim: int = 0
     kv_stride: int = 1
-    stage: int | None = None  # the paper's stage, for tables that number them (V4); None: by width (see model.py)
 
     def __post_init__(self):
         if self.block not in BLOCKS:  # a misspelt block must not silently build another block
             raise ValueError(f"unknown block {str(self.block)!r}: use one of {', '.join(BLOCKS)}")
         object.__setattr__(self, "block", Block(self.block))
+
+
+class Row(Protocol):
+    """A row of a paper's table (the classes below): it unrolls into its blocks, given its input width at 1.0."""
+
+    def units(self, in_ch: int) -> list[Unit]: ...
 
 
 @dataclass(frozen=True)
@@ -137,7 +145,7 @@ class Architecture:
     name: str
     citation: str
     stem: Stem
-    rows: tuple
+    rows: tuple[tuple[Row, ...], ...]  # the table's rows, one tuple per stage
     final_conv: FinalConv | None = None
     head: HeadFC | None = None
     neck: FusionNeck | None = None  # V5: replaces final_conv and head
@@ -147,16 +155,21 @@ class Architecture:
     bn_momentum: float = 0.1
     paper_figures: dict = field(default_factory=dict)  # (width, resolution) -> (top-1, M MACs, M params)
 
-    def units(self) -> list[Unit]:
-        """Every block at width 1.0. ``rows`` holds the table's rows, or (V4) one tuple of rows per stage."""
-        units, in_ch = [], self.stem.out
-        for index, group in enumerate(self.rows):
-            stage = index if isinstance(group, tuple) else None
-            for row in group if isinstance(group, tuple) else (group,):
+    def __post_init__(self):
+        if not self.rows or not all(isinstance(stage, tuple) and stage for stage in self.rows):
+            raise ValueError(f"{self.name}: rows must be a non-empty tuple of stages, each a non-empty tuple of rows")
+
+    def stages(self) -> list[list[Unit]]:
+        """Every block at width 1.0, one list per stage."""
+        stages, in_ch = [], self.stem.out
+        for rows in self.rows:
+            stage = []
+            for row in rows:
                 for unit in row.units(in_ch):
-                    units.append(unit if stage is None else replace(unit, stage=stage))
+                    stage.append(unit)
                     in_ch = unit.out
-        return units
+            stages.append(stage)
+        return stages
 
 
 # -- MobileNetV4 (arXiv:2404.10518, Appendix D Tables 11-15) ------------------------------------------------------

@@ -14,16 +14,18 @@ MOBILENET_V1 = Architecture(
     name="mobilenet_v1",
     citation="Table 1 of arXiv:1704.04861",
     stem=Stem(out=32, act=R),                 # Conv / s2, 3x3x3x32
-    rows=(
-        DSConv(out=64, stride=1),             # Conv dw / s1, Conv 1x1 32->64
-        DSConv(out=128, stride=2),
-        DSConv(out=128, stride=1),
-        DSConv(out=256, stride=2),
-        DSConv(out=256, stride=1),
-        DSConv(out=512, stride=2),
-        *[DSConv(out=512, stride=1)] * 5,     # "5x" rows
-        DSConv(out=1024, stride=2),
-        DSConv(out=1024, stride=1),           # the paper prints s2 here; its output table (7x7) says s1
+    rows=(  # one tuple per stage, the rows of one output width
+        (DSConv(out=64, stride=1),),          # Conv dw / s1, Conv 1x1 32->64
+        (DSConv(out=128, stride=2), DSConv(out=128, stride=1)),
+        (DSConv(out=256, stride=2), DSConv(out=256, stride=1)),
+        (
+            DSConv(out=512, stride=2),
+            *[DSConv(out=512, stride=1)] * 5,  # "5x" rows
+        ),
+        (
+            DSConv(out=1024, stride=2),
+            DSConv(out=1024, stride=1),       # the paper prints s2 here; its output table (7x7) says s1
+        ),
     ),
     # Table 6/7 (width, resolution) -> (ImageNet top-1, M MACs, M params)
     paper_figures={(1.0, 224): (70.6, 569, 4.2), (0.75, 224): (68.4, 325, 2.6), (0.5, 224): (63.7, 149, 1.3),

@@ -8,15 +8,15 @@ MOBILENET_V2 = Architecture(
     name="mobilenet_v2",
     citation="Table 2 of arXiv:1801.04381",
     stem=Stem(out=32, act=Act.RELU6),  # conv2d 3x3, s2
-    rows=(
-        #       t    c   n  s
-        IRStage(1, 16, 1, 1),
-        IRStage(6, 24, 2, 2),
-        IRStage(6, 32, 3, 2),
-        IRStage(6, 64, 4, 2),
-        IRStage(6, 96, 3, 1),
-        IRStage(6, 160, 3, 2),
-        IRStage(6, 320, 1, 1),
+    rows=(  # one stage per row (bottleneck sequence)
+        #        t    c   n  s
+        (IRStage(1, 16, 1, 1),),
+        (IRStage(6, 24, 2, 2),),
+        (IRStage(6, 32, 3, 2),),
+        (IRStage(6, 64, 4, 2),),
+        (IRStage(6, 96, 3, 1),),
+        (IRStage(6, 160, 3, 2),),
+        (IRStage(6, 320, 1, 1),),
     ),
     final_conv=FinalConv(out=1280, act=Act.RELU6, keep_below_1=True),  # conv2d 1x1; 1280 kept below 1.0
     # Table 4 and the TF-slim checkpoint sweep: (width, resolution) -> (top-1, M MACs, M params)

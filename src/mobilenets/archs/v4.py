@@ -198,17 +198,26 @@ PAPER_FIGURES = {
 }
 
 
+CITATIONS = {
+    "conv_small": "Table 11 of arXiv:2404.10518",
+    "conv_medium": "Table 12 of arXiv:2404.10518",
+    "hybrid_medium": "Table 13 of arXiv:2404.10518",
+    "conv_large": "Table 14 of arXiv:2404.10518",
+    "hybrid_large": "Table 15 of arXiv:2404.10518",
+}
+
+
 def _architecture(size: str, fix_stem: bool) -> Architecture:
-    stages, table, stem, act, dropout = {
-        "conv_small": (CONV_SMALL, 11, 32, RE, 0.3),  # dropout: Table 10
-        "conv_medium": (CONV_MEDIUM, 12, 32, RE, 0.2),
-        "conv_large": (CONV_LARGE, 14, 24, RE, 0.2),
-        "hybrid_medium": (_hybrid(HYBRID_MEDIUM, RE), 13, 32, RE, 0.2),
-        "hybrid_large": (_hybrid(HYBRID_LARGE, GE), 15, 24, GE, 0.2),
+    stages, stem, act, dropout = {
+        "conv_small": (CONV_SMALL, 32, RE, 0.3),  # dropout: Table 10
+        "conv_medium": (CONV_MEDIUM, 32, RE, 0.2),
+        "conv_large": (CONV_LARGE, 24, RE, 0.2),
+        "hybrid_medium": (_hybrid(HYBRID_MEDIUM, RE), 32, RE, 0.2),
+        "hybrid_large": (_hybrid(HYBRID_LARGE, GE), 24, GE, 0.2),
     }[size]
     return Architecture(
         name=f"mobilenet_v4_{size}",
-        citation=f"Table {table} of arXiv:2404.10518",
+        citation=CITATIONS[size],
         stem=Stem(out=stem, act=act, keep_below_1=fix_stem),  # conv 3x3, stride 2
         rows=stages,
         final_conv=FinalConv(out=960, act=act),  # "Conv2D 1x1, 960": scales with the width (timm)
@@ -220,18 +229,34 @@ def _architecture(size: str, fix_stem: bool) -> Architecture:
     )
 
 
-def _register(size: str, resolution: int, summary: str):
-    @register_model(f"mobilenet_v4_{size}", default_resolution=resolution,
-                    paper=_architecture(size, True).citation, summary=summary)
-    def builder(*, fix_stem: bool = True, **options):
-        return build(_architecture(size, fix_stem), **options)
-    builder.__name__ = f"mobilenet_v4_{size}"
-    return builder
-
-
 _INTRO = "universal inverted bottlenecks (Qin et al. 2024)"
-mobilenet_v4_conv_small = _register("conv_small", 224, f"{_INTRO}, Conv-S")
-mobilenet_v4_conv_medium = _register("conv_medium", 256, f"{_INTRO}, Conv-M")
-mobilenet_v4_conv_large = _register("conv_large", 384, f"{_INTRO}, Conv-L")
-mobilenet_v4_hybrid_medium = _register("hybrid_medium", 256, f"{_INTRO} + Mobile MQA, Hybrid-M")
-mobilenet_v4_hybrid_large = _register("hybrid_large", 384, f"{_INTRO} + Mobile MQA, Hybrid-L (GELU)")
+
+
+@register_model("mobilenet_v4_conv_small", default_resolution=224, paper=CITATIONS["conv_small"],
+                summary=f"{_INTRO}, Conv-S")
+def mobilenet_v4_conv_small(*, fix_stem: bool = True, **options):
+    return build(_architecture("conv_small", fix_stem), **options)
+
+
+@register_model("mobilenet_v4_conv_medium", default_resolution=256, paper=CITATIONS["conv_medium"],
+                summary=f"{_INTRO}, Conv-M")
+def mobilenet_v4_conv_medium(*, fix_stem: bool = True, **options):
+    return build(_architecture("conv_medium", fix_stem), **options)
+
+
+@register_model("mobilenet_v4_conv_large", default_resolution=384, paper=CITATIONS["conv_large"],
+                summary=f"{_INTRO}, Conv-L")
+def mobilenet_v4_conv_large(*, fix_stem: bool = True, **options):
+    return build(_architecture("conv_large", fix_stem), **options)
+
+
+@register_model("mobilenet_v4_hybrid_medium", default_resolution=256, paper=CITATIONS["hybrid_medium"],
+                summary=f"{_INTRO} + Mobile MQA, Hybrid-M")
+def mobilenet_v4_hybrid_medium(*, fix_stem: bool = True, **options):
+    return build(_architecture("hybrid_medium", fix_stem), **options)
+
+
+@register_model("mobilenet_v4_hybrid_large", default_resolution=384, paper=CITATIONS["hybrid_large"],
+                summary=f"{_INTRO} + Mobile MQA, Hybrid-L (GELU)")
+def mobilenet_v4_hybrid_large(*, fix_stem: bool = True, **options):
+    return build(_architecture("hybrid_large", fix_stem), **options)
