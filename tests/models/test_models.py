@@ -195,6 +195,20 @@ def test_a_misspelt_block_is_refused_not_built_as_another():
     assert all(Unit(name, out=16, stride=1).block == name for name in BLOCKS)
 
 
+def test_a_table_is_a_tuple_of_stages():
+    """Every table groups its rows into explicit stages (the builder no longer guesses stage ends from widths):
+    flat rows or an empty stage are refused when the table is written."""
+    import dataclasses
+
+    from mobilenets.archs.v1 import MOBILENET_V1
+
+    assert all(isinstance(stage, tuple) and stage for stage in MOBILENET_V1.rows)
+    flat = tuple(row for stage in MOBILENET_V1.rows for row in stage)
+    for rows in (flat, (), (MOBILENET_V1.rows[0], ())):
+        with pytest.raises(ValueError, match="rows must be a non-empty tuple of stages"):
+            dataclasses.replace(MOBILENET_V1, rows=rows)
+
+
 def _describes_its_outputs(model, x) -> None:
     """timm's features_only contract: ``feature_info`` lists exactly the returned maps, in order."""
     with torch.no_grad():
