@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from ..errors import UserError
-from ..preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from ..preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, crop_resize
 from . import fashion_mnist
 from .image_folder import ImageFolderDataset, collate_skip_bad, find_splits, stratified_split
 from .transforms import TensorAugment, folder_transforms, preprocess
@@ -41,13 +41,13 @@ def data_kind(data: str) -> tuple[str, Path | None]:
 
 def default_preprocessing(data: str, img_size: int, in_chans: int) -> Preprocessing:
     """Fashion-MNIST: resize the 28x28 image to ``img_size`` (no crop) with the data set's statistics.
-    Image folders: ImageNet-style resize to img_size/0.875 and centre crop."""
+    Image folders: ImageNet-style resize to :func:`~mobilenets.preprocessing.crop_resize` and centre crop."""
     kind, _ = data_kind(data)
     if kind == "fashion":
         return Preprocessing(input_size=(in_chans, img_size, img_size), resize=img_size,
                              mean=(fashion_mnist.MEAN,) * in_chans, std=(fashion_mnist.STD,) * in_chans)
     mean, std = (IMAGENET_MEAN, IMAGENET_STD) if in_chans == 3 else ((0.449,), (0.226,))
-    return Preprocessing(input_size=(in_chans, img_size, img_size), resize=round(img_size / 0.875),
+    return Preprocessing(input_size=(in_chans, img_size, img_size), resize=crop_resize(img_size),
                          mean=mean, std=std)
 
 
