@@ -22,7 +22,7 @@ from .errors import UserError
 from .files import cache_root, file_sha256
 from .layers import PooledConvNorm
 from .model import MobileNet
-from .preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from .preprocessing import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, Preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ _TV = "https://download.pytorch.org/models/"
 _HF = "https://huggingface.co/timm/{}/resolve/main/model.safetensors"
 # keyword bundles for Preprocessing / _timm (typed Any: mypy cannot match a dict's keys to parameters)
 _IMAGENET: dict[str, Any] = dict(mean=IMAGENET_MEAN, std=IMAGENET_STD)
-_INCEPTION: dict[str, Any] = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+_INCEPTION: dict[str, Any] = dict(mean=INCEPTION_MEAN, std=INCEPTION_STD)
 _UNIT: dict[str, Any] = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))  # images in [0, 1], not normalised
 _TIMM_BN: dict[str, Any] = {"bn_eps": 1e-5, "bn_momentum": 0.1}  # timm's MobileNetV2/V3 (PyTorch's BN defaults)
 _TF_PORT: dict[str, Any] = {"bn_eps": 1e-3, "padding": "tf_same"}  # timm's tf_ ports of TF checkpoints

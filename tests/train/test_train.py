@@ -238,6 +238,22 @@ def test_depthwise_weight_decay_group(capsys, data, tmp_path):
     assert len(err.splitlines()) == 1 and "depthwise_weight_decay=-1 must not be negative" in err and not out.exists()
 
 
+def test_batch_norms_name_every_trainable_batchnorm_kind():
+    """BATCH_NORMS (public classes) stands for torch's private ``_BatchNorm`` base: it must name every subclass
+    of it in torch.nn, so that no BatchNorm layer escapes the momentum setting or the recalibration."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    from mobilenets.train.loop import BATCH_NORMS
+
+    def subclasses(cls):
+        for sub in cls.__subclasses__():
+            yield sub
+            yield from subclasses(sub)
+
+    in_torch_nn = {c for c in subclasses(_BatchNorm) if c.__module__.startswith("torch.nn.")}
+    assert in_torch_nn == set(BATCH_NORMS)
+
+
 def test_progressive_size_schedule():
     sizes = [progressive_size(40, 64, f / 100) for f in range(101)]
     assert sizes[0] == 40 and sizes[75] == 64 and set(sizes[75:]) == {64}  # full size from 75% of the run on

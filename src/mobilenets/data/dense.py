@@ -23,13 +23,14 @@ from torchvision.transforms import v2
 
 from ..checkpoint import CheckpointMeta
 from ..errors import UserError
+from ..preprocessing import INCEPTION_MEAN, INCEPTION_STD
 from .loaders import VAL_SPLITS, DataConfig
 
 log = logging.getLogger(__name__)
 
 SCENES = "scenes"  # --data value of the built-in Fashion-MNIST scenes
-MEAN = (0.5, 0.5, 0.5)  # SSDLite / LR-ASPP inputs: (x - 0.5) / 0.5 of [0, 1] images, as torchvision's
-STD = (0.5, 0.5, 0.5)
+# SSDLite / LR-ASPP inputs: (x - 0.5) / 0.5 of [0, 1] images, as torchvision's
+MEAN, STD = INCEPTION_MEAN, INCEPTION_STD
 DEFAULT_TRAIN_SCENES = 10_000
 DEFAULT_VAL_SCENES = 1_000
 DEFAULT_SCENE_SIZE = 128

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from ..errors import UserError
-from ..preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from ..preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, crop_resize
 from . import fashion_mnist
 from .image_folder import ImageFolderDataset, collate_skip_bad, find_splits, stratified_split
 from .transforms import TensorAugment, folder_transforms, preprocess
@@ -41,17 +41,33 @@ def data_kind(data: str) -> tuple[str, Path | None]:
 
 def default_preprocessing(data: str, img_size: int, in_chans: int) -> Preprocessing:
     """Fashion-MNIST: resize the 28x28 image to ``img_size`` (no crop) with the data set's statistics.
-    Image folders: ImageNet-style resize to img_size/0.875 and centre crop."""
+    Image folders: ImageNet-style resize to :func:`~mobilenets.preprocessing.crop_resize` and centre crop."""
     kind, _ = data_kind(data)
     if kind == "fashion":
         return Preprocessing(input_size=(in_chans, img_size, img_size), resize=img_size,
                              mean=(fashion_mnist.MEAN,) * in_chans, std=(fashion_mnist.STD,) * in_chans)
     mean, std = (IMAGENET_MEAN, IMAGENET_STD) if in_chans == 3 else ((0.449,), (0.226,))
-    return Preprocessing(input_size=(in_chans, img_size, img_size), resize=round(img_size / 0.875),
+    return Preprocessing(input_size=(in_chans, img_size, img_size), resize=crop_resize(img_size),
                          mean=mean, std=std)
 
 
-class TensorBatches:
+class SampledBatches:
+    """What both batch kinds share: the class names, the sample count and the training order, a
+    ``DistributedSampler`` (seeded, shuffled, the last incomplete global batch dropped) whose ``set_epoch`` the
+    trainer calls before each epoch. Evaluation batches have no sampler: every rank reads every sample in order."""
+
+    def __init__(self, dataset, class_names: list[str], *, train: bool, seed: int, rank: int, world_size: int):
+        self.class_names, self.train, self.num_samples = class_names, train, len(dataset)
+        self.sampler: DistributedSampler | None
+        self.sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
+                                          drop_last=True) if train else None
+
+    def set_epoch(self, epoch: int) -> None:
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+
+
+class TensorBatches(SampledBatches):
     """Batches sliced from in-memory uint8 images (N, C, H, W), transformed as a batch."""
 
     bad = 0  # nothing to skip: the idx files were checked when read
@@ -59,19 +75,11 @@ class TensorBatches:
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, class_names: list[str], batch_size: int,
                  transform: Callable[[torch.Tensor], torch.Tensor], *, train: bool, seed: int = 0,
                  rank: int = 0, world_size: int = 1):
-        self.images, self.labels, self.class_names = images, labels, class_names
-        self.batch_size, self.transform, self.train = batch_size, transform, train
-        self.sampler: DistributedSampler | None  # (it reads only the length; TensorDataset wraps without a copy)
-        self.sampler = DistributedSampler(TensorDataset(images), num_replicas=world_size, rank=rank, shuffle=train,
-                                          seed=seed, drop_last=train) if train else None
-
-    @property
-    def num_samples(self) -> int:
-        return len(self.images)
-
-    def set_epoch(self, epoch: int) -> None:
-        if self.sampler is not None:
-            self.sampler.set_epoch(epoch)
+        # (the sampler reads only the length; TensorDataset wraps without a copy)
+        super().__init__(TensorDataset(images), class_names, train=train, seed=seed, rank=rank,
+                         world_size=world_size)
+        self.images, self.labels = images, labels
+        self.batch_size, self.transform = batch_size, transform
 
     def __len__(self) -> int:
         n = len(self.sampler) if self.sampler is not None else len(self.images)
@@ -84,32 +92,24 @@ class TensorBatches:
             yield self.transform(self.images[idx]), self.labels[idx]
 
 
-class FolderBatches:
-    """Batches of a data set through a DataLoader over a DistributedSampler (the same global batches for any
-    number of ranks); counts files skipped with ``--skip-bad``. ``collate`` returns ``(inputs, targets,
-    skipped file names)``: image folders' :func:`collate_skip_bad`, or the dense tasks' collates."""
+class FolderBatches(SampledBatches):
+    """Batches of a data set through a DataLoader over the sampler (the same global batches for any number of
+    ranks); counts files skipped with ``--skip-bad``. ``collate`` returns ``(inputs, targets, skipped file
+    names)``: image folders' :func:`collate_skip_bad`, or the dense tasks' collates."""
 
     def __init__(self, dataset, class_names: list[str], batch_size: int, *, train: bool,
                  seed: int = 0, rank: int = 0, world_size: int = 1, num_workers: int = 0,
                  collate: Callable = collate_skip_bad):
-        self.class_names = class_names
-        self.sampler: DistributedSampler | None
-        self.sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=seed,
-                                          drop_last=train) if train else None
+        super().__init__(dataset, class_names, train=train, seed=seed, rank=rank, world_size=world_size)
         self.loader = DataLoader(dataset, batch_size=batch_size, sampler=self.sampler, shuffle=False,
                                  num_workers=num_workers, collate_fn=collate, drop_last=train,
                                  persistent_workers=num_workers > 0)
-        self.num_samples = len(dataset)
         self.bad_files: set[str] = set()
 
     @property
     def bad(self) -> int:
         """Distinct files skipped so far (``--skip-bad``)."""
         return len(self.bad_files)
-
-    def set_epoch(self, epoch: int) -> None:
-        if self.sampler is not None:
-            self.sampler.set_epoch(epoch)
 
     def __len__(self) -> int:
         return len(self.loader)

@@ -14,6 +14,7 @@ import torch
 
 from ..errors import UserError
 from ..preprocessing import Preprocessing
+from .loaders import FASHION
 from .transforms import IMAGE_SUFFIXES
 
 
@@ -23,7 +24,7 @@ def sample_inputs(pre: Preprocessing, source: str | None, n: int, *, split: str 
     if source is None:
         g = torch.Generator().manual_seed(seed)
         return torch.randn((n, *pre.input_size), generator=g).numpy()
-    if source == "fashion-mnist":
+    if source == FASHION:
         images, _, _ = fashion_mnist_inputs(pre, split, limit=n, seed=seed)
         return images
     return folder_inputs(pre, source, n, seed=seed)
@@ -51,12 +52,12 @@ def folder_inputs(pre: Preprocessing, folder: str, n: int, *, seed: int = 0) -> 
 
     root = Path(folder)
     if not root.is_dir():
-        raise UserError(f"image data {folder!r} is neither 'fashion-mnist' nor a folder; pass 'fashion-mnist' or a "
+        raise UserError(f"image data {folder!r} is neither {FASHION!r} nor a folder; pass {FASHION!r} or a "
                         "folder of images")
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
         raise UserError(f"folder {folder} has no images ({', '.join(IMAGE_SUFFIXES)}); pass a folder with at least "
-                        "one image, or 'fashion-mnist'")
+                        f"one image, or {FASHION!r}")
     if len(files) > n:
         order = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed))[:n].tolist()
         files = [files[i] for i in sorted(order)]

@@ -17,6 +17,7 @@ from torch import nn
 
 from ..checkpoint import CheckpointMeta, Preprocessing, load_checkpoint, weights_meta
 from ..errors import UserError
+from ..preprocessing import INCEPTION_MEAN, INCEPTION_STD, crop_resize
 from ..weights import read_state_dict
 
 log = logging.getLogger(__name__)
@@ -55,10 +56,11 @@ def meta_for(model: nn.Module, name: str, options: dict, class_names: list[str] 
 
     in_chans = _first_conv(model).in_channels
     size = resolution or get_entry(name).default_resolution
-    shape, resize = (in_chans, size, size), round(size / 0.875)  # 224 -> 256, ImageNet's centre crop
+    shape, resize = (in_chans, size, size), crop_resize(size)  # 224 -> 256, ImageNet's centre crop
     pre = Preprocessing(input_size=shape, resize=resize)
-    if in_chans != 3:
-        pre = Preprocessing(input_size=shape, resize=resize, mean=(0.5,) * in_chans, std=(0.5,) * in_chans)
+    if in_chans != 3:  # no ImageNet statistics for other channel counts: (x - 0.5) / 0.5 in every channel
+        pre = Preprocessing(input_size=shape, resize=resize, mean=INCEPTION_MEAN[:1] * in_chans,
+                            std=INCEPTION_STD[:1] * in_chans)
     return CheckpointMeta(model=name, options=dict(options), class_names=list(class_names or []),
                           preprocessing=pre)
 

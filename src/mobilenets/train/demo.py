@@ -7,7 +7,7 @@ from pathlib import Path
 from PIL import Image
 
 from ..data import fashion_mnist
-from ..data.loaders import DataConfig
+from ..data.loaders import FASHION, DataConfig
 from ..tasks import get_task
 from .config import TrainConfig
 from .recipes import resolve_recipe
@@ -33,7 +33,7 @@ def run_demo(out: str | Path, threads: int | None = None, progress: bool = True)
     cfg = TrainConfig(model="mobilenet_v3_small",
                       # the test split as validation: the printed figure is the last epoch's, the predictions
                       # use last.safetensors, so nothing is chosen on it
-                      data=DataConfig(data="fashion-mnist", batch_size=128, augment="none",
+                      data=DataConfig(data=FASHION, batch_size=128, augment="none",
                                       limit_train=DEMO_TRAIN_IMAGES, val_split="test"),
                       recipe=resolve_recipe("default", lr=4e-3, warmup_epochs=0.3, ema_decay=0.998,
                                             label_smoothing=0.0),

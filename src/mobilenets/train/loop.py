@@ -17,6 +17,11 @@ from .distributed import World
 from .freeze import keep_frozen_eval
 from .precision import autocast
 
+# Every trainable BatchNorm kind torch has (its public classes; their common base, ``_BatchNorm``, is private):
+# the layers whose momentum the trainer sets and whose running statistics recalibrate_bn re-estimates.
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LazyBatchNorm1d, nn.LazyBatchNorm2d,
+               nn.LazyBatchNorm3d, nn.SyncBatchNorm)
+
 if TYPE_CHECKING:
     from ..tasks import Task
     from .distill import Teachers
@@ -139,7 +144,7 @@ def recalibrate_bn(model: nn.Module, batches: Iterable, num_batches: int, *, fro
     an EMA model's averaged statistics do not belong to its averaged weights; in short runs either makes the
     eval-mode network much worse than the train-mode one (observed: 0.10 vs 0.76 accuracy after one epoch).
     """
-    bns = [m for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+    bns = [m for name, m in model.named_modules() if isinstance(m, BATCH_NORMS)
            and not any(name == f or name.startswith(f + ".") for f in frozen)]
     if not bns or num_batches <= 0:
         return

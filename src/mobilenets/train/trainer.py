@@ -38,7 +38,7 @@ from .config import TrainConfig
 from .distill import Teachers
 from .ema import create_ema
 from .freeze import freeze
-from .loop import Diverged, TrainingStep, recalibrate_bn, train_one_epoch
+from .loop import BATCH_NORMS, Diverged, TrainingStep, recalibrate_bn, train_one_epoch
 from .precision import check_precision, grad_scaler
 from .recipes import Deadline, build_optimizer, build_scheduler, progressive_size, scaled_lr
 from .report import write_metrics
@@ -76,7 +76,7 @@ def _check_qat(task: Task, cfg: TrainConfig) -> None:
 
 def _set_bn_momentum(model: torch.nn.Module, momentum: float) -> None:
     for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+        if isinstance(m, BATCH_NORMS):
             m.momentum = momentum
 
 
