@@ -4,9 +4,10 @@ from __future__ import annotations
 import argparse
 
 from ..errors import UserError
+from ..preprocessing import INCEPTION_MEAN
 
 # the mean/std column of `models --weights`
-STATS_NAMES: dict[tuple[float, ...], str] = {(0.5, 0.5, 0.5): "inception", (0.0, 0.0, 0.0): "[0, 1]"}
+STATS_NAMES: dict[tuple[float, ...], str] = {INCEPTION_MEAN: "inception", (0.0, 0.0, 0.0): "[0, 1]"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -33,6 +33,7 @@ from typing import Any
 from torch import nn
 
 from ..checkpoint import CheckpointMeta, load_checkpoint
+from ..data.loaders import FASHION
 from ..data.samples import sample_inputs
 from ..errors import UserError
 from ..files import cache_root, file_sha256
@@ -97,7 +98,7 @@ def export_model(model: nn.Module, meta: CheckpointMeta, out: str | os.PathLike,
             model = model.eval().float_model()
     calibrates = options.int8 and learned is None
     if calibrates and options.calibration_data is None:
-        raise UserError("int8=True needs calibration_data='fashion-mnist' or a folder of real images to calibrate on")
+        raise UserError(f"int8=True needs calibration_data={FASHION!r} or a folder of real images to calibrate on")
     # int8 parity on real images where there are some (a quantization-aware model needs none to calibrate)
     parity_data = options.parity_data or (options.calibration_data if options.int8 else None)
     task = get_task(meta.task)

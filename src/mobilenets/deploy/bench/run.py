@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ...data.loaders import FASHION
 from ...errors import UserError
 from ..files import optional_import
 from ..formats import BACKEND, RUNTIMES, installed, runs_here
@@ -75,7 +76,7 @@ def run_bench(options: BenchOptions | None = None, *, workdir: str | None = None
         if b != "torch":
             optional_import(BACKEND[b].module, BACKEND[b].extra, what=f"backend={b!r}")
     if int8 and calibration is None:
-        calibration = "fashion-mnist"
+        calibration = FASHION
     say = progress or (lambda msg: log.info("%s", msg))
     roof = sgemm_roof(threads)
     say(f"sgemm roof on {threads} threads: {roof:.1f} GFLOP/s")
