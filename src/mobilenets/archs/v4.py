@@ -232,31 +232,18 @@ def _architecture(size: str, fix_stem: bool) -> Architecture:
 _INTRO = "universal inverted bottlenecks (Qin et al. 2024)"
 
 
-@register_model("mobilenet_v4_conv_small", default_resolution=224, paper=CITATIONS["conv_small"],
-                summary=f"{_INTRO}, Conv-S")
-def mobilenet_v4_conv_small(*, fix_stem: bool = True, **options):
-    return build(_architecture("conv_small", fix_stem), **options)
+def _register(size: str, resolution: int, summary: str):
+    """Register ``mobilenet_v4_{size}``: one builder per row of the registration table below."""
+    @register_model(f"mobilenet_v4_{size}", default_resolution=resolution, paper=CITATIONS[size], summary=summary)
+    def builder(*, fix_stem: bool = True, **options):
+        return build(_architecture(size, fix_stem), **options)
+    builder.__name__ = builder.__qualname__ = f"mobilenet_v4_{size}"
+    return builder
 
 
-@register_model("mobilenet_v4_conv_medium", default_resolution=256, paper=CITATIONS["conv_medium"],
-                summary=f"{_INTRO}, Conv-M")
-def mobilenet_v4_conv_medium(*, fix_stem: bool = True, **options):
-    return build(_architecture("conv_medium", fix_stem), **options)
-
-
-@register_model("mobilenet_v4_conv_large", default_resolution=384, paper=CITATIONS["conv_large"],
-                summary=f"{_INTRO}, Conv-L")
-def mobilenet_v4_conv_large(*, fix_stem: bool = True, **options):
-    return build(_architecture("conv_large", fix_stem), **options)
-
-
-@register_model("mobilenet_v4_hybrid_medium", default_resolution=256, paper=CITATIONS["hybrid_medium"],
-                summary=f"{_INTRO} + Mobile MQA, Hybrid-M")
-def mobilenet_v4_hybrid_medium(*, fix_stem: bool = True, **options):
-    return build(_architecture("hybrid_medium", fix_stem), **options)
-
-
-@register_model("mobilenet_v4_hybrid_large", default_resolution=384, paper=CITATIONS["hybrid_large"],
-                summary=f"{_INTRO} + Mobile MQA, Hybrid-L (GELU)")
-def mobilenet_v4_hybrid_large(*, fix_stem: bool = True, **options):
-    return build(_architecture("hybrid_large", fix_stem), **options)
+# (size, native resolution, summary): the five models, one row each
+mobilenet_v4_conv_small = _register("conv_small", 224, f"{_INTRO}, Conv-S")
+mobilenet_v4_conv_medium = _register("conv_medium", 256, f"{_INTRO}, Conv-M")
+mobilenet_v4_conv_large = _register("conv_large", 384, f"{_INTRO}, Conv-L")
+mobilenet_v4_hybrid_medium = _register("hybrid_medium", 256, f"{_INTRO} + Mobile MQA, Hybrid-M")
+mobilenet_v4_hybrid_large = _register("hybrid_large", 384, f"{_INTRO} + Mobile MQA, Hybrid-L (GELU)")
