@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 
 from ..deploy.formats import BACKENDS
 from ..errors import UserError
@@ -42,6 +41,7 @@ def register(subparsers) -> None:
 
 def serve_command(args: argparse.Namespace) -> int:
     from ..deploy.files import optional_import
+    from ..deploy.triton import usable_cores
 
     for flag in ("threads", "decode_threads", "max_batch", "max_queue"):
         value = getattr(args, flag)
@@ -61,7 +61,7 @@ def serve_command(args: argparse.Namespace) -> int:
     from ..serve.model import open_model
     from ..serve.server import bind, run
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores()
     threads = args.threads or cores
     decode_threads = args.decode_threads or min(2, cores)
     limits = Limits(max_upload_bytes=int(args.max_upload_mb * MB), max_pixels=int(args.max_megapixels * 1e6),

@@ -23,12 +23,12 @@ What every export does, whatever the task:
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 from torch import nn
 
@@ -114,15 +114,13 @@ def export_model(model: nn.Module, meta: CheckpointMeta, out: str | os.PathLike,
                         "weights": f"int8 symmetric per-channel, -{QAT_WEIGHT_RANGE}..{QAT_WEIGHT_RANGE}",
                         "activations": "int8 (static)"})
     fused = fold_batchnorm(module) if learned is None else learned
-    proto: list[Any] = []  # the ONNX ModelProto, once made
 
+    @functools.cache
     def onnx_of_fused():
         """The ONNX graph of ``fused`` (made on first call): fp32, or a quantization-aware model's int8 (QDQ)."""
-        if not proto:
-            proto.append((to_onnx if learned is None else to_onnx_qdq)(
-                fused, tuple(meta.preprocessing.input_size), output_names, name=meta.model,
-                dynamic_batch=options.dynamic_batch, batch=options.batch))
-        return proto[0]
+        return (to_onnx if learned is None else to_onnx_qdq)(
+            fused, tuple(meta.preprocessing.input_size), output_names, name=meta.model,
+            dynamic_batch=options.dynamic_batch, batch=options.batch)
 
     calibration = (sample_inputs(meta.preprocessing, options.calibration_data, options.calibration_n,
                                  split="train", seed=0) if calibrates else None)
