@@ -311,17 +311,41 @@ def test_end_to_end_trains_both_heads_and_the_one_to_one_head_leaves_the_neck_al
     assert boxes.shape[:2] == scores.shape[:2] and scores.shape[-1] == 11
 
 
+def test_undetached_one_to_one_trains_the_neck_and_backbone_and_runs_the_same_graph():
+    """detach_one_to_one=False: the one-to-one loss reaches the neck and backbone (not the other head); at inference
+    the graph is the detached model's, so the same weights give the same detections."""
+    torch.manual_seed(0)
+    detached = _small_yolo(end_to_end=True)
+    model = _small_yolo(end_to_end=True, detach_one_to_one=False)
+    model.load_state_dict(detached.state_dict())
+    x, targets = _scene_batch()
+    model.train()
+    terms = model.loss(model(x), targets)
+    sum(v for k, v in terms.items() if k.endswith("_o2o")).backward()
+    assert all(p.grad is None for p in model.head.parameters())
+    for part in (model.neck, model.features, model.head_o2o):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters())
+    detached.load_state_dict(model.state_dict())  # (the training forward moved the BN statistics)
+    model.eval(), detached.eval()
+    with torch.no_grad():
+        assert torch.equal(model.decode(model(x)), detached.decode(detached(x)))
+    with pytest.raises(UserError, match="for an end-to-end model"):
+        _small_yolo(detach_one_to_one=False)
+
+
 def test_cli_end_to_end_round_trip(tmp_path, capsys):
-    """train --end-to-end --neck-depth 2: stored options; eval reads the one-to-one head and, with --nms, the other;
+    """train --end-to-end --neck-depth 2 --no-detach-one-to-one: stored options; eval reads the one-to-one head and,
+    with --nms, the other;
     the ONNX export ends in `detections` and predict through it matches eager PyTorch."""
     out = tmp_path / "run"
     assert main(["train", "--task", "detect", "--model", "yolo", "--backbone", "mobilenet_v3_small", "--width", "0.5",
                  "--data", "scenes", "--scenes", "16", "--limit-val", "4", "--scene-size", "64", "--epochs", "1",
                  "--batch-size", "8", "--out", str(out), "--no-progress", "--threads", "1", "--end-to-end",
-                 "--neck-depth", "2"]) == 0
+                 "--neck-depth", "2", "--no-detach-one-to-one"]) == 0
     ckpt = out / "last.safetensors"
     model, meta = load_checkpoint(ckpt)
     assert meta.options["end_to_end"] is True and meta.options["neck_depth"] == 2
+    assert meta.options["detach_one_to_one"] is False and not model.detach_one_to_one
     assert model.end_to_end and model.one_to_one and len(model.neck.top_down[0]) == 2
     record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert {"loss_box", "loss_cls_o2o", "loss_dfl_o2o"} <= set(record)
@@ -377,9 +401,10 @@ def test_end_to_end_parity_fails_on_a_wrong_export():
 
 
 def test_neck_depth_and_end_to_end_are_for_yolo_only(tmp_path, capsys):
-    for flags, message in ((["--neck-depth", "2"], "only the YOLO head has a neck"),
-                           (["--end-to-end"], "only the YOLO head has a one-to-one mode")):
-        assert main(["train", "--task", "detect", "--model", "ssdlite", "--data", "scenes", *flags,
+    for model, flags, message in (("ssdlite", ["--neck-depth", "2"], "only the YOLO head has a neck"),
+                                  ("ssdlite", ["--end-to-end"], "only the YOLO head has a one-to-one mode"),
+                                  ("yolo", ["--no-detach-one-to-one"], "only an --end-to-end YOLO")):
+        assert main(["train", "--task", "detect", "--model", model, "--data", "scenes", *flags,
                      "--out", str(tmp_path / "x"), "--no-progress"]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and message in err

@@ -96,6 +96,10 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     m.add_argument("--end-to-end", action="store_true",
                    help="detect --model yolo: add YOLOv10's one-to-one head (trained beside the usual one) and read "
                         "it at inference: no NMS; exports end in the final detections (N, K, 6)")
+    m.add_argument("--detach-one-to-one", action=argparse.BooleanOptionalAction, default=None,
+                   help="--end-to-end: the one-to-one head trains on detached neck maps (default, as YOLOv10); "
+                        "--no-detach-one-to-one lets its loss train the neck and backbone too (better end to end, "
+                        "worse with NMS; BENCHMARKS.md)")
     m.add_argument("--bn-momentum", type=float, default=None,
                    help="BN running-statistics momentum (PyTorch convention; short runs want ~0.1)")
     m.add_argument("--bn-recalibrate", type=int, default=None, metavar="BATCHES",
@@ -198,9 +202,13 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if args.end_to_end and args.model != "yolo":
         raise UserError(f"--end-to-end: only the YOLO head has a one-to-one mode (--task detect --model yolo), not "
                         f"{args.model}; drop it")
+    if args.detach_one_to_one is not None and not args.end_to_end:
+        raise UserError("--detach-one-to-one / --no-detach-one-to-one: only an --end-to-end YOLO has a one-to-one "
+                        "head; add --end-to-end or drop it")
     options = {k: v for k, v in (("width_multiplier", args.width_multiplier), ("dropout", args.dropout),
                                  ("neck_width", args.neck_width), ("neck_depth", args.neck_depth),
                                  ("end_to_end", args.end_to_end or None),
+                                 ("detach_one_to_one", args.detach_one_to_one),
                                  ("output_stride", args.output_stride), ("norm_layer", args.norm_layer),
                                  ("bn_momentum", args.bn_momentum))
                if v is not None}

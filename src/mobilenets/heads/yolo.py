@@ -292,7 +292,8 @@ class YOLO(Detector):
     def __init__(self, backbone: MobileNet, num_classes: int, *, neck_width: int | None = None, neck_depth: int = 1,
                  reg_max: int = 16, norm=nn.BatchNorm2d, score_thresh: float = 0.001, nms_thresh: float = 0.7,
                  detections_per_img: int = 300, topk_candidates: int = 300, topk: int = 10, alpha: float = 0.5,
-                 beta: float = 6.0, gains: tuple[float, float, float] = (7.5, 1.5, 0.5), end_to_end: bool = False):
+                 beta: float = 6.0, gains: tuple[float, float, float] = (7.5, 1.5, 0.5), end_to_end: bool = False,
+                 detach_one_to_one: bool = True):
         super().__init__()
         if num_classes < 2:
             raise UserError(f"num_classes={num_classes}: a detector needs the background plus at least one class")
@@ -314,6 +315,10 @@ class YOLO(Detector):
         if end_to_end:  # YOLOv10's one-to-one head: a copy of the head, trained on detached neck maps, top-1 targets
             self.head_o2o = YOLOHead(self.neck_width, len(STRIDES), num_classes - 1, reg_max, norm)
             self.assigner_o2o = TaskAlignedAssigner(1, alpha, beta)
+        # True (YOLOv10's and Ultralytics' code): the one-to-one loss trains its own head only. False: its top-1
+        # targets also train the neck and backbone (+1.4 end-to-end, -3.9 one-to-many points in BENCHMARKS.md's
+        # 40-minute pair): for a model that will only ever run end to end
+        self.detach_one_to_one = detach_one_to_one
         self.one_to_one = end_to_end  # inference reads the one-to-one head (no NMS); False: the usual head + NMS
         self.box_gain, self.dfl_gain, self.cls_gain = gains
         self.score_thresh = score_thresh
@@ -333,8 +338,9 @@ class YOLO(Detector):
         out = {"points": points,  # (A, 2) xy pixels of this input
                "strides": strides}  # (A,)
         if self.end_to_end and (self.training or self.one_to_one):
-            # the one-to-one head learns on detached maps: its top-1 targets never pull on the neck or backbone
-            cls_o2o, box_o2o = self.head_o2o([f.detach() for f in feats] if self.training else feats)
+            # by default the one-to-one head learns on detached maps: its top-1 targets leave the neck and backbone
+            detach = self.training and self.detach_one_to_one
+            cls_o2o, box_o2o = self.head_o2o([f.detach() for f in feats] if detach else feats)
             if not self.training:
                 return {"cls_logits": cls_o2o, "box_logits": box_o2o, **out}
             out.update(cls_logits_o2o=cls_o2o, box_logits_o2o=box_o2o)
@@ -452,15 +458,20 @@ def yolo(*, backbone: str = "mobilenet_v3_large", num_classes: int = 81, width_m
          reduced_tail: bool | None = None, in_chans: int = 3, norm_layer: str | None = None,
          neck_width: int | None = None, neck_depth: int = 1, reg_max: int = 16, score_thresh: float = 0.001,
          nms_thresh: float = 0.7, detections_per_img: int = 300, topk_candidates: int = 300,
-         end_to_end: bool = False) -> YOLO:
+         end_to_end: bool = False, detach_one_to_one: bool = True) -> YOLO:
     """The YOLOv8-style detector on the zoo backbone ``backbone``; ``num_classes`` includes the background (81: the
     80 COCO classes). ``neck_width`` defaults to :func:`neck_width_for` the backbone's taps, ``neck_depth`` (separable
     units per neck fusion) to 1; ``norm_layer`` applies to the neck and head too. ``reduced_tail`` (V3 only) defaults
     to True, as for SSDLite. ``end_to_end``: add YOLOv10's one-to-one head and read it at inference, so that the
-    decoded graph ends in the final detections (no NMS)."""
+    decoded graph ends in the final detections (no NMS). ``detach_one_to_one=False`` (end-to-end only) lets the
+    one-to-one head's loss train the neck and backbone too: better end to end, worse through the one-to-many head and
+    NMS."""
+    if not detach_one_to_one and not end_to_end:
+        raise UserError("detach_one_to_one=False is for an end-to-end model (end_to_end=True), which has a "
+                        "one-to-one head; drop it or set end_to_end")
     body = build_backbone(backbone, TAPS, width_multiplier=width_multiplier, reduced_tail=reduced_tail,
                           default_reduced_tail=True, in_chans=in_chans, norm_layer=norm_layer, output_stride=32)
     norm = norm_factory(norm_layer) if norm_layer else nn.BatchNorm2d
     return YOLO(body, num_classes, neck_width=neck_width, neck_depth=neck_depth, reg_max=reg_max, norm=norm,
                 score_thresh=score_thresh, nms_thresh=nms_thresh, detections_per_img=detections_per_img,
-                topk_candidates=topk_candidates, end_to_end=end_to_end)
+                topk_candidates=topk_candidates, end_to_end=end_to_end, detach_one_to_one=detach_one_to_one)
