@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from mobilenets.data.loaders import DataConfig
+
 # --val-split test (the default here): train on all 60,000 training images, as every figure of this benchmark from
 # 2026-11-26 to 2026-12-03 did (the trainer then validates on the test split; nothing is chosen on it: the figure is
 # last.safetensors). --val-split holdout: train on 54,000 and validate on the other 6,000 (stratified, seeded by
@@ -130,8 +132,10 @@ def main() -> None:
     epochs = args.epochs
     if epochs is None:
         train_rate, eval_rate = probe_images_per_s(args)
-        train_images = TRAIN_IMAGES if args.val_split == "test" else TRAIN_IMAGES * 9 // 10
-        epoch_s = train_images / train_rate + TEST_IMAGES / eval_rate + 5  # + checkpoints and figures
+        # each epoch trains on the training images less any held-out share, then evaluates on the validation set
+        held = 0 if args.val_split == "test" else round(TRAIN_IMAGES * DataConfig.val_fraction)
+        val_images = TEST_IMAGES if args.val_split == "test" else held
+        epoch_s = (TRAIN_IMAGES - held) / train_rate + val_images / eval_rate + 5  # + checkpoints and figures
         # 10% more epochs than the probe expects to fit: --time-limit is the binding stop, and the trainer's
         # cosine schedule follows the clock, so the learning rate is near zero whenever the time runs out.
         epochs = max(1, math.ceil(1.1 * args.budget_minutes * 60 / epoch_s))

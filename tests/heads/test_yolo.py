@@ -326,7 +326,8 @@ def test_undetached_one_to_one_trains_the_neck_and_backbone_and_runs_the_same_gr
     for part in (model.neck, model.features, model.head_o2o):
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters())
     detached.load_state_dict(model.state_dict())  # (the training forward moved the BN statistics)
-    model.eval(), detached.eval()
+    model.eval()
+    detached.eval()
     with torch.no_grad():
         assert torch.equal(model.decode(model(x)), detached.decode(detached(x)))
     with pytest.raises(UserError, match="for an end-to-end model"):

@@ -312,7 +312,7 @@ class YOLO(Detector):
         self.head = YOLOHead(self.neck_width, len(STRIDES), num_classes - 1, reg_max, norm)
         self.assigner = TaskAlignedAssigner(topk, alpha, beta)
         self.end_to_end = end_to_end
-        if end_to_end:  # YOLOv10's one-to-one head: a copy of the head, trained on detached neck maps, top-1 targets
+        if end_to_end:  # YOLOv10's one-to-one head: a copy of the head with top-1 targets (on detached maps by default)
             self.head_o2o = YOLOHead(self.neck_width, len(STRIDES), num_classes - 1, reg_max, norm)
             self.assigner_o2o = TaskAlignedAssigner(1, alpha, beta)
         # True (YOLOv10's and Ultralytics' code): the one-to-one loss trains its own head only. False: its top-1
