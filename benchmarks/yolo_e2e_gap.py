@@ -7,6 +7,10 @@ test scenes, because this chooses what to try next):
 - one-to-one head + NMS (its boxes and scores through the same NMS as the one-to-many head);
 - the one-to-one head's scores on the one-to-many head's boxes, end-to-end (is it the boxes or the ranking?).
 
+It also counts the objects that the one-to-one head's top-1 assigner leaves without a positive (another object took
+their best point), against Ultralytics YOLO26's one-to-one assigner (top 7, conflicts resolved, then the top 1 that
+is left), which falls back to an object's next-best point: the gain that assigner could bring at most.
+
 If the one-to-one head with NMS gets close to the one-to-many head, its boxes and ranking are fine and the gap is
 duplicates that its top-1 training has not yet learnt to suppress; if it stays where the end-to-end reading is,
 the head itself is weaker.
@@ -26,7 +30,9 @@ from pathlib import Path
 import torch
 
 from mobilenets.checkpoint import load_checkpoint
+from mobilenets.data.dense import model_inputs
 from mobilenets.data.loaders import DataConfig
+from mobilenets.heads.yolo import TaskAlignedAssigner
 from mobilenets.tasks import get_task
 from mobilenets.train.config import TrainConfig
 
@@ -67,6 +73,32 @@ class OneToOneScoresManyBoxes(OneToOneWithNMS):
         return m.postprocess(outputs, tuple(x.shape[-2:]))
 
 
+@torch.no_grad()
+def objects_without_positive(model, val, size: int, batch: int = 50) -> dict[str, int]:
+    """Objects of ``val`` that get no one-to-one positive from the one-to-one head's own predictions: under the
+    library's top-1 assigner, and under YOLO26's top-7-then-top-1 (an object keeps a positive there when any of its
+    top 7 points survives conflict resolution)."""
+    model.eval()
+    model.one_to_one = True
+    counts = {"objects": 0, "top-1": 0, "top-7 then top-1": 0}
+    for start in range(0, len(val), batch):
+        samples = [val[i] for i in range(start, min(start + batch, len(val)))]
+        x = model_inputs([im for im, _ in samples], size)
+        targets = []
+        for im, t in samples:
+            scale = torch.tensor([size / im.shape[-1], size / im.shape[-2]] * 2)
+            targets.append({"boxes": t["boxes"] * scale, "labels": t["labels"]})
+        out = model(x)
+        gt_labels, gt_boxes, gt_valid = model._pad(targets, out["cls_logits"])
+        scores, boxes = out["cls_logits"].sigmoid(), model.boxes(out)
+        counts["objects"] += int(gt_valid.sum())
+        for name, k in (("top-1", 1), ("top-7 then top-1", 7)):
+            _, _, fg, target_gt = TaskAlignedAssigner(k)(scores, boxes, out["points"], gt_labels, gt_boxes, gt_valid)
+            for i in range(len(samples)):
+                counts[name] += int(gt_valid[i].sum()) - len(set(target_gt[i][fg[i]].tolist()))
+    return counts
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoint", type=Path)
@@ -95,13 +127,19 @@ def main() -> None:
                      "images": metrics["images"], "seconds": round(time.perf_counter() - start, 1)})
         print(f"{label:<52} mAP {metrics['map']:.3f}  mAP@.5 {metrics['map50']:.3f}  ({metrics['images']} scenes)",
               flush=True)
+    unassigned = objects_without_positive(model, data.val, meta.preprocessing.input_size[-1])
+    print(f"objects without a one-to-one positive: {unassigned['top-1']} of {unassigned['objects']} (top-1), "
+          f"{unassigned['top-7 then top-1']} (YOLO26's top-7 then top-1)", flush=True)
     record = {"checkpoint": str(args.checkpoint), "val": data.meta.get("val", {}), "rows": rows,
+              "objects_without_one_to_one_positive": unassigned,
               "host": platform.processor() or platform.machine(),
               "date": datetime.now(timezone.utc).isoformat(timespec="minutes")}
     if args.out:
         args.out.with_suffix(".json").write_text(json.dumps(record, indent=1, default=str))
         lines = ["| reading | mAP@[.5:.95] | mAP@.5 |", "|---|---|---|"]
         lines += [f"| {r['reading']} | {r['map']:.3f} | {r['map50']:.3f} |" for r in rows]
+        lines.append(f"\nObjects without a one-to-one positive: {unassigned['top-1']} of {unassigned['objects']} "
+                     f"(top-1), {unassigned['top-7 then top-1']} (YOLO26's top-7 then top-1).")
         args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 

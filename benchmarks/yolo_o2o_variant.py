@@ -11,8 +11,12 @@ Variants:
 - ``undetached``: ``--no-detach-one-to-one``, the one-to-one head on the neck maps themselves, so its top-1 targets
   also train the neck and the backbone (YOLOv10's paper trains both heads jointly, but Ultralytics' code detaches).
   The 2026-12-06 pair in BENCHMARKS.md ran this variant as a patch of ``YOLO.forward`` that computed the same.
+- ``anneal``: ``--one-to-one-topk 10``, the one-to-one assigner's top-k starting at the one-to-many head's 10 and
+  falling linearly (rounded, per step, on the run's clock) to YOLOv10's 1 at half the run, then 1: dense class
+  signal while the head is young, one positive per object for the second half. The 2026-12-07 pair in BENCHMARKS.md
+  ran it as a patch of this script that computed the same, before the option existed.
 
-The checkpoints are ordinary ones: at inference the two variants compute the same graph.
+The checkpoints are ordinary ones: at inference the variants compute the same graph.
 """
 from __future__ import annotations
 
@@ -20,8 +24,8 @@ import sys
 
 from mobilenets.cli import main
 
-# each variant's extra train flags (the patch this script applied before the option existed is now the option)
-VARIANTS = {"baseline": [], "undetached": ["--no-detach-one-to-one"]}
+# each variant's extra train flags (the patches this script applied before the options existed are now the options)
+VARIANTS = {"baseline": [], "undetached": ["--no-detach-one-to-one"], "anneal": ["--one-to-one-topk", "10"]}
 
 
 if __name__ == "__main__":

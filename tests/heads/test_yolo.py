@@ -14,10 +14,19 @@ from mobilenets.cli import main
 from mobilenets.data.scenes import FashionScenes, SceneConfig
 from mobilenets.deploy import ExportOptions
 from mobilenets.errors import UserError
-from mobilenets.heads.yolo import TaskAlignedAssigner, dfl_targets, distances_to_boxes, expected_distance, grid_points
+from mobilenets.heads.yolo import (
+    TaskAlignedAssigner,
+    annealed_topk,
+    dfl_targets,
+    distances_to_boxes,
+    expected_distance,
+    grid_points,
+)
 from mobilenets.preprocessing import Preprocessing
 from mobilenets.tasks import get_task
 from mobilenets.tasks.detect import Detect
+from mobilenets.train.distributed import World
+from mobilenets.train.loop import TrainingStep, train_one_epoch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -334,6 +343,49 @@ def test_undetached_one_to_one_trains_the_neck_and_backbone_and_runs_the_same_gr
         _small_yolo(detach_one_to_one=False)
 
 
+def test_annealed_one_to_one_topk_follows_the_run_and_defaults_to_top_1():
+    """one_to_one_topk=K: the trainer's hook sets the one-to-one assigner's top-k from K at the start, linearly
+    (rounded) to 1 at half the run, then 1; without it (K=1, or no hook called) the assigner is top-1, as YOLOv10."""
+    assert [annealed_topk(10, f) for f in (0.0, 0.1, 0.25, 0.45, 0.5, 0.9, 1.0, 2.0)] == [10, 8, 6, 2, 1, 1, 1, 1]
+    assert annealed_topk(1, 0.0) == 1 and annealed_topk(3, -1.0) == 3
+    model = _small_yolo(end_to_end=True, one_to_one_topk=10)
+    assert model.assigner_o2o.topk == 1  # until a trainer says where the run is
+    steps = []
+    for fraction in (0.0, 0.2, 0.4, 0.6):
+        model.set_training_progress(fraction)
+        steps.append(model.assigner_o2o.topk)
+    assert steps == [10, 6, 3, 1] and model.assigner.topk == 10  # the one-to-many assigner is untouched
+    plain = _small_yolo(end_to_end=True)
+    plain.set_training_progress(0.0)
+    assert plain.assigner_o2o.topk == 1
+    _small_yolo().set_training_progress(0.0)  # no one-to-one head: nothing to set
+    with pytest.raises(UserError, match="for an end-to-end model"):
+        _small_yolo(one_to_one_topk=10)
+    with pytest.raises(UserError, match="at least 1 point"):
+        _small_yolo(end_to_end=True, one_to_one_topk=0)
+
+
+def test_train_one_epoch_passes_the_run_fraction_to_the_model_before_every_step():
+    """The hook sees the run's progress before each step's loss: more than one positive per object early on."""
+    model = _small_yolo(end_to_end=True, one_to_one_topk=10)
+    seen = []
+    original = model.loss
+
+    def loss(outputs, targets):
+        seen.append(model.assigner_o2o.topk)
+        return original(outputs, targets)
+
+    model.loss = loss
+    x, targets = _scene_batch()
+    fractions = iter([0.0, 0.5])
+    step = TrainingStep(get_task("detect"), model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    stats = train_one_epoch(step, [(x, targets)] * 2, optimizer, scheduler, epoch=0, world=World(),
+                            progress=False, run_fraction=lambda: next(fractions))
+    assert stats["steps"] == 2 and seen == [10, 1]
+
+
 def test_cli_end_to_end_round_trip(tmp_path, capsys):
     """train --end-to-end --neck-depth 2 --no-detach-one-to-one: stored options; eval reads the one-to-one head and,
     with --nms, the other;
@@ -342,11 +394,12 @@ def test_cli_end_to_end_round_trip(tmp_path, capsys):
     assert main(["train", "--task", "detect", "--model", "yolo", "--backbone", "mobilenet_v3_small", "--width", "0.5",
                  "--data", "scenes", "--scenes", "16", "--limit-val", "4", "--scene-size", "64", "--epochs", "1",
                  "--batch-size", "8", "--out", str(out), "--no-progress", "--threads", "1", "--end-to-end",
-                 "--neck-depth", "2", "--no-detach-one-to-one"]) == 0
+                 "--neck-depth", "2", "--no-detach-one-to-one", "--one-to-one-topk", "4"]) == 0
     ckpt = out / "last.safetensors"
     model, meta = load_checkpoint(ckpt)
     assert meta.options["end_to_end"] is True and meta.options["neck_depth"] == 2
     assert meta.options["detach_one_to_one"] is False and not model.detach_one_to_one
+    assert meta.options["one_to_one_topk"] == 4 and model.one_to_one_topk == 4
     assert model.end_to_end and model.one_to_one and len(model.neck.top_down[0]) == 2
     record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert {"loss_box", "loss_cls_o2o", "loss_dfl_o2o"} <= set(record)
@@ -404,7 +457,8 @@ def test_end_to_end_parity_fails_on_a_wrong_export():
 def test_neck_depth_and_end_to_end_are_for_yolo_only(tmp_path, capsys):
     for model, flags, message in (("ssdlite", ["--neck-depth", "2"], "only the YOLO head has a neck"),
                                   ("ssdlite", ["--end-to-end"], "only the YOLO head has a one-to-one mode"),
-                                  ("yolo", ["--no-detach-one-to-one"], "only an --end-to-end YOLO")):
+                                  ("yolo", ["--no-detach-one-to-one"], "only an --end-to-end YOLO"),
+                                  ("yolo", ["--one-to-one-topk", "10"], "only an --end-to-end YOLO")):
         assert main(["train", "--task", "detect", "--model", model, "--data", "scenes", *flags,
                      "--out", str(tmp_path / "x"), "--no-progress"]) == 2
         err = capsys.readouterr().err.strip()

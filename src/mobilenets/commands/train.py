@@ -100,6 +100,10 @@ def _train_options(p: argparse.ArgumentParser) -> None:
                    help="--end-to-end: the one-to-one head trains on detached neck maps (default, as YOLOv10); "
                         "--no-detach-one-to-one lets its loss train the neck and backbone too (better end to end, "
                         "worse with NMS; BENCHMARKS.md)")
+    m.add_argument("--one-to-one-topk", type=int, default=None, metavar="K",
+                   help="--end-to-end: the one-to-one assigner takes the top K points per object at the start and "
+                        "anneals to 1 by half of the run (default 1: top-1 throughout, as YOLOv10; BENCHMARKS.md "
+                        "measured 10)")
     m.add_argument("--bn-momentum", type=float, default=None,
                    help="BN running-statistics momentum (PyTorch convention; short runs want ~0.1)")
     m.add_argument("--bn-recalibrate", type=int, default=None, metavar="BATCHES",
@@ -205,10 +209,14 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if args.detach_one_to_one is not None and not args.end_to_end:
         raise UserError("--detach-one-to-one / --no-detach-one-to-one: only an --end-to-end YOLO has a one-to-one "
                         "head; add --end-to-end or drop it")
+    if args.one_to_one_topk is not None and not args.end_to_end:
+        raise UserError(f"--one-to-one-topk {args.one_to_one_topk}: only an --end-to-end YOLO has a one-to-one "
+                        "head; add --end-to-end or drop it")
     options = {k: v for k, v in (("width_multiplier", args.width_multiplier), ("dropout", args.dropout),
                                  ("neck_width", args.neck_width), ("neck_depth", args.neck_depth),
                                  ("end_to_end", args.end_to_end or None),
                                  ("detach_one_to_one", args.detach_one_to_one),
+                                 ("one_to_one_topk", args.one_to_one_topk),
                                  ("output_stride", args.output_stride), ("norm_layer", args.norm_layer),
                                  ("bn_momentum", args.bn_momentum))
                if v is not None}

@@ -183,6 +183,14 @@ class TaskAlignedAssigner(nn.Module):
         return target_boxes, target_scores, foreground, target_gt
 
 
+ONE_TO_ONE_ANNEAL_END = 0.5  # share of the run by which an annealed one-to-one top-k reaches 1
+
+
+def annealed_topk(start: int, fraction: float, end: float = ONE_TO_ONE_ANNEAL_END) -> int:
+    """``start`` at the run's beginning, falling linearly (rounded) to 1 at ``end`` of it, then 1."""
+    return max(1, round(start - (start - 1) * min(max(fraction, 0.0) / end, 1.0)))
+
+
 # -- the one-to-one head's decoding ------------------------------------------------------------------------
 def select_one_to_one(boxes: Tensor, scores: Tensor, k: int) -> Tensor:
     """The end-to-end decoding of YOLOv10 (section 3.1 of arXiv:2405.14458), two top-k and no IoU: the ``k`` points
@@ -293,7 +301,7 @@ class YOLO(Detector):
                  reg_max: int = 16, norm=nn.BatchNorm2d, score_thresh: float = 0.001, nms_thresh: float = 0.7,
                  detections_per_img: int = 300, topk_candidates: int = 300, topk: int = 10, alpha: float = 0.5,
                  beta: float = 6.0, gains: tuple[float, float, float] = (7.5, 1.5, 0.5), end_to_end: bool = False,
-                 detach_one_to_one: bool = True):
+                 detach_one_to_one: bool = True, one_to_one_topk: int = 1):
         super().__init__()
         if num_classes < 2:
             raise UserError(f"num_classes={num_classes}: a detector needs the background plus at least one class")
@@ -301,6 +309,9 @@ class YOLO(Detector):
             raise UserError(f"reg_max={reg_max}: the box distributions need at least 2 bins (YOLOv8: 16)")
         if neck_depth < 1:
             raise UserError(f"neck_depth={neck_depth}: each neck fusion needs at least 1 separable unit")
+        if one_to_one_topk < 1:
+            raise UserError(f"one_to_one_topk={one_to_one_topk}: the one-to-one assigner needs at least 1 point per "
+                            "object (1: YOLOv10's top-1 throughout)")
         self.num_classes = num_classes  # including the background class 0, which the head does not predict
         self.features = backbone  # features_only, returning the TAPS maps
         channels = channels_of(backbone)
@@ -319,6 +330,8 @@ class YOLO(Detector):
         # targets also train the neck and backbone (+1.4 end-to-end, -3.9 one-to-many points in BENCHMARKS.md's
         # 40-minute pair): for a model that will only ever run end to end
         self.detach_one_to_one = detach_one_to_one
+        # > 1: the one-to-one assigner starts at this top-k and anneals to 1 (set_training_progress); 1: top-1 always
+        self.one_to_one_topk = one_to_one_topk
         self.one_to_one = end_to_end  # inference reads the one-to-one head (no NMS); False: the usual head + NMS
         self.box_gain, self.dfl_gain, self.cls_gain = gains
         self.score_thresh = score_thresh
@@ -356,6 +369,15 @@ class YOLO(Detector):
         return distances_to_boxes(outputs["points"], distances)
 
     # -- training ------------------------------------------------------------------------------------------
+    def set_training_progress(self, fraction: float) -> None:
+        """The trainer's per-step hook (``fraction``: the share of the run done). With ``one_to_one_topk`` K > 1 the
+        one-to-one assigner takes the top K points per object at the start, falling linearly to 1 at
+        :data:`ONE_TO_ONE_ANNEAL_END` of the run, then 1: the young head gets the one-to-many head's dense class
+        signal, and learns to keep one point per object in the second half. Without the hook the assigner stays
+        top-1 (YOLOv10)."""
+        if self.end_to_end:
+            self.assigner_o2o.topk = annealed_topk(self.one_to_one_topk, fraction)
+
     def loss(self, outputs: dict[str, Tensor], targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
         """YOLOv8's loss: ``box`` (1 - CIoU), ``dfl`` and ``cls`` (BCE against the assigner's soft targets), each
         weighted by its gain (7.5 / 1.5 / 0.5) and divided by the sum of the soft targets (at least 1).
@@ -458,20 +480,25 @@ def yolo(*, backbone: str = "mobilenet_v3_large", num_classes: int = 81, width_m
          reduced_tail: bool | None = None, in_chans: int = 3, norm_layer: str | None = None,
          neck_width: int | None = None, neck_depth: int = 1, reg_max: int = 16, score_thresh: float = 0.001,
          nms_thresh: float = 0.7, detections_per_img: int = 300, topk_candidates: int = 300,
-         end_to_end: bool = False, detach_one_to_one: bool = True) -> YOLO:
+         end_to_end: bool = False, detach_one_to_one: bool = True, one_to_one_topk: int = 1) -> YOLO:
     """The YOLOv8-style detector on the zoo backbone ``backbone``; ``num_classes`` includes the background (81: the
     80 COCO classes). ``neck_width`` defaults to :func:`neck_width_for` the backbone's taps, ``neck_depth`` (separable
     units per neck fusion) to 1; ``norm_layer`` applies to the neck and head too. ``reduced_tail`` (V3 only) defaults
     to True, as for SSDLite. ``end_to_end``: add YOLOv10's one-to-one head and read it at inference, so that the
     decoded graph ends in the final detections (no NMS). ``detach_one_to_one=False`` (end-to-end only) lets the
     one-to-one head's loss train the neck and backbone too: better end to end, worse through the one-to-many head and
-    NMS."""
+    NMS. ``one_to_one_topk`` K > 1 (end-to-end only) anneals the one-to-one assigner from top-K to top-1 over the
+    first half of training (:meth:`YOLO.set_training_progress`)."""
     if not detach_one_to_one and not end_to_end:
         raise UserError("detach_one_to_one=False is for an end-to-end model (end_to_end=True), which has a "
                         "one-to-one head; drop it or set end_to_end")
+    if one_to_one_topk != 1 and not end_to_end:
+        raise UserError(f"one_to_one_topk={one_to_one_topk} is for an end-to-end model (end_to_end=True), which has "
+                        "a one-to-one head; drop it or set end_to_end")
     body = build_backbone(backbone, TAPS, width_multiplier=width_multiplier, reduced_tail=reduced_tail,
                           default_reduced_tail=True, in_chans=in_chans, norm_layer=norm_layer, output_stride=32)
     norm = norm_factory(norm_layer) if norm_layer else nn.BatchNorm2d
     return YOLO(body, num_classes, neck_width=neck_width, neck_depth=neck_depth, reg_max=reg_max, norm=norm,
                 score_thresh=score_thresh, nms_thresh=nms_thresh, detections_per_img=detections_per_img,
-                topk_candidates=topk_candidates, end_to_end=end_to_end, detach_one_to_one=detach_one_to_one)
+                topk_candidates=topk_candidates, end_to_end=end_to_end, detach_one_to_one=detach_one_to_one,
+                one_to_one_topk=one_to_one_topk)

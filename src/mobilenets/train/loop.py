@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -42,6 +42,14 @@ def to_device(targets, device: torch.device):
     return [{k: v.to(device) for k, v in t.items()} for t in targets]
 
 
+@runtime_checkable
+class FollowsProgress(Protocol):
+    """A module that changes with the share of the run done (an end-to-end YOLO's annealed one-to-one top-k):
+    :func:`train_one_epoch` calls it before every step."""
+
+    def set_training_progress(self, fraction: float) -> None: ...
+
+
 class TrainingStep(nn.Module):
     """The model with its task's loss: ``forward(inputs, targets) -> (loss, terms, counts)``. DDP wraps this, so
     that a task whose loss calls more than ``model.forward`` (a detector's matching, a segmenter's aux head)
@@ -67,16 +75,20 @@ class TrainingStep(nn.Module):
 def train_one_epoch(step: nn.Module, batches, optimizer: torch.optim.Optimizer, scheduler, *, epoch: int,
                     world: World, ema=None, frozen: Sequence[nn.Module] = (), channels_last: bool = False,
                     progress: bool = True, max_steps: int | None = None, size: int | None = None,
-                    deadline=None, precision: str = "fp32", scaler=None) -> dict:
+                    deadline=None, precision: str = "fp32", scaler=None,
+                    run_fraction: Callable[[], float] | None = None) -> dict:
     """Train over ``batches`` once (or until ``deadline`` passes, on every rank alike); returns the mean loss and
     loss terms, the summed task counts, images/s. Raises :class:`Diverged`.
 
     ``step`` is a :class:`TrainingStep` (possibly DDP-wrapped). ``size``: resize each batch to size x size pixels
     first (bilinear, antialiased), for ``--progressive-resize``. ``precision``: the forward's autocast
-    (:mod:`.precision`); ``scaler``: fp16's gradient scaler.
+    (:mod:`.precision`); ``scaler``: fp16's gradient scaler. ``run_fraction``: the share of the whole run done,
+    passed before every step to each module of the model that has a ``set_training_progress`` hook (an end-to-end
+    YOLO's annealed one-to-one assigner).
     """
     step.train()
     model = _unwrap(step).model
+    hooks = [m for m in _unwrap(step).modules() if isinstance(m, FollowsProgress)]
     keep_frozen_eval(list(frozen))
     total_loss = torch.zeros((), dtype=torch.float64)
     terms_sum: dict[str, torch.Tensor] = {}
@@ -93,6 +105,10 @@ def train_one_epoch(step: nn.Module, batches, optimizer: torch.optim.Optimizer, 
         if size is not None and tuple(x.shape[-2:]) != (size, size):  # on the device, where the step runs
             x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         x, y = to_input(x, world.device, channels_last), to_device(y, world.device)
+        if hooks and run_fraction is not None:
+            done = run_fraction()
+            for hook in hooks:
+                hook.set_training_progress(done)
         with autocast(precision, world.device):
             loss, terms, batch_counts = step(x, y)
         loss = loss.float()

@@ -124,6 +124,10 @@ def _fit(task: Task, cfg: TrainConfig, run: RunFiles, world: distributed.World, 
     # wall time of earlier sessions of this run counts too
     deadline = Deadline(cfg.time_limit, state["elapsed"] if state else 0.0)
     scheduler = build_scheduler(optimizer, recipe, len(data.train), cfg.epochs, deadline)
+    total_steps = max(1, len(data.train) * cfg.epochs)
+
+    def run_fraction() -> float:  # the share of the run done: of its steps or its time limit, as the schedule counts
+        return max(scheduler.last_epoch / total_steps, deadline.fraction())
 
     start_epoch, history, best = 0, [], -float("inf")
     if state is not None:  # after the scheduler, whose construction sets the learning rate of step 0
@@ -163,7 +167,8 @@ def _fit(task: Task, cfg: TrainConfig, run: RunFiles, world: distributed.World, 
         try:
             stats = train_one_epoch(step_net, data.train, optimizer, scheduler, epoch=epoch, world=world, ema=ema,
                                     frozen=frozen, channels_last=cfg.channels_last, progress=cfg.progress,
-                                    size=size, deadline=deadline, precision=cfg.precision, scaler=scaler)
+                                    size=size, deadline=deadline, precision=cfg.precision, scaler=scaler,
+                                    run_fraction=run_fraction)
         except Diverged as e:
             kept = (f"the last good checkpoint is {run.last} (epoch {epoch})" if epoch > 0
                     else "no checkpoint was written")
